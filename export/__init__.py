@@ -1,0 +1,1 @@
+"""Turns trained runs into signed, quantized ONNX bundles for the edge agent."""
