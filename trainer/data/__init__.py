@@ -1,0 +1,1 @@
+"""Dataset readers (C-MAPSS, SKAB, generic CSV), windowing and scalers."""

@@ -1,0 +1,62 @@
+"""The one record every reader returns: a multichannel series of one unit, file or run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Series:
+    """One contiguous recording: an engine unit (C-MAPSS), an experiment file (SKAB), a CSV file.
+
+    `values` is float32 `[T, C]` in physical units with columns named by `channels`. Optional per-row arrays:
+    `timestamps` (Unix seconds or cycle numbers), `labels` (0/1 anomaly), `rul` (remaining useful life), and
+    `conditions` (operating settings `[T, S]` used to find operating regimes; not model channels unless listed
+    in `channels` too).
+    """
+
+    name: str
+    values: np.ndarray
+    channels: list[str]
+    timestamps: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    rul: np.ndarray | None = None
+    conditions: np.ndarray | None = None
+    condition_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float32)
+        if self.values.ndim != 2 or self.values.shape[1] != len(self.channels):
+            raise ValueError(
+                f"series {self.name!r}: values of shape {self.values.shape} do not match "
+                f"{len(self.channels)} channels"
+            )
+        length = self.values.shape[0]
+        for attr in ("timestamps", "labels", "rul", "conditions"):
+            array = getattr(self, attr)
+            if array is not None and len(array) != length:
+                raise ValueError(f"series {self.name!r}: {attr} has {len(array)} rows, values have {length}")
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def select(self, channels: list[str]) -> Series:
+        """The same series restricted to `channels` (in that order)."""
+        missing = [c for c in channels if c not in self.channels]
+        if missing:
+            raise KeyError(f"series {self.name!r} has no channel(s) {missing}")
+        index = [self.channels.index(c) for c in channels]
+        return Series(self.name, self.values[:, index], list(channels), self.timestamps, self.labels,
+                      self.rul, self.conditions, list(self.condition_names))
+
+    def slice(self, start: int, stop: int | None = None) -> Series:
+        """Rows `start:stop` of every per-row array."""
+        rows = slice(start, stop)
+
+        def cut(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[rows]
+
+        return Series(self.name, self.values[rows], list(self.channels), cut(self.timestamps),
+                      cut(self.labels), cut(self.rul), cut(self.conditions), list(self.condition_names))
