@@ -1,0 +1,31 @@
+from itertools import islice
+
+import pytest
+
+from edge_agent.backoff import backoff_ceilings, backoff_delays
+
+
+def test_ceilings_grow_geometrically_then_stay_at_cap() -> None:
+    ceilings = list(islice(backoff_ceilings(base=1.0, cap=5.0, factor=2.0), 6))
+    assert ceilings == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+def test_delays_are_full_jitter_within_ceiling() -> None:
+    delays = list(islice(backoff_delays(base=0.5, cap=30.0, factor=1.5), 200))
+    ceilings = list(islice(backoff_ceilings(base=0.5, cap=30.0, factor=1.5), 200))
+    assert all(0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert max(delays[-50:]) > 1.0  # the spread reaches well past the base once the ceiling has grown
+
+
+def test_fresh_iterator_resets_to_base() -> None:
+    calls: list[float] = []
+    it = backoff_delays(base=1.0, cap=8.0, factor=2.0, rng=lambda lo, hi: calls.append(hi) or hi)
+    list(islice(it, 4))
+    list(islice(backoff_delays(base=1.0, cap=8.0, factor=2.0, rng=lambda lo, hi: calls.append(hi) or hi), 1))
+    assert calls == [1.0, 2.0, 4.0, 8.0, 1.0]
+
+
+@pytest.mark.parametrize(("base", "cap", "factor"), [(0.0, 1.0, 1.5), (1.0, -1.0, 1.5), (1.0, 2.0, 0.5)])
+def test_bad_parameters_are_rejected(base: float, cap: float, factor: float) -> None:
+    with pytest.raises(ValueError, match="backoff"):
+        next(backoff_delays(base, cap, factor))
