@@ -1,0 +1,362 @@
+"""From scored windows to alert episodes: debounce, hysteresis, severity, root cause.
+
+Per (asset, model):
+
+- **open**: `k` of the last `n` windows above the threshold (the manifest's `debounce`) open an episode.
+- **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
+  *rises*. A fall in severity is reported by the next periodic update (which carries the highest severity
+  seen since the previous message), so a score wandering around a level boundary does not flood SCADA.
+- **close**: after `clear_windows` consecutive windows below the threshold (hysteresis). A sustained fault,
+  even one that dips below the threshold for a few windows, is therefore ONE episode.
+
+Severity is the highest manifest level whose `min_score` the score reaches (levels ascend). Root cause:
+channels ranked by their share of the window's reconstruction error (`channel_error / sum`), and the peak
+time is the timestamp of `argmax(time_error)`. Open episodes are stored in the `episodes` table (through
+the outbox transaction) and restored after a restart. Each message names the bundle that scored the
+window it reports (after a hot swap an episode's `update`/`close` carry the new bundle; the `episodes`
+row keeps the bundle that opened it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.configtools import ConfigError, Section
+from edge_agent.types import AlertEvent, EpisodeState, GatewayIdentity, RootCauseEntry, ScoredWindow
+
+log = logging.getLogger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None) -> str:
+    """A ULID: 26 Crockford base32 characters, 48-bit millisecond time + 80 random bits.
+
+    Unique, and sortable by creation time, so a receiver may also order by it."""
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """The `[decisions]` table. Debounce values left out come from each model's manifest entry."""
+
+    update_interval_s: float = 60.0
+    debounce_k: int | None = None
+    debounce_n: int | None = None
+    clear_windows: int | None = None
+
+    @classmethod
+    def from_section(cls, section: Section) -> DecisionConfig:
+        """Parse `update_interval_s` and an optional `[decisions.debounce]` table (`k`, `n`,
+        `clear_windows`) that overrides every model's manifest debounce."""
+        update = section.number("update_interval_s", cls.update_interval_s, minimum=0.0,
+                                exclusive_minimum=True)
+        debounce = section.section("debounce", {})
+        k = debounce.get("k", int, None)
+        n = debounce.get("n", int, None)
+        clear = debounce.get("clear_windows", int, None)
+        debounce.finish()
+        section.finish()
+        for key, value in (("k", k), ("n", n), ("clear_windows", clear)):
+            if value is not None and value < 1:
+                raise ConfigError(debounce.key_path(key), "must be at least 1", value)
+        if k is not None and n is not None and k > n:
+            raise ConfigError(debounce.key_path("k"), f"must not exceed n ({n})", k)
+        return cls(update_interval_s=update, debounce_k=k, debounce_n=n, clear_windows=clear)
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """What the decision engine needs from one manifest model entry."""
+
+    channels: tuple[str, ...]
+    threshold: float
+    severity: tuple[tuple[str, float], ...]  # (level, min_score), ascending
+    k: int
+    n: int
+    clear_windows: int
+
+    def severity_of(self, score: float) -> str:
+        level = self.severity[0][0]
+        for name, minimum in self.severity:
+            if score >= minimum:
+                level = name
+        return level
+
+    def rank(self, level: str) -> int:
+        for index, (name, _minimum) in enumerate(self.severity):
+            if name == level:
+                return index
+        return -1
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def policy_for(spec: Any, config: DecisionConfig) -> ModelPolicy:
+    """Read threshold, severity levels, debounce and channel names from a manifest model entry."""
+    threshold = float(_field(_field(spec, "threshold"), "value"))
+    levels = tuple((str(_field(level, "level")), float(_field(level, "min_score")))
+                   for level in _field(spec, "severity"))
+    if not levels:
+        levels = (("warning", threshold),)
+    levels = tuple(sorted(levels, key=lambda item: item[1]))
+    debounce = _field(spec, "debounce")
+    k = config.debounce_k or int(_field(debounce, "k"))
+    n = config.debounce_n or int(_field(debounce, "n"))
+    clear = config.clear_windows or int(_field(debounce, "clear_windows"))
+    channels = tuple(str(c) for c in _field(_field(spec, "input"), "channels"))
+    return ModelPolicy(channels, threshold, levels, min(k, n), max(k, n), clear)
+
+
+@dataclass
+class _Summary:
+    """The parts of one scored window an alert reports."""
+
+    score: float
+    start_ts: float
+    end_ts: float
+    peak_ts: float
+    root_cause: tuple[RootCauseEntry, ...]
+    threshold: float
+    bundle_name: str
+    bundle_version: str
+
+
+@dataclass
+class _Episode:
+    episode_id: str
+    asset: str
+    model: str
+    bundle_name: str
+    bundle_version: str
+    start_ts: float
+    severity: str
+    last_event_ts: float
+    peak_score: float
+    threshold: float
+    below: int = 0
+    interval_severity: str = ""  # highest severity since the previous message
+    interval_best: _Summary | None = None
+    episode_best: _Summary | None = None
+    last: _Summary | None = None
+
+
+@dataclass
+class _Track:
+    history: deque[bool]
+    episode: _Episode | None = None
+    last_score: float | None = None
+
+
+def root_cause(channel_error: np.ndarray, channels: Sequence[str]) -> tuple[RootCauseEntry, ...]:
+    """Channels ranked by share of the reconstruction error (shares sum to 1; ties keep channel order)."""
+    errors = np.clip(np.asarray(channel_error, dtype=np.float64).reshape(-1), 0.0, None)
+    total = float(errors.sum())
+    shares = errors / total if total > 0 else np.full(errors.shape, 1.0 / max(len(errors), 1))
+    order = sorted(range(len(errors)), key=lambda i: -shares[i])
+    names = list(channels) if len(channels) == len(errors) else [f"ch{i}" for i in range(len(errors))]
+    return tuple(RootCauseEntry(names[i], round(float(shares[i]), 6)) for i in order)
+
+
+def peak_time(scored: ScoredWindow) -> float:
+    """Timestamp of the time step with the largest reconstruction error inside the window."""
+    time_error = np.asarray(scored.time_error).reshape(-1)
+    window = scored.window
+    if time_error.size == 0:
+        return window.end_ts
+    index = int(np.argmax(time_error))
+    if window.timestamps is not None and len(window.timestamps) == time_error.size:
+        return float(window.timestamps[index])
+    if time_error.size == 1:
+        return window.end_ts
+    return window.start_ts + index * (window.end_ts - window.start_ts) / (time_error.size - 1)
+
+
+class DecisionEngine:
+    """Turns scored windows into `AlertEvent`s. Not thread-safe: call it from the event loop."""
+
+    def __init__(self, config: DecisionConfig, identity: GatewayIdentity, store: Any,
+                 bundle_manifest: Any) -> None:
+        self.config = config
+        self.identity = identity
+        self._store = store
+        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._set_manifest(bundle_manifest)
+        self._restore()
+
+    def _set_manifest(self, manifest: Any) -> None:
+        self._manifest = manifest
+        self._policies = {str(_field(spec, "name")): policy_for(spec, self.config)
+                          for spec in _field(manifest, "models")}
+
+    def _restore(self) -> None:
+        if self._store is None:
+            return
+        for row in self._store.open_episodes():
+            policy = self._policies.get(row["model"])
+            episode = _Episode(
+                episode_id=row["episode_id"], asset=row["asset"], model=row["model"],
+                bundle_name=row["bundle_name"], bundle_version=row["bundle_version"],
+                start_ts=row["start_ts"],
+                severity=row["severity"], last_event_ts=row["last_event_ts"], peak_score=row["peak_score"],
+                threshold=policy.threshold if policy else float("nan"), interval_severity=row["severity"])
+            track = self._track(row["asset"], row["model"], policy)
+            track.episode = episode
+            log.info("restored open episode %s for %s/%s", episode.episode_id, episode.asset, episode.model)
+
+    def _track(self, asset: str, model: str, policy: ModelPolicy | None) -> _Track:
+        key = (asset, model)
+        track = self._tracks.get(key)
+        if track is None:
+            track = _Track(history=deque(maxlen=policy.n if policy else 1))
+            self._tracks[key] = track
+        return track
+
+    def policy(self, model: str) -> ModelPolicy:
+        try:
+            return self._policies[model]
+        except KeyError:
+            raise KeyError(f"model {model!r} is not in bundle {_field(self._manifest, 'name')!r}") from None
+
+    def process(self, scored: ScoredWindow, now: float) -> list[AlertEvent]:
+        """Feed one scored window; returns the alert messages it causes (usually none)."""
+        window = scored.window
+        policy = self.policy(window.model)
+        track = self._track(window.asset, window.model, policy)
+        if track.history.maxlen != policy.n:
+            track.history = deque(track.history, maxlen=policy.n)
+        above = scored.is_above
+        track.history.append(above)
+        track.last_score = scored.score
+        summary = _Summary(scored.score, window.start_ts, window.end_ts, peak_time(scored),
+                           root_cause(scored.channel_error, policy.channels), scored.threshold,
+                           scored.bundle_name, scored.bundle_version)
+        episode = track.episode
+        if episode is None:
+            if above and sum(track.history) >= policy.k:
+                return [self._open(track, scored, summary, policy, now)]
+            return []
+        episode.last = summary
+        if above:
+            episode.below = 0
+            self._note_peak(episode, summary, policy)
+            level = policy.severity_of(scored.score)
+            if policy.rank(level) > policy.rank(episode.severity):
+                episode.severity = level
+                return [self._emit(episode, "update", summary, now, reason="severity")]
+        else:
+            episode.below += 1
+            if episode.below >= policy.clear_windows:
+                track.episode = None
+                track.history.clear()
+                best = episode.episode_best or summary
+                return [self._emit(episode, "close", best, now, reason="cleared", current=summary)]
+        if now - episode.last_event_ts >= self.config.update_interval_s:
+            episode.severity = episode.interval_severity or episode.severity
+            best = episode.interval_best or summary
+            return [self._emit(episode, "update", best, now, reason="periodic", current=summary)]
+        return []
+
+    def _note_peak(self, episode: _Episode, summary: _Summary, policy: ModelPolicy) -> None:
+        level = policy.severity_of(summary.score)
+        if not episode.interval_severity or policy.rank(level) > policy.rank(episode.interval_severity):
+            episode.interval_severity = level
+        if episode.interval_best is None or summary.score > episode.interval_best.score:
+            episode.interval_best = summary
+        if episode.episode_best is None or summary.score > episode.episode_best.score:
+            episode.episode_best = summary
+        episode.peak_score = max(episode.peak_score, summary.score)
+
+    def _open(self, track: _Track, scored: ScoredWindow, summary: _Summary, policy: ModelPolicy,
+              now: float) -> AlertEvent:
+        level = policy.severity_of(scored.score)
+        episode = _Episode(
+            episode_id=new_id(now), asset=scored.window.asset, model=scored.window.model,
+            bundle_name=scored.bundle_name, bundle_version=scored.bundle_version, start_ts=now,
+            severity=level, last_event_ts=now, peak_score=scored.score, threshold=scored.threshold)
+        self._note_peak(episode, summary, policy)
+        episode.last = summary
+        track.episode = episode
+        log.info("episode %s opened: %s/%s score %.4g > %.4g (%s)", episode.episode_id, episode.asset,
+                 episode.model, scored.score, scored.threshold, level)
+        return self._emit(episode, "open", summary, now, reason="debounce")
+
+    def _emit(self, episode: _Episode, state: EpisodeState, summary: _Summary, now: float, *, reason: str,
+              current: _Summary | None = None) -> AlertEvent:
+        episode.last_event_ts = now
+        episode.interval_best = None
+        episode.interval_severity = ""
+        if state == "close":
+            log.info("episode %s closed (%s): %s/%s peak %.4g", episode.episode_id, reason, episode.asset,
+                     episode.model, episode.peak_score)
+        extra: dict[str, Any] = {"reason": reason, "peak_score": episode.peak_score}
+        if current is not None:
+            extra["last_score"] = current.score
+        return AlertEvent(
+            alert_id=new_id(now), episode_id=episode.episode_id, state=state, ts=now,
+            episode_start_ts=episode.start_ts, asset=episode.asset, model=episode.model,
+            bundle_name=summary.bundle_name, bundle_version=summary.bundle_version, score=summary.score,
+            threshold=summary.threshold, severity=episode.severity, window_start_ts=summary.start_ts,
+            window_end_ts=summary.end_ts, peak_ts=summary.peak_ts, root_cause=summary.root_cause, extra=extra)
+
+    def close_models(self, model_names: Iterable[str], now: float, reason: str) -> list[AlertEvent]:
+        """Close the open episodes of these models (e.g. they vanished from a newly activated bundle)."""
+        names = set(model_names)
+        events = []
+        for key, track in list(self._tracks.items()):
+            episode = track.episode
+            if key[1] not in names:
+                continue
+            del self._tracks[key]
+            if episode is None:
+                continue
+            last = episode.episode_best or episode.last
+            if last is None:  # restored after a restart, no window seen since
+                last = _Summary(episode.peak_score, episode.start_ts, episode.last_event_ts,
+                                episode.last_event_ts, (), episode.threshold, episode.bundle_name,
+                                episode.bundle_version)
+            events.append(self._emit(episode, "close", last, now, reason=reason))
+        return events
+
+    def swap_manifest(self, bundle_manifest: Any, now: float) -> list[AlertEvent]:
+        """Adopt a new bundle's manifest; episodes of models it no longer has are closed."""
+        self._set_manifest(bundle_manifest)
+        gone = {model for (_asset, model) in self._tracks if model not in self._policies}
+        return self.close_models(gone, now, reason="model_removed")
+
+    def orphaned_episodes(self, now: float) -> list[AlertEvent]:
+        """Close episodes restored from the database whose model is not in the current bundle."""
+        gone = {model for (_asset, model) in self._tracks if model not in self._policies}
+        return self.close_models(gone, now, reason="model_removed")
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        """Open episodes, for `edge-agent status`."""
+        out = []
+        for (asset, model), track in sorted(self._tracks.items()):
+            episode = track.episode
+            if episode is None:
+                continue
+            out.append({"episode_id": episode.episode_id, "asset": asset, "model": model,
+                        "severity": episode.severity, "start_ts": episode.start_ts,
+                        "peak_score": episode.peak_score, "last_score": track.last_score,
+                        "windows_below": episode.below})
+        return out
+
+    def asset_states(self) -> list[dict[str, Any]]:
+        """Per (asset, model): last score and whether an episode is open, for status."""
+        return [{"asset": asset, "model": model, "last_score": track.last_score,
+                 "state": "alert" if track.episode else "normal",
+                 "severity": track.episode.severity if track.episode else None}
+                for (asset, model), track in sorted(self._tracks.items())]

@@ -1,0 +1,272 @@
+"""ONNX Runtime scoring: one session per bundle model, provider order with CPU fallback, micro-batches.
+
+The exported graph does scaling and scoring itself (docs/architecture.md), so the agent has no
+model-specific code: it stacks windows of one model into a `[batch, channels, length]` float32 tensor,
+runs the session off the event loop (one worker thread, so inference never competes with itself for the
+cores the device profile gave it) and reads the outputs by the names the manifest lists.
+
+Per-asset score baseline (manifest `score_baseline = {kind: per_asset_initial, windows: N, statistic:
+median}`): adjusted score = raw - median(raw scores of the asset's first N windows); the threshold applies
+to the adjusted score. Until N windows were seen the median of those seen so far is used (so the first
+windows of a new asset score about 0 and cannot alert). The N raw scores and the baseline are stored in the
+`baselines` table per (asset, model, bundle version), so a restart does not re-baseline an asset whose
+condition may have degraded meanwhile; a new bundle version (a new score scale) starts a new baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_agent.bundle import Bundle, ModelSpec, ScoreBaseline
+from edge_agent.storage import Store
+from edge_agent.types import ScoredWindow, Window
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+
+
+class InferenceError(RuntimeError):
+    """A model cannot be loaded or a window does not fit it; names bundle, model and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Execution providers in order of preference (name, provider options) and ORT thread counts."""
+
+    providers: tuple[tuple[str, dict[str, Any]], ...] = ((CPU, {}),)
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+
+
+def choose_providers(settings: ProviderSettings,
+                     available: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The requested providers that this onnxruntime build has, in order, always ending with CPU."""
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for name, options in settings.providers:
+        if name in available:
+            chosen.append((name, dict(options)))
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build (available: %s); "
+                        "skipping it", name, ", ".join(available))
+    if all(name != CPU for name, _ in chosen):
+        chosen.append((CPU, {}))
+    return chosen
+
+
+@dataclass
+class _BaselineState:
+    raw_scores: list[float]
+    baseline: float | None
+
+
+class BaselineTracker:
+    """Applies a model's `score_baseline` per asset; persisted in the Store when one is given."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self._store = store
+        self._states: dict[tuple[str, str, str], _BaselineState] = {}
+
+    def adjust(self, asset: str, model: str, bundle_version: str, spec: ScoreBaseline | None,
+               raw: float) -> float:
+        """The score to compare with the threshold for this raw score."""
+        if spec is None:
+            return raw
+        key = (asset, model, bundle_version)
+        state = self._states.get(key)
+        if state is None:
+            record = self._store.get_baseline(*key) if self._store is not None else None
+            state = (_BaselineState(list(record.raw_scores), record.baseline) if record is not None
+                     else _BaselineState([], None))
+            self._states[key] = state
+        if state.baseline is not None:
+            return raw - state.baseline
+        state.raw_scores.append(raw)
+        median = float(np.median(state.raw_scores))
+        if len(state.raw_scores) >= spec.windows:
+            state.baseline = median
+            log.info("score baseline of %s/%s (bundle %s) fixed at %.6g from %d windows", asset, model,
+                     bundle_version, median, len(state.raw_scores))
+        if self._store is not None:
+            self._store.put_baseline(asset, model, bundle_version, state.raw_scores, state.baseline)
+        return raw - median
+
+    def baseline(self, asset: str, model: str, bundle_version: str) -> float | None:
+        state = self._states.get((asset, model, bundle_version))
+        return state.baseline if state else None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    spec: ModelSpec
+    session: Any  # ort.InferenceSession
+    input_name: str
+    output_names: tuple[str, str, str, str]  # score, channel_error, latent_mean, time_error
+    shape: tuple[int, int]
+
+
+class InferenceEngine:
+    """Scores windows with the bundle's models. Create once per bundle; `close()` when swapped out."""
+
+    def __init__(self, bundle: Bundle, settings: ProviderSettings | None = None, max_batch: int = 64,
+                 store: Store | None = None, max_pending: int = 2) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.bundle = bundle
+        self.settings = settings or ProviderSettings()
+        self.max_batch = max_batch
+        self.baselines = BaselineTracker(store)
+        self.dropped_nonfinite = 0
+        self._models = {spec.name: self._load(spec) for spec in bundle.manifest.models}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # at most `max_pending` batches queued for the worker: callers beyond that wait (back-pressure
+        # reaches the supervisor's bounded window queue, which drops the oldest and counts it)
+        self._pending = asyncio.Semaphore(max_pending)
+
+    @property
+    def bundle_name(self) -> str:
+        return self.bundle.manifest.name
+
+    @property
+    def bundle_version(self) -> str:
+        return self.bundle.manifest.version
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def model(self, name: str) -> ModelSpec:
+        """The manifest entry of model `name`."""
+        return self._loaded(name).spec
+
+    def providers(self, name: str) -> list[str]:
+        """The providers the session of model `name` actually runs on."""
+        return list(self._loaded(name).session.get_providers())
+
+    def _loaded(self, name: str) -> _Loaded:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise InferenceError(f"bundle {self.bundle_name} {self.bundle_version} has no model {name!r} "
+                                 f"(models: {', '.join(self._models)})") from None
+
+    def _options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.intra_op_threads
+        options.inter_op_num_threads = self.settings.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return options
+
+    def _load(self, spec: ModelSpec) -> _Loaded:
+        path = self.bundle.model_path(spec.name)
+        where = f"bundle {self.bundle_name} {self.bundle_version}, model {spec.name} ({path.name})"
+        chosen = choose_providers(self.settings, ort.get_available_providers())
+        try:
+            session = ort.InferenceSession(str(path), self._options(), providers=[n for n, _ in chosen],
+                                           provider_options=[o for _, o in chosen])
+        except Exception as exc:
+            if [n for n, _ in chosen] == [CPU]:
+                raise InferenceError(f"{where}: onnxruntime cannot load the model: {exc}") from exc
+            log.warning("%s: providers %s failed (%s); falling back to CPU", where,
+                        [n for n, _ in chosen], exc)
+            try:
+                session = ort.InferenceSession(str(path), self._options(), providers=[CPU])
+            except Exception as cpu_exc:
+                raise InferenceError(f"{where}: onnxruntime cannot load the model: {cpu_exc}") from cpu_exc
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        outs = spec.outputs
+        names = (outs.score, outs.channel_error, outs.latent_mean, outs.time_error)
+        if spec.input.name not in inputs:
+            raise InferenceError(f"{where}: graph has no input {spec.input.name!r}"
+                                 f" (inputs: {sorted(inputs)})")
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise InferenceError(f"{where}: graph lacks outputs {missing} (outputs: {sorted(outputs)})")
+        loaded = _Loaded(spec, session, spec.input.name, names,
+                         (len(spec.input.channels), spec.input.window_length))
+        warm = np.zeros((1, *loaded.shape), dtype=np.float32)
+        try:
+            session.run(list(names), {loaded.input_name: warm})
+        except Exception as exc:
+            raise InferenceError(f"{where}: warm-up run failed: {exc}") from exc
+        log.info("%s loaded on %s", where, ", ".join(session.get_providers()))
+        return loaded
+
+    def run_batch(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Synchronous `session.run` of one stacked batch; outputs keyed score/channel_error/...."""
+        loaded = self._loaded(model)
+        values = loaded.session.run(list(loaded.output_names), {loaded.input_name: batch})
+        return dict(zip(("score", "channel_error", "latent_mean", "time_error"), values, strict=True))
+
+    def _batch(self, windows: Sequence[Window], chunk: Sequence[int], loaded: _Loaded) -> np.ndarray:
+        batch = np.empty((len(chunk), *loaded.shape), dtype=np.float32)
+        for row, index in enumerate(chunk):
+            window = windows[index]
+            data = window.data
+            if data.shape != loaded.shape:
+                raise InferenceError(f"window for asset {window.asset!r}, model {window.model!r} has shape "
+                                     f"{data.shape}, expected {loaded.shape} (channels, window_length)")
+            batch[row] = data
+        return batch
+
+    def _infer(self, windows: Sequence[Window]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
+        """Runs in the worker thread: micro-batches per model of at most `max_batch` windows."""
+        groups: dict[str, list[int]] = {}
+        for index, window in enumerate(windows):
+            groups.setdefault(window.model, []).append(index)
+        results: list[tuple[list[int], dict[str, np.ndarray]]] = []
+        for model, indices in groups.items():
+            loaded = self._loaded(model)
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start:start + self.max_batch]
+                results.append((chunk, self.run_batch(model, self._batch(windows, chunk, loaded))))
+        return results
+
+    async def score(self, windows: Sequence[Window]) -> list[ScoredWindow]:
+        """Score windows (any mix of models) off the event loop; results in input order.
+
+        Windows whose score is not finite (NaN/inf inputs) are dropped, logged and counted in
+        `dropped_nonfinite`."""
+        if not windows:
+            return []
+        windows = list(windows)
+        loop = asyncio.get_running_loop()
+        async with self._pending:
+            results = await loop.run_in_executor(self._executor, self._infer, windows)
+        slots: list[ScoredWindow | None] = [None] * len(windows)
+        name, version = self.bundle_name, self.bundle_version
+        for chunk, outputs in results:
+            spec = self._models[windows[chunk[0]].model].spec
+            threshold = float(spec.threshold.value)
+            baseline = spec.score_baseline
+            raws = outputs["score"].tolist()
+            channel_error, latent_mean, time_error = (outputs["channel_error"], outputs["latent_mean"],
+                                                      outputs["time_error"])
+            for row, index in enumerate(chunk):
+                window = windows[index]
+                raw = raws[row]
+                if not math.isfinite(raw):
+                    self.dropped_nonfinite += 1
+                    log.warning("non-finite score for asset %s, model %s (window %.3f-%.3f); dropped",
+                                window.asset, window.model, window.start_ts, window.end_ts)
+                    continue
+                adjusted = (raw if baseline is None else
+                            self.baselines.adjust(window.asset, window.model, version, baseline, raw))
+                slots[index] = ScoredWindow(window, adjusted, raw, threshold, channel_error[row],
+                                            latent_mean[row], time_error[row], name, version)
+        return [item for item in slots if item is not None]
+
+    def close(self) -> None:
+        """Stop the worker thread after the windows already submitted are done."""
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,403 @@
+"""Upstream MQTT: alerts from the SQLite outbox at QoS 1, gateway status with a Last Will, health summaries.
+
+Delivery is at-least-once and in order. Alerts are rendered into the outbox before anyone tries to send
+them (`Store.add_alerts`); this sink publishes the oldest undelivered rows, up to `max_inflight` at a time,
+and marks a row delivered only when its PUBACK arrived *and* every older row in flight was acknowledged
+too (ordered marking). After a lost connection the unacknowledged rows go out again, oldest first, so a
+receiver sees first occurrences in order and drops repeats by `alert_id`.
+
+Each connection uses a fresh paho client (VERSION2 callbacks, `loop_start` network thread, no paho
+auto-reconnect); paho callbacks hand their results to the event loop with `call_soon_threadsafe`, and
+reconnects are paced by `edge_agent.backoff`. The status topic is retained: `online` on every connect and
+every `health_interval_s` (with a health summary), `offline` as the Last Will and at a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.backoff import backoff_delays
+from edge_agent.configtools import ConfigError, Section
+from edge_agent.sinks.payload import alert_payload, status_payload
+from edge_agent.storage import Store
+from edge_agent.types import AlertEvent, GatewayIdentity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALERT_TOPIC = "{site}/{area}/{line}/{asset}/anomaly/alert"
+DEFAULT_STATUS_TOPIC = "{site}/{area}/{line}/{gateway_id}/status"
+_ALERT_FIELDS = {"site": "s", "area": "a", "line": "l", "gateway_id": "g", "asset": "x", "model": "m"}
+_STATUS_FIELDS = {"site": "s", "area": "a", "line": "l", "gateway_id": "g"}
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """CA bundle to verify the broker, and an optional client certificate + key."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class MqttUpstreamConfig:
+    """The `[mqtt]` table. The password is read from `password_file` at each connect, never stored here."""
+
+    host: str
+    port: int = 1883
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_file: Path | None = field(default=None, repr=False)
+    client_id: str = ""
+    keepalive: int = 30
+    protocol: str = "3.1.1"
+    alert_topic_template: str = DEFAULT_ALERT_TOPIC
+    status_topic_template: str = DEFAULT_STATUS_TOPIC
+    health_interval_s: float = 60.0
+    max_inflight: int = 10
+    drain_timeout_s: float = 5.0
+
+    @classmethod
+    def from_section(cls, section: Section, base_dir: Path) -> MqttUpstreamConfig:
+        """Parse `[mqtt]`; relative paths are resolved against `base_dir` (the config file's folder) and
+        `${VAR}` is expanded (e.g. `${CREDENTIALS_DIRECTORY}/mqtt-password` under systemd)."""
+
+        def path_of(sec: Section, key: str) -> Path | None:
+            value = sec.optional(key, str)
+            if value is None:
+                return None
+            expanded = os.path.expandvars(value)
+            if "$" in expanded:
+                raise ConfigError(sec.key_path(key), "names an environment variable that is not set", value)
+            path = Path(expanded)
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_file():
+                raise ConfigError(sec.key_path(key), f"file not found: {path}", value)
+            return path
+
+        host = section.get("host", str)
+        port = section.integer("port", 1883, minimum=1, maximum=65535)
+        tls: TlsConfig | None = None
+        if "tls" in section:
+            tls_section = section.section("tls")
+            tls = TlsConfig(path_of(tls_section, "ca"), path_of(tls_section, "cert"),
+                            path_of(tls_section, "key"))
+            if (tls.cert is None) != (tls.key is None):
+                raise ConfigError(tls_section.path, "cert and key must be given together")
+            tls_section.finish()
+        username = section.optional("username", str)
+        password_file = path_of(section, "password_file")
+        if password_file is not None and username is None:
+            raise ConfigError(section.key_path("password_file"), "needs `username` as well")
+        config = cls(
+            host=host, port=port, tls=tls, username=username, password_file=password_file,
+            client_id=section.get("client_id", str, ""),
+            keepalive=section.integer("keepalive", 30, minimum=5, maximum=65535),
+            protocol=section.choice("protocol", ("3.1.1", "5"), "3.1.1"),
+            alert_topic_template=_template(section, "alert_topic_template", DEFAULT_ALERT_TOPIC,
+                                           _ALERT_FIELDS),
+            status_topic_template=_template(section, "status_topic_template", DEFAULT_STATUS_TOPIC,
+                                            _STATUS_FIELDS),
+            health_interval_s=section.number("health_interval_s", 60.0, minimum=1.0),
+            max_inflight=section.integer("max_inflight", 10, minimum=1, maximum=1000),
+            drain_timeout_s=section.number("drain_timeout_s", 5.0, minimum=0.0),
+        )
+        section.finish()
+        return config
+
+
+def _template(section: Section, key: str, default: str, fields: dict[str, str]) -> str:
+    value = section.get(key, str, default)
+    try:
+        rendered = value.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(section.key_path(key), f"bad placeholder {exc} (allowed: "
+                          + ", ".join("{" + name + "}" for name in fields) + ")", value) from exc
+    if any(ch in rendered for ch in "+#\0") or not rendered:
+        raise ConfigError(section.key_path(key), "a topic must not be empty or contain + # or NUL", value)
+    return value
+
+
+class ConnectRefusedError(ConnectionError):
+    """The broker answered CONNACK with a failure (bad credentials, not authorised, ...)."""
+
+
+class MqttUpstream:
+    """Publishes the outbox to the upstream broker; `run()` until `aclose()`."""
+
+    def __init__(self, config: MqttUpstreamConfig, identity: GatewayIdentity, store: Store,
+                 health: Callable[[], dict[str, Any]],
+                 delays: Callable[[], Iterator[float]] = backoff_delays) -> None:
+        self.config = config
+        self.identity = identity
+        self._store = store
+        self._health = health
+        self._delays = delays
+        self._kick = asyncio.Event()
+        self._closing = False
+        self._done = asyncio.Event()
+        self._running = False
+        self._state = "disconnected"
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self._connected = False
+        self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id)
+        self._order: list[int] = []  # mids in publish order
+        self._acked: set[int] = set()
+        self._rejected: list[str] = []
+        self.delivered = 0
+        self.connects = 0
+        self.status_topic = config.status_topic_template.format(
+            site=identity.site, area=identity.area, line=identity.line, gateway_id=identity.gateway_id)
+
+    # rendering ------------------------------------------------------------------------------------------
+    def alert_topic(self, event: AlertEvent) -> str:
+        """The topic of one alert, from `alert_topic_template`."""
+        ident = self.identity
+        return self.config.alert_topic_template.format(site=ident.site, area=ident.area, line=ident.line,
+                                                       gateway_id=ident.gateway_id, asset=event.asset,
+                                                       model=event.model)
+
+    @staticmethod
+    def alert_payload(event: AlertEvent, identity: GatewayIdentity) -> bytes:
+        """JSON bytes valid against `alert.schema.json`."""
+        return alert_payload(event, identity)
+
+    @property
+    def state(self) -> str:
+        """`connecting`, `connected`, `disconnected` or `closed`."""
+        return self._state
+
+    def wake(self) -> None:
+        """New alerts are in the outbox."""
+        self._kick.set()
+
+    # lifecycle ------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect (retrying with backoff), then deliver until `aclose()`; reconnect after any loss."""
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        delays = self._delays()
+        try:
+            while not self._closing:
+                self._state = "connecting"
+                try:
+                    await self._connect()
+                except (OSError, ConnectRefusedError, asyncio.TimeoutError) as exc:
+                    await self._teardown()
+                    self._state = "disconnected"
+                    delay = next(delays)
+                    log.warning("upstream broker %s:%d not reachable (%s); retrying in %.1f s",
+                                self.config.host, self.config.port, exc, delay)
+                    await self._pause(delay)
+                    continue
+                delays = self._delays()
+                try:
+                    await self._serve()
+                finally:
+                    await self._teardown()
+                    if not self._closing:
+                        self._state = "disconnected"
+                        log.warning("upstream broker connection lost; %d alerts waiting",
+                                    self._store.backlog())
+        finally:
+            self._state = "closed"
+            self._running = False
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Let in-flight alerts be acknowledged (at most `drain_timeout_s`), publish `offline`, disconnect."""
+        self._closing = True
+        self._kick.set()
+        if self._running:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._done.wait(), self.config.drain_timeout_s + 5.0)
+
+    async def _pause(self, seconds: float) -> None:
+        self._kick.clear()
+        end = time.monotonic() + seconds
+        while not self._closing and (remaining := end - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), remaining)
+            self._kick.clear()
+
+    # connection -----------------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or
+                             f"edge-agent-{self.identity.gateway_id}",
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             clean_session=None if v5 else True, reconnect_on_failure=False)
+        if cfg.username is not None:
+            password = None
+            if cfg.password_file is not None:
+                password = cfg.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            client.tls_set(ca_certs=str(cfg.tls.ca) if cfg.tls.ca else None,
+                           certfile=str(cfg.tls.cert) if cfg.tls.cert else None,
+                           keyfile=str(cfg.tls.key) if cfg.tls.key else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(self.status_topic, status_payload(self.identity, "offline"), qos=1, retain=True)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    async def _connect(self) -> None:
+        assert self._loop is not None
+        client = self._make_client()
+        self._client = client
+        self._connack = self._loop.create_future()
+        self._inflight.clear()
+        self._order.clear()
+        self._acked.clear()
+        kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
+        await asyncio.to_thread(client.connect, self.config.host, self.config.port, self.config.keepalive,
+                                **kwargs)
+        client.loop_start()
+        await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
+        self._connected = True
+        self._state = "connected"
+        self.connects += 1
+        log.info("connected to upstream broker %s:%d (%s)", self.config.host, self.config.port,
+                 "TLS" if self.config.tls else "plain")
+
+    async def _teardown(self) -> None:
+        client, self._client = self._client, None
+        self._connected = False
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+
+    # paho thread callbacks (hand over to the loop) ------------------------------------------------------
+    # Each handler gets the client it came from: a late callback of an earlier connection's client must
+    # not touch the current one (message ids restart with every client).
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connack_result, client, reason)
+
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._lost, client, reason)
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._ack, client, mid, reason)
+
+    # loop-side handlers ---------------------------------------------------------------------------------
+    def _connack_result(self, client: mqtt.Client, reason: Any) -> None:
+        fut = self._connack
+        if client is not self._client or fut is None or fut.done():
+            return
+        if getattr(reason, "is_failure", False):
+            fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
+        else:
+            fut.set_result(None)
+
+    def _lost(self, client: mqtt.Client, reason: Any) -> None:
+        if client is not self._client:
+            return
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectRefusedError(f"disconnected before CONNACK: {reason}"))
+        self._connected = False
+        self._kick.set()
+
+    def _ack(self, client: mqtt.Client, mid: int, reason: Any) -> None:
+        if client is not self._client or mid not in self._inflight:
+            return  # status messages, or a message of an earlier connection
+        if getattr(reason, "is_failure", False):
+            _seq, alert_id = self._inflight[mid]
+            log.error("broker rejected alert %s (%s); dropping it from the outbox", alert_id, reason)
+            self._rejected.append(alert_id)
+        self._acked.add(mid)
+        done: list[str] = []
+        while self._order and self._order[0] in self._acked:  # ordered marking
+            first = self._order.pop(0)
+            self._acked.discard(first)
+            done.append(self._inflight.pop(first)[1])
+        if done:
+            self._store.mark_delivered(done)
+            self.delivered += len(done)
+            if self._rejected:
+                self._store.incr_counters({"alerts_rejected": len(self._rejected)})
+                self._rejected.clear()
+        self._kick.set()
+
+    # serving --------------------------------------------------------------------------------------------
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
+        if self._client is None:
+            return None
+        health: dict[str, Any] | None = None
+        if state == "online":
+            try:
+                health = dict(self._health())
+            except Exception:
+                log.exception("health summary failed; publishing status without it")
+                health = {}
+            health.setdefault("outbox_backlog", self._store.backlog())
+        payload = status_payload(self.identity, state, time.time(), health)
+        return self._client.publish(self.status_topic, payload, qos=1, retain=True)
+
+    def _fill(self) -> None:
+        """Publish undelivered rows (oldest first) until `max_inflight` are in flight."""
+        assert self._client is not None
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        in_flight = {seq for seq, _alert in self._inflight.values()}
+        for row in self._store.pending(limit=len(in_flight) + room):
+            if row.seq in in_flight:
+                continue
+            info = self._client.publish(row.topic, row.payload, qos=1, retain=False)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self._connected = False
+                return
+            self._inflight[info.mid] = (row.seq, row.alert_id)
+            self._order.append(info.mid)
+
+    async def _serve(self) -> None:
+        self._publish_status("online")
+        next_health = time.monotonic() + self.config.health_interval_s
+        drain_deadline: float | None = None
+        while self._connected:
+            self._kick.clear()
+            if self._closing:
+                drain_deadline = drain_deadline or time.monotonic() + self.config.drain_timeout_s
+                if not self._inflight or time.monotonic() >= drain_deadline:
+                    await self._say_goodbye()
+                    return
+            else:
+                self._fill()
+                if time.monotonic() >= next_health:
+                    self._publish_status("online")
+                    next_health = time.monotonic() + self.config.health_interval_s
+            wake_at = drain_deadline if drain_deadline is not None else next_health
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), max(0.0, wake_at - time.monotonic()))
+
+    async def _say_goodbye(self) -> None:
+        if self._inflight:
+            log.warning("%d alerts still unacknowledged at shutdown; they stay in the outbox",
+                        len(self._inflight))
+        info = self._publish_status("offline")
+        if info is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
+        log.info("disconnecting from upstream broker (offline published)")

@@ -1,0 +1,350 @@
+"""The agent's SQLite state: scored-window ring buffer, alert episodes, outbox, baselines, counters.
+
+One writer connection in WAL mode with `synchronous=NORMAL` and short transactions (Telegraf's buffer):
+every alert is written to the `outbox` before anyone tries to publish it, and it is marked delivered only
+when the broker acknowledged it (PUBACK). The schema is documented in `docs/storage.md`; vectors are
+stored as JSON text so `sqlite-utils rows state.db windows` shows them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.configtools import Section
+from edge_agent.types import AlertEvent, ScoredWindow
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    bundle_name TEXT NOT NULL,
+    bundle_version TEXT NOT NULL,
+    start_ts REAL NOT NULL,
+    end_ts REAL NOT NULL,
+    score REAL NOT NULL,
+    raw_score REAL NOT NULL,
+    threshold REAL NOT NULL,
+    above INTEGER NOT NULL,
+    latent_mean TEXT NOT NULL,
+    channel_error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS windows_end_ts ON windows (end_ts);
+CREATE INDEX IF NOT EXISTS windows_asset_model ON windows (asset, model, end_ts);
+CREATE TABLE IF NOT EXISTS episodes (
+    episode_id TEXT PRIMARY KEY,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    bundle_name TEXT NOT NULL,
+    bundle_version TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+    start_ts REAL NOT NULL,
+    last_event_ts REAL NOT NULL,
+    end_ts REAL,
+    severity TEXT NOT NULL,
+    peak_score REAL NOT NULL,
+    last_score REAL NOT NULL,
+    alerts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status, asset, model);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL UNIQUE,
+    episode_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    delivered_ts REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (delivered_ts, seq);
+CREATE TABLE IF NOT EXISTS baselines (
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    bundle_version TEXT NOT NULL,
+    raw_scores TEXT NOT NULL,
+    baseline REAL,
+    updated_ts REAL NOT NULL,
+    PRIMARY KEY (asset, model, bundle_version)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class StorageError(RuntimeError):
+    """The state database cannot be opened or used; names the file."""
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """Ring-buffer retention: windows (and delivered outbox rows) beyond `max_rows` or older than
+    `max_age_s` are pruned. Undelivered alerts are never pruned."""
+
+    max_rows: int = 1_000_000
+    max_age_s: float = 30 * 24 * 3600.0
+
+    @classmethod
+    def from_section(cls, section: Section) -> RetentionConfig:
+        """Parse the `[retention]` table (`max_rows`, `max_age_days`); unknown keys are errors."""
+        max_rows = section.integer("max_rows", cls.max_rows, minimum=1)
+        max_age_days = section.number("max_age_days", cls.max_age_s / 86400.0, minimum=0.0,
+                                      exclusive_minimum=True)
+        section.finish()
+        return cls(max_rows=max_rows, max_age_s=max_age_days * 86400.0)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One alert waiting to be (or already) published, in `seq` order."""
+
+    seq: int
+    alert_id: str
+    episode_id: str
+    state: str
+    topic: str
+    payload: bytes
+    created_ts: float
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    raw_scores: tuple[float, ...]
+    baseline: float | None
+
+
+def _json_vector(values: Iterable[float]) -> str:
+    return json.dumps([round(float(v), 7) for v in values], separators=(",", ":"))
+
+
+class Store:
+    """The single writer of the state database. Thread-safe (one lock) so the MQTT thread may read."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, retention: RetentionConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._conn = conn
+        self.path = path
+        self.retention = retention
+        self._clock = clock
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path, retention: RetentionConfig | None = None,
+             clock: Callable[[], float] = time.time) -> Store:
+        """Open (creating if needed) the database at `path` with WAL and the current schema."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                conn.close()
+                raise StorageError(f"{path}: schema version {row[0]} is not supported"
+                                   f" (expected {SCHEMA_VERSION})")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: cannot open the state database: {exc}") from exc
+        log.info("state database %s open (WAL)", path)
+        return cls(conn, path, retention or RetentionConfig(), clock)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return list(cur.fetchall())
+
+    # windows ring buffer -------------------------------------------------------------------------------
+    def record_windows(self, scored: Sequence[ScoredWindow]) -> None:
+        """Append scored windows to the ring buffer (one transaction)."""
+        if not scored:
+            return
+        rows = [(s.window.asset, s.window.model, s.bundle_name, s.bundle_version, s.window.start_ts,
+                 s.window.end_ts, float(s.score), float(s.raw_score), float(s.threshold), int(s.is_above),
+                 _json_vector(s.latent_mean), _json_vector(s.channel_error)) for s in scored]
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO windows (asset, model, bundle_name, bundle_version, start_ts, end_ts, score,"
+                " raw_score, threshold, above, latent_mean, channel_error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def window_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM windows")[0][0])
+
+    def last_windows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent windows, newest first, vectors decoded (for status and drift)."""
+        rows = self._query(
+            "SELECT asset, model, bundle_version, start_ts, end_ts, score, raw_score, threshold, above,"
+            " latent_mean, channel_error FROM windows ORDER BY id DESC LIMIT ?", (limit,))
+        keys = ("asset", "model", "bundle_version", "start_ts", "end_ts", "score", "raw_score", "threshold",
+                "above", "latent_mean", "channel_error")
+        out = []
+        for row in rows:
+            item = dict(zip(keys, row, strict=True))
+            item["latent_mean"] = json.loads(item["latent_mean"])
+            item["channel_error"] = json.loads(item["channel_error"])
+            out.append(item)
+        return out
+
+    def prune(self) -> int:
+        """Drop windows beyond the row cap or older than the age cap, and delivered outbox rows older
+        than the age cap. Returns the number of windows removed."""
+        cutoff = self._clock() - self.retention.max_age_s
+        with self._transaction() as conn:
+            by_age = conn.execute("DELETE FROM windows WHERE end_ts < ?", (cutoff,)).rowcount
+            by_rows = conn.execute(
+                "DELETE FROM windows WHERE id <= (SELECT id FROM windows ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (self.retention.max_rows,)).rowcount
+            conn.execute("DELETE FROM outbox WHERE delivered_ts IS NOT NULL AND delivered_ts < ?", (cutoff,))
+            conn.execute("DELETE FROM episodes WHERE status = 'closed' AND end_ts < ?", (cutoff,))
+        removed = max(by_age, 0) + max(by_rows, 0)
+        if removed:
+            log.debug("pruned %d windows", removed)
+        return removed
+
+    # alerts: outbox + episodes ---------------------------------------------------------------------------
+    def add_alerts(self, events: Sequence[AlertEvent], topic_for: Callable[[AlertEvent], str],
+                   payload_for: Callable[[AlertEvent], bytes]) -> None:
+        """Write alerts to the outbox and their episodes to `episodes`, in one transaction.
+
+        Topic and payload are rendered now, so what is delivered after a restart is byte for byte what
+        was decided before it."""
+        if not events:
+            return
+        rendered = [(e, topic_for(e), payload_for(e)) for e in events]
+        now = self._clock()
+        with self._transaction() as conn:
+            for event, topic, payload in rendered:
+                conn.execute(
+                    "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (event.alert_id, event.episode_id, event.state, topic, payload.decode("utf-8"), now))
+                self._upsert_episode(conn, event)
+
+    @staticmethod
+    def _upsert_episode(conn: sqlite3.Connection, event: AlertEvent) -> None:
+        if event.state == "open":
+            conn.execute(
+                "INSERT INTO episodes (episode_id, asset, model, bundle_name, bundle_version, status,"
+                " start_ts, last_event_ts, severity, peak_score, last_score, alerts)"
+                " VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, 1)",
+                (event.episode_id, event.asset, event.model, event.bundle_name, event.bundle_version,
+                 event.episode_start_ts, event.ts, event.severity, event.score, event.score))
+            return
+        status = "closed" if event.state == "close" else "open"
+        conn.execute(
+            "UPDATE episodes SET status = ?, last_event_ts = ?, end_ts = ?, severity = ?,"
+            " peak_score = max(peak_score, ?), last_score = ?, alerts = alerts + 1 WHERE episode_id = ?",
+            (status, event.ts, event.ts if status == "closed" else None, event.severity,
+             float(event.extra.get("peak_score", event.score)), event.score, event.episode_id))
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        """Episodes not yet closed (restored by the decision engine after a restart)."""
+        rows = self._query(
+            "SELECT episode_id, asset, model, bundle_name, bundle_version, start_ts, last_event_ts, severity,"
+            " peak_score, last_score, alerts FROM episodes WHERE status = 'open' ORDER BY start_ts")
+        keys = ("episode_id", "asset", "model", "bundle_name", "bundle_version", "start_ts", "last_event_ts",
+                "severity", "peak_score", "last_score", "alerts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def pending(self, limit: int = 100) -> list[OutboxRow]:
+        """Undelivered alerts, oldest first."""
+        rows = self._query(
+            "SELECT seq, alert_id, episode_id, state, topic, payload, created_ts FROM outbox"
+            " WHERE delivered_ts IS NULL ORDER BY seq LIMIT ?", (limit,))
+        return [OutboxRow(seq, alert_id, episode_id, state, topic, payload.encode("utf-8"), created_ts)
+                for seq, alert_id, episode_id, state, topic, payload, created_ts in rows]
+
+    def mark_delivered(self, alert_ids: Iterable[str]) -> None:
+        """Mark alerts as acknowledged by the broker (PUBACK)."""
+        ids = [(self._clock(), alert_id) for alert_id in alert_ids]
+        if not ids:
+            return
+        with self._transaction() as conn:
+            conn.executemany("UPDATE outbox SET delivered_ts = ? WHERE alert_id = ? AND delivered_ts IS NULL",
+                             ids)
+
+    def backlog(self) -> int:
+        """How many alerts wait for delivery."""
+        return int(self._query("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL")[0][0])
+
+    # baselines ---------------------------------------------------------------------------------------------
+    def get_baseline(self, asset: str, model: str, bundle_version: str) -> BaselineRecord | None:
+        rows = self._query("SELECT raw_scores, baseline FROM baselines WHERE asset = ? AND model = ?"
+                           " AND bundle_version = ?", (asset, model, bundle_version))
+        if not rows:
+            return None
+        raw, baseline = rows[0]
+        return BaselineRecord(tuple(float(v) for v in json.loads(raw)), baseline)
+
+    def put_baseline(self, asset: str, model: str, bundle_version: str, raw_scores: Sequence[float],
+                     baseline: float | None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO baselines (asset, model, bundle_version, raw_scores, baseline, updated_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset, model, bundle_version) DO UPDATE SET"
+                " raw_scores = excluded.raw_scores, baseline = excluded.baseline,"
+                " updated_ts = excluded.updated_ts",
+                (asset, model, bundle_version, _json_vector(raw_scores), baseline, self._clock()))
+
+    # counters ----------------------------------------------------------------------------------------------
+    def set_counter(self, name: str, value: int) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, int(value)))
+
+    def incr_counters(self, deltas: Mapping[str, int]) -> None:
+        """Add to named counters (created at zero), in one transaction."""
+        items = [(name, int(delta)) for name, delta in deltas.items() if delta]
+        if not items:
+            return
+        with self._transaction() as conn:
+            conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?)"
+                             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", items)
+
+    def counters(self) -> dict[str, int]:
+        rows = self._query("SELECT name, value FROM counters ORDER BY name")
+        return {name: int(value) for name, value in rows}
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the connection."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+            self._conn.close()

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.inference import InferenceEngine, InferenceError, ProviderSettings, choose_providers
+from edge_agent.storage import Store
+from edge_agent.types import Window
+from tests.support.bundles import build_test_bundle, normal_windows, write_test_public_key
+
+pytestmark = pytest.mark.integration
+
+CHANNELS = ["pressure", "flow", "vibration"]
+LENGTH = 16
+
+
+def load(tmp_path: Path, **overrides: object) -> Bundle:
+    path = build_test_bundle(tmp_path / "out", channels=CHANNELS, window_length=LENGTH, stride=8, **overrides)
+    keys = tmp_path / "keys"
+    write_test_public_key(keys)
+    return read_bundle(path, trusted_keys=keys, extract_to=tmp_path / "bundle")
+
+
+def windows_of(data: np.ndarray, asset: str = "pump-1", model: str = "pump") -> list[Window]:
+    return [Window(asset, model, float(i), float(i + LENGTH - 1), d) for i, d in enumerate(data)]
+
+
+def test_scores_match_the_bundle_reference_outputs(tmp_path: Path) -> None:
+    bundle = load(tmp_path)
+    engine = InferenceEngine(bundle, ProviderSettings(), max_batch=8)
+    ref = bundle.reference("pump")
+    spec = bundle.manifest.model("pump").reference
+    scored = asyncio.run(engine.score(windows_of(ref["window"])))
+    assert len(scored) == len(ref["window"])
+    for i, s in enumerate(scored):
+        np.testing.assert_allclose(s.raw_score, ref["score"][i], rtol=spec.rtol, atol=spec.atol)
+        np.testing.assert_allclose(s.channel_error, ref["channel_error"][i], rtol=spec.rtol, atol=spec.atol)
+        np.testing.assert_allclose(s.time_error, ref["time_error"][i], rtol=spec.rtol, atol=spec.atol)
+        np.testing.assert_allclose(s.latent_mean, ref["latent_mean"][i], rtol=spec.rtol, atol=spec.atol)
+        assert s.score == s.raw_score  # no baseline in this bundle
+        assert s.threshold == bundle.manifest.model("pump").threshold.value
+    # the reference's third window has an offset on the first channel: above threshold, channel ranked first
+    assert scored[2].is_above
+    assert int(np.argmax(scored[2].channel_error)) == 0
+    engine.close()
+
+
+def test_batching_gives_the_same_scores_as_batch_one(tmp_path: Path) -> None:
+    bundle = load(tmp_path)
+    data = normal_windows(37, len(CHANNELS), LENGTH, seed=5)
+    one = InferenceEngine(bundle, max_batch=1)
+    many = InferenceEngine(bundle, max_batch=16)
+    mixed = windows_of(data[:20], "pump-1") + windows_of(data[20:], "pump-2")
+    a = asyncio.run(one.score(mixed))
+    b = asyncio.run(many.score(mixed))
+    assert [s.window.asset for s in b] == [w.asset for w in mixed]  # input order kept
+    np.testing.assert_allclose([s.raw_score for s in a], [s.raw_score for s in b], rtol=1e-6)
+    np.testing.assert_allclose(np.stack([s.channel_error for s in a]), np.stack([s.channel_error for s in b]),
+                               rtol=1e-6)
+    one.close()
+    many.close()
+
+
+def test_unavailable_provider_falls_back_to_cpu_with_a_log(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load(tmp_path)
+    settings = ProviderSettings(providers=(("NoSuchExecutionProvider", {}),), intra_op_threads=1)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.inference"):
+        engine = InferenceEngine(bundle, settings)
+    assert engine.providers("pump") == ["CPUExecutionProvider"]
+    assert "NoSuchExecutionProvider is not available" in caplog.text
+    assert choose_providers(settings, ["CPUExecutionProvider"]) == [("CPUExecutionProvider", {})]
+    engine.close()
+
+
+def test_wrong_window_shape_and_unknown_model_are_clear_errors(tmp_path: Path) -> None:
+    engine = InferenceEngine(load(tmp_path))
+    bad = Window("pump-1", "pump", 0.0, 1.0, np.zeros((2, LENGTH), np.float32))
+    with pytest.raises(InferenceError, match=r"asset 'pump-1'.*shape \(2, 16\), expected \(3, 16\)"):
+        asyncio.run(engine.score([bad]))
+    with pytest.raises(InferenceError, match="no model 'fan'"):
+        engine.model("fan")
+    engine.close()
+
+
+def test_nonfinite_windows_are_dropped_and_counted(tmp_path: Path) -> None:
+    engine = InferenceEngine(load(tmp_path))
+    data = normal_windows(2, len(CHANNELS), LENGTH, seed=3)
+    data[0, 1, 3] = np.nan
+    scored = asyncio.run(engine.score(windows_of(data)))
+    assert [s.window.start_ts for s in scored] == [1.0]
+    assert engine.dropped_nonfinite == 1
+    engine.close()
+
+
+def test_score_baseline_is_applied_and_survives_restart(tmp_path: Path) -> None:
+    bundle = load(tmp_path, score_baseline={"kind": "per_asset_initial", "windows": 4, "statistic": "median"})
+    data = normal_windows(6, len(CHANNELS), LENGTH, seed=4)
+    db = tmp_path / "state.db"
+    store = Store.open(db)
+    engine = InferenceEngine(bundle, store=store)
+    first = asyncio.run(engine.score(windows_of(data[:4])))
+    raws = [s.raw_score for s in first]
+    assert first[0].score == pytest.approx(0.0)  # the first window is its own median
+    baseline = float(np.median(raws))
+    assert engine.baselines.baseline("pump-1", "pump", bundle.manifest.version) == pytest.approx(baseline)
+    engine.close()
+    store.close()
+
+    store = Store.open(db)
+    engine = InferenceEngine(bundle, store=store)
+    later = asyncio.run(engine.score(windows_of(data[4:])))
+    for s in later:
+        assert s.score == pytest.approx(s.raw_score - baseline, abs=1e-6)
+    other = asyncio.run(engine.score(windows_of(data[4:5], asset="pump-2")))
+    assert other[0].score == pytest.approx(0.0)  # a new asset starts its own baseline
+    engine.close()
+    store.close()
+
+
+def test_real_bundle_scores_drive_one_episode_with_the_faulty_channel_first(tmp_path: Path) -> None:
+    from edge_agent.decisions import DecisionConfig, DecisionEngine
+    from edge_agent.types import GatewayIdentity
+
+    bundle = load(tmp_path)
+    store = Store.open(tmp_path / "state.db")
+    engine = InferenceEngine(bundle, store=store)
+    decisions = DecisionEngine(DecisionConfig(), GatewayIdentity("s", "a", "l", "gw"), store, bundle.manifest)
+    data = normal_windows(30, len(CHANNELS), LENGTH, seed=9)
+    data[10:20, 1, :] += 8.0 * 1.5  # an 8-sigma offset on "flow" (std 1.5) for ten windows
+    scored = asyncio.run(engine.score(windows_of(data)))
+    events = [e for i, s in enumerate(scored) for e in decisions.process(s, 1000.0 + i)]
+    assert [e.state for e in events] == ["open", "close"]  # debounce 2 of 3, clear after 3 below
+    assert events[0].root_cause[0].channel == "flow"
+    assert events[0].severity in {level.level for level in bundle.manifest.model("pump").severity}
+    engine.close()
+    store.close()

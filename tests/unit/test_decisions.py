@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.configtools import ConfigError, Section
+from edge_agent.decisions import DecisionConfig, DecisionEngine, new_id, peak_time, root_cause
+from edge_agent.types import GatewayIdentity, ScoredWindow, Window
+
+IDENTITY = GatewayIdentity(site="s1", area="a1", line="l1", gateway_id="gw1")
+CHANNELS = ["flow", "pressure", "temp"]
+
+
+def manifest(k: int = 2, n: int = 3, clear: int = 3, threshold: float = 1.0) -> dict[str, Any]:
+    return {"name": "pumps", "version": "1.0.0", "models": [{
+        "name": "pump", "input": {"channels": CHANNELS},
+        "threshold": {"value": threshold},
+        "severity": [{"level": "warning", "min_score": threshold},
+                     {"level": "high", "min_score": 2 * threshold},
+                     {"level": "critical", "min_score": 4 * threshold}],
+        "debounce": {"k": k, "n": n, "clear_windows": clear}}]}
+
+
+class Feeder:
+    """Feeds windows one second apart (a fake clock) to an engine."""
+
+    def __init__(self, engine: DecisionEngine, asset: str = "pump-1") -> None:
+        self.engine = engine
+        self.asset = asset
+        self.now = 1_800_000_000.0
+        self.version = "1.0.0"
+
+    def feed(self, score: float, hot_channel: int = 0) -> list:
+        self.now += 1.0
+        errors = np.full(3, 0.1, dtype=np.float32)
+        errors[hot_channel] = 1.0
+        time_error = np.zeros(5, dtype=np.float32)
+        time_error[3] = 1.0
+        window = Window(self.asset, "pump", self.now - 4, self.now, np.zeros((3, 5), np.float32))
+        scored = ScoredWindow(window, score, score, 1.0, errors, np.zeros(2, np.float32), time_error,
+                              "pumps", self.version)
+        return self.engine.process(scored, self.now)
+
+
+def engine(update_interval_s: float = 60.0, **kw: Any) -> DecisionEngine:
+    return DecisionEngine(DecisionConfig(update_interval_s=update_interval_s), IDENTITY, None, manifest(**kw))
+
+
+def test_debounce_needs_k_of_n_above() -> None:
+    f = Feeder(engine(k=2, n=3))
+    assert f.feed(1.5) == []          # 1 of 3
+    assert f.feed(0.5) == []          # 1 of 3
+    events = f.feed(1.5)              # 2 of 3 -> open
+    assert [e.state for e in events] == ["open"]
+    assert events[0].severity == "warning"
+
+
+def test_isolated_spikes_never_open() -> None:
+    f = Feeder(engine(k=2, n=3))
+    events = [e for score in [1.5, 0.2, 0.2, 1.5, 0.2, 0.2, 1.5] for e in f.feed(score)]
+    assert events == []
+
+
+def test_sustained_fault_with_dips_is_one_episode() -> None:
+    f = Feeder(engine(k=2, n=3, clear=3))
+    scores = [1.5, 1.5] + [1.5, 0.5, 1.5, 0.5, 0.5, 1.5] * 5 + [0.5, 0.5, 0.5]
+    events = [e for s in scores for e in f.feed(s)]
+    assert [e.state for e in events] == ["open", "close"]
+    assert len({e.episode_id for e in events}) == 1
+    assert events[1].extra["reason"] == "cleared"
+
+
+def test_rising_severity_updates_at_once_falling_waits_for_periodic() -> None:
+    f = Feeder(engine(update_interval_s=10.0, k=1, n=1, clear=2))
+    assert [e.state for e in f.feed(1.2)] == ["open"]
+    rise = f.feed(2.5)
+    assert [(e.state, e.severity, e.extra["reason"]) for e in rise] == [("update", "high", "severity")]
+    crit = f.feed(5.0)
+    assert [(e.state, e.severity) for e in crit] == [("update", "critical")]
+    quiet = [e for _ in range(8) for e in f.feed(1.2)]
+    assert quiet == []  # falling severity is not announced immediately
+    periodic = [e for _ in range(3) for e in f.feed(1.2)]
+    assert [(e.state, e.extra["reason"], e.severity) for e in periodic] == [("update", "periodic", "warning")]
+
+
+def test_close_reports_the_peak_window_and_root_cause() -> None:
+    f = Feeder(engine(k=1, n=1, clear=1))
+    f.feed(1.5, hot_channel=0)
+    f.feed(3.0, hot_channel=2)
+    f.feed(1.5, hot_channel=0)
+    (close,) = f.feed(0.1)
+    assert close.state == "close"
+    assert close.score == pytest.approx(3.0)
+    assert close.root_cause[0].channel == "temp"
+    assert close.extra["peak_score"] == pytest.approx(3.0)
+
+
+def test_root_cause_ranks_channels_by_share() -> None:
+    ranked = root_cause(np.array([0.1, 0.6, 0.3]), CHANNELS)
+    assert [r.channel for r in ranked] == ["pressure", "temp", "flow"]
+    assert sum(r.share for r in ranked) == pytest.approx(1.0)
+    assert ranked[0].share == pytest.approx(0.6)
+
+
+def test_peak_time_uses_window_timestamps_or_interpolates() -> None:
+    data = np.zeros((3, 5), np.float32)
+    te = np.array([0, 0, 5, 1, 0], np.float32)
+    common = (1.0, 1.0, 1.0, np.zeros(3), np.zeros(2), te, "b", "1")
+    plain = ScoredWindow(Window("a", "pump", 100.0, 104.0, data), *common)
+    assert peak_time(plain) == pytest.approx(102.0)
+    stamped = ScoredWindow(Window("a", "pump", 100.0, 104.0, data, np.array([100, 100.5, 101.7, 103, 104.0])),
+                           *common)
+    assert peak_time(stamped) == pytest.approx(101.7)
+
+
+def test_assets_are_independent() -> None:
+    e = engine(k=1, n=1, clear=1)
+    a, b = Feeder(e, "pump-1"), Feeder(e, "pump-2")
+    assert [x.asset for x in a.feed(2.0)] == ["pump-1"]
+    assert b.feed(0.1) == []
+    assert [ep["asset"] for ep in e.open_episodes()] == ["pump-1"]
+
+
+def test_swap_manifest_closes_vanished_models() -> None:
+    e = engine(k=1, n=1)
+    Feeder(e).feed(2.0)
+    other = manifest()
+    other["models"][0]["name"] = "fan"
+    events = e.swap_manifest(other, now=1_900_000_000.0)
+    assert [(ev.state, ev.model, ev.extra["reason"]) for ev in events] == [("close", "pump", "model_removed")]
+    assert e.open_episodes() == []
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    e = engine()
+    window = Window("pump-1", "nope", 0.0, 1.0, np.zeros((3, 5), np.float32))
+    scored = ScoredWindow(window, 1.0, 1.0, 1.0, np.zeros(3), np.zeros(2), np.zeros(5), "pumps", "1.0.0")
+    with pytest.raises(KeyError, match="nope"):
+        e.process(scored, 1.0)
+
+
+def test_ids_are_unique_and_time_sortable() -> None:
+    ids = [new_id(1_800_000_000.0 + i) for i in range(50)]
+    assert len(set(ids)) == 50
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
+def test_config_parsing_and_errors() -> None:
+    cfg = DecisionConfig.from_section(Section({"update_interval_s": 30, "debounce": {"k": 2, "n": 4}},
+                                              "decisions"))
+    assert cfg == DecisionConfig(update_interval_s=30.0, debounce_k=2, debounce_n=4)
+    with pytest.raises(ConfigError, match=r"decisions -> debounce -> k"):
+        DecisionConfig.from_section(Section({"debounce": {"k": 5, "n": 3}}, "decisions"))
+    with pytest.raises(ConfigError, match=r"decisions -> interval: unknown key"):
+        DecisionConfig.from_section(Section({"interval": 3}, "decisions"))
+
+
+def test_messages_after_a_bundle_swap_name_the_bundle_that_scored_the_window() -> None:
+    e = engine(k=1, n=1, clear=1)
+    f = Feeder(e)
+    (opened,) = f.feed(1.5)
+    assert e.swap_manifest(manifest(k=1, n=1, clear=1), now=f.now) == []  # same model: episode continues
+    f.version = "2.0.0"
+    (rise,) = f.feed(5.0)
+    assert rise.episode_id == opened.episode_id
+    assert (opened.bundle_version, rise.bundle_version) == ("1.0.0", "2.0.0")
