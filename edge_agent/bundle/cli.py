@@ -1,0 +1,192 @@
+"""`edge-agent bundle ...`: install, list, roll back, verify and remove model bundles on this gateway.
+
+    edge-agent bundle install FILE --config /etc/edge-agent/agent.toml [--wait 15]
+    edge-agent bundle verify FILE --config ...        every install check, changes nothing
+    edge-agent bundle list --config ...               * = active, < = rollback target
+    edge-agent bundle rollback [VERSION] --config ... default: the version active before the current one
+    edge-agent bundle remove VERSION --config ...     never the active one
+
+Exit codes: 0 done; 1 a check or store operation failed (nothing changed); 2 the config is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle.errors import BundleError
+from edge_agent.bundle.install import (
+    InstallSettings,
+    describe_versions,
+    install,
+    rollback,
+    running_version,
+    settings_from_config,
+    verify_only,
+    wait_for_agent,
+)
+from edge_agent.bundle.store import BundleStore
+from edge_agent.configtools import ConfigError
+
+DEFAULT_CONFIG = Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.toml"))
+
+
+def register(subparsers: Any) -> None:
+    """Add `bundle` and its subcommands to the `edge-agent` command line."""
+    parser = subparsers.add_parser("bundle", help="install, list, roll back, verify or remove model bundles")
+    commands = parser.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                         help=f"agent config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)")
+        return sub
+
+    sub = add("install", "verify a bundle, store it, activate it and tell the running agent")
+    sub.add_argument("file", type=Path)
+    sub.add_argument("--keep", type=int, default=None, help="installed versions to keep (default: config)")
+    sub.add_argument("--wait", type=float, default=15.0, metavar="SECONDS",
+                     help="wait this long for the running agent to report the new version (0: do not wait)")
+    sub.set_defaults(func=cmd_install)
+    sub = add("verify", "run every install check on a bundle without changing anything")
+    sub.add_argument("file", type=Path)
+    sub.set_defaults(func=cmd_verify)
+    sub = add("list", "list installed versions")
+    sub.set_defaults(func=cmd_list)
+    sub = add("rollback", "activate the previous (or the given) installed version")
+    sub.add_argument("version", nargs="?")
+    sub.add_argument("--wait", type=float, default=15.0, metavar="SECONDS")
+    sub.set_defaults(func=cmd_rollback)
+    sub = add("remove", "delete an installed version (never the active one)")
+    sub.add_argument("version")
+    sub.set_defaults(func=cmd_remove)
+
+
+def _settings(args: argparse.Namespace) -> InstallSettings:
+    from edge_agent.config import AgentConfig
+
+    settings = settings_from_config(AgentConfig.load(args.config))
+    keep = getattr(args, "keep", None)
+    if keep is not None:
+        if keep < 1:
+            raise ConfigError("--keep", "must be at least 1", keep)
+        settings = dataclasses.replace(settings, keep=keep)
+    return settings
+
+
+def _fail(message: str) -> int:
+    print(f"FAILED {message}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace, action: Any) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(action(settings))
+    except BundleError as exc:
+        return _fail(f"{exc}\nnothing was changed: the active bundle and the running agent are untouched")
+
+
+def _progress(check: str, detail: str) -> None:
+    print(f"  ok  {check:<16} {detail}")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    def action(settings: InstallSettings) -> int:
+        outcome = install(args.file, settings, progress=_progress)
+        version = outcome.installed.version
+        if outcome.previous == version:
+            print(f"{outcome.installed.name} {version} is already the active bundle; nothing changed")
+            return 0
+        print(f"installed and activated {outcome.installed.name} {version} (previous: "
+              f"{outcome.previous or 'none'})")
+        if outcome.removed:
+            print(f"removed old versions (keeping {settings.keep}): {', '.join(outcome.removed)}")
+        _report_agent(settings, outcome.agent, version, args.wait)
+        return 0
+
+    return _run(args, action)
+
+
+def _report_agent(settings: InstallSettings, agent: str, version: str, wait_s: float) -> None:
+    print(agent)
+    if "notified" in agent and wait_s > 0:
+        if wait_for_agent(settings, version, wait_s):
+            print(f"the running agent now scores with {version}")
+        else:
+            print(f"the agent has not reported {version} within {wait_s:g} s; check `edge-agent status` and "
+                  "its log (it keeps the old bundle if the new one fails to load)")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    def action(settings: InstallSettings) -> int:
+        verified = verify_only(args.file, settings)
+        for check, detail in verified.passed:
+            _progress(check, detail)
+        manifest = verified.bundle.manifest
+        print(f"{args.file}: {manifest.name} {manifest.version} passes every check (nothing was changed)")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    def action(settings: InstallSettings) -> int:
+        store = BundleStore(settings.state_dir)
+        lines = describe_versions(store)
+        if not lines:
+            print(f"no bundles installed in {store.root}")
+        for line in lines:
+            print(line)
+        if settings.status_path is not None and settings.pid_path is not None and settings.pid_path.is_file():
+            print(f"running agent reports bundle {running_version(settings.status_path) or 'unknown'}")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    def action(settings: InstallSettings) -> int:
+        outcome = rollback(settings, args.version)
+        print(f"rolled back to {outcome.installed.name} {outcome.installed.version} (was {outcome.previous})")
+        _report_agent(settings, outcome.agent, outcome.installed.version, args.wait)
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    def action(settings: InstallSettings) -> int:
+        store = BundleStore(settings.state_dir)
+        with store.lock():
+            store.remove(args.version)
+        print(f"removed version {args.version}")
+        return 0
+
+    return _run(args, action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edge_agent.bundle.cli [--log-level L] ACTION ...`: the bundle commands alone."""
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.bundle.cli")
+    register(parser.add_subparsers(dest="command", required=True))
+    rest = list(sys.argv[1:] if argv is None else argv)
+    level = "warning"
+    if rest[:1] == ["--log-level"] and len(rest) > 1:
+        level, rest = rest[1], rest[2:]
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(["bundle", *rest])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""`bundle install` end to end on real files: real signed bundles, real ONNX Runtime sessions, the real
+store. Each tampered bundle must be refused by its own check with a clear message, leaving the active bundle
+as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle import read_bundle, sign_manifest, write_bundle
+from edge_agent.bundle.install import CheckError, InstallSettings, install, rollback, settings_from_config
+from edge_agent.bundle.store import BundleStore
+from edge_agent.cli import main
+from edge_agent.config import AgentConfig
+from tests.support import wait_until
+from tests.support.bundles import KeyPair, build_test_bundle, make_keypair
+
+pytestmark = pytest.mark.integration
+
+CHANNELS = ["pressure", "flow", "vibration"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config_text(profile: Path, channels: list[str] = CHANNELS) -> str:
+    mapping = "\n".join(f'{c} = "{c}"' for c in channels)
+    return f"""
+state_dir = "state"
+device_profile = "{profile}"
+[gateway]
+site = "s1"
+area = "a1"
+line = "l1"
+id = "gw1"
+[bundle]
+trusted_keys = "keys"
+keep = 3
+[sources.line1]
+type = "serial"
+device = "/dev/ttyUSB0"
+format = "csv"
+fields = {json.dumps(channels)}
+[assets.pump-1]
+model = "pump"
+source = "line1"
+[assets.pump-1.channels]
+{mapping}
+"""
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> tuple[Path, KeyPair]:
+    """A config dir with trusted keys and a small-memory profile (8 MiB member limit)."""
+    root = tmp_path / "gw"
+    root.mkdir()
+    keys = make_keypair(root / "keys")
+    (root / "keys" / "signing.key").unlink()  # the gateway only holds public keys
+    profile = root / "tiny.toml"
+    profile.write_text("memory_budget_mb = 32\n")
+    (root / "agent.toml").write_text(_config_text(profile))
+    return root / "agent.toml", keys
+
+
+def _settings(config: Path) -> InstallSettings:
+    return settings_from_config(AgentConfig.load(config))
+
+
+def _bundle(tmp_path: Path, keys: KeyPair, version: str, **kwargs: object) -> Path:
+    kwargs.setdefault("channels", CHANNELS)
+    return build_test_bundle(tmp_path / "out", version=version, sign_key=keys.private_key,
+                             name="pumps", window_length=16, stride=8, **kwargs)
+
+
+def _rewrite(src: Path, dst: Path, edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]) -> Path:
+    """Copy a bundle member by member (no checks), letting `edit` change the member list."""
+    with tarfile.open(src, "r:*") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    edit(members)
+    with tarfile.open(dst, "w:gz") as out:
+        for info, data in members:
+            out.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return dst
+
+
+def _member(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def _flip_bit(name: str) -> Callable[[list], None]:
+    def edit(members: list) -> None:
+        for i, (info, data) in enumerate(members):
+            if info.name == name:
+                changed = bytearray(data)
+                changed[len(changed) // 2] ^= 0x01
+                members[i] = (info, bytes(changed))
+    return edit
+
+
+def _edit_manifest(members: list) -> None:
+    for i, (info, data) in enumerate(members):
+        if info.name == "manifest.json":
+            manifest = json.loads(data)
+            manifest["models"][0]["threshold"]["value"] *= 10  # silence the alarms
+            new = json.dumps(manifest).encode()
+            info.size = len(new)
+            members[i] = (info, new)
+
+
+@pytest.fixture
+def installed(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> InstallSettings:
+    config, keys = gateway
+    settings = _settings(config)
+    install(_bundle(tmp_path, keys, "1.0.0"), settings)
+    return settings
+
+
+TAMPERING = {
+    "bit flip in the ONNX file": (_flip_bit("models/pump.onnx"), "integrity",
+                                  "SHA-256 mismatch for file 'models/pump.onnx'"),
+    "edited manifest": (_edit_manifest, "signature", "does not verify with trusted key"),
+    "member with ../": (lambda m: m.append(_member("models/../../evil.sh")), "safe extraction",
+                        "member 'models/../../evil.sh': unsafe path: path contains '..'"),
+    "absolute path": (lambda m: m.append(_member("/etc/cron.d/evil")), "safe extraction",
+                      "member '/etc/cron.d/evil': unsafe path: absolute"),
+    "symlink": (lambda m: m.append(_member("models/link.onnx", b"", tarfile.SYMTYPE, "/etc/shadow")),
+                "safe extraction", "is a symbolic link (to '/etc/shadow')"),
+    "oversized member": (lambda m: m.append(_member("models/huge.bin", bytes(9 * 1024 * 1024))),
+                         "safe extraction", "over the 8388608-byte limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_tampered_bundle_is_refused_and_active_unchanged(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                         installed: InstallSettings, case: str) -> None:
+    _config, keys = gateway
+    edit, check, detail = TAMPERING[case]
+    good = _bundle(tmp_path, keys, "2.0.0")
+    bad = _rewrite(good, tmp_path / "bad.bundle", edit)
+    with pytest.raises(CheckError) as info:
+        install(bad, installed)
+    assert info.value.check == check
+    assert f"check '{check}' failed" in str(info.value)
+    assert detail in str(info.value)
+    store = BundleStore(installed.state_dir)
+    assert store.active_version() == "1.0.0"
+    assert [b.version for b in store.versions()] == ["1.0.0"]
+    assert not [p.name for p in store.root.iterdir() if p.name.startswith((".verify", ".staging"))]
+
+
+def test_untrusted_signer_is_refused(tmp_path: Path, installed: InstallSettings) -> None:
+    stranger = make_keypair(tmp_path / "stranger")
+    with pytest.raises(CheckError, match=rf"check 'signature' failed: signed with key id "
+                       rf"'{stranger.key_id}', which is not trusted"):
+        install(_bundle(tmp_path, stranger, "2.0.0"), installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_channels_no_asset_provides_are_refused(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                installed: InstallSettings) -> None:
+    _config, keys = gateway
+    bundle = _bundle(tmp_path, keys, "2.0.0", channels=["pressure", "flow", "temperature"])
+    with pytest.raises(CheckError, match=r"check 'assets' failed: .*asset 'pump-1': channels do not match "
+                       r"model 'pump' \(missing temperature; not inputs of the model: vibration\)"):
+        install(bundle, installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_wrong_reference_outputs_are_refused(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                             installed: InstallSettings) -> None:
+    """A correctly signed bundle whose model does not reproduce its own reference outputs."""
+    _config, keys = gateway
+    bundle = read_bundle(_bundle(tmp_path, keys, "2.0.0"), extract_to=tmp_path / "x")
+    reference = bundle.reference("pump")
+    reference["score"] = reference["score"] * 1.01
+    np.savez(tmp_path / "x" / "reference" / "pump.npz", **reference)
+    manifest = bundle.manifest.to_dict()
+    manifest["files"] = {}
+    manifest["models"][0]["sha256"] = manifest["models"][0]["reference"]["sha256"] = None
+    resigned = tmp_path / "resigned.bundle"
+    write_bundle(resigned, manifest, {name: tmp_path / "x" / name for name in bundle.manifest.files},
+                 sign_key=keys.private_key)
+    with pytest.raises(CheckError, match=r"check 'reference' failed: model 'pump' output 'score' differs"):
+        install(resigned, installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_profile_checks(tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings) -> None:
+    _config, keys = gateway
+    other = _bundle(tmp_path, keys, "2.0.0", compatibility={"min_onnxruntime": "1.17.0", "opset": 17,
+                                                            "device_profiles": ["jetson-orin"]})
+    with pytest.raises(CheckError, match="check 'device profile' failed: bundle is built for device profiles "
+                       "jetson-orin; this gateway uses tiny"):
+        install(other, installed)
+    future = _bundle(tmp_path, keys, "3.0.0", compatibility={"min_onnxruntime": "99.0", "opset": 17,
+                                                             "device_profiles": []})
+    with pytest.raises(CheckError, match=r"check 'onnxruntime' failed: bundle needs onnxruntime >= 99\.0"):
+        install(future, installed)
+
+
+def test_install_rollback_list_remove_through_the_cli(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config, keys = gateway
+    state = config.parent / "state"
+    for version in ("1.0.0", "1.1.0"):
+        bundle = _bundle(tmp_path, keys, version)
+        assert main(["bundle", "install", str(bundle), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "ok  reference" in out
+    assert "installed and activated pumps 1.1.0 (previous: 1.0.0)" in out
+    assert "no running agent" in out
+    assert main(["bundle", "verify", str(_bundle(tmp_path, keys, "1.2.0")), "--config", str(config)]) == 0
+    assert "passes every check (nothing was changed)" in capsys.readouterr().out
+    assert main(["bundle", "list", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listing] == [["<", "1.0.0"], ["*", "1.1.0"]]
+    assert main(["bundle", "remove", "1.1.0", "--config", str(config)]) == 1
+    assert "1.1.0 is the active bundle and cannot be removed" in capsys.readouterr().err
+    assert main(["bundle", "rollback", "--config", str(config)]) == 0
+    assert "rolled back to pumps 1.0.0 (was 1.1.0)" in capsys.readouterr().out
+    assert BundleStore(state).active_version() == "1.0.0"
+    assert main(["bundle", "remove", "1.1.0", "--config", str(config)]) == 0
+    assert [b.version for b in BundleStore(state).versions()] == ["1.0.0"]
+    assert main(["bundle", "rollback", "--config", str(config)]) == 1
+    assert "check 'rollback' failed: no previous version" in capsys.readouterr().err
+    bad = _rewrite(_bundle(tmp_path, keys, "2.0.0"), tmp_path / "bad.bundle", _edit_manifest)
+    assert main(["bundle", "install", str(bad), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err
+    assert "check 'signature' failed" in err
+    assert "the active bundle and the running agent are untouched" in err
+
+
+def test_keep_last_n_versions(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
+    config, keys = gateway
+    settings = _settings(config)
+    removed = []
+    for version in ("1", "2", "3", "4", "5"):
+        removed += install(_bundle(tmp_path, keys, version), settings).removed
+    assert removed == ["1", "2"]
+    assert [b.version for b in BundleStore(settings.state_dir).versions()] == ["3", "4", "5"]
+    assert rollback(settings).installed.version == "4"
+    assert rollback(settings, "3").installed.version == "3"
+    assert BundleStore(settings.state_dir).active_version() == "3"
+    again = install(tmp_path / "out" / "pumps-3.bundle", settings)  # the active version once more: a no-op
+    assert (again.previous, again.agent) == ("3", "not notified")
+    assert len(BundleStore(settings.state_dir).history()) == 7
+
+
+def test_concurrent_installs_are_serialised(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
+    """An install started while another holds the store lock waits, then completes; nothing interleaves."""
+    config, keys = gateway
+    settings = _settings(config)
+    install(_bundle(tmp_path, keys, "1.0.0"), settings)
+    second = _bundle(tmp_path, keys, "2.0.0")
+    store = BundleStore(settings.state_dir)
+    lines: list[str] = []
+    with store.lock():
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "--log-level", "info", "bundle",
+                                 "install", str(second), "--config", str(config), "--wait", "0"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        wait_until(lambda: any("waiting for another bundle operation" in line for line in lines), timeout=30,
+                   what="the second install waiting for the lock")
+        assert store.active_version() == "1.0.0"
+        assert proc.poll() is None
+    assert proc.wait(timeout=60) == 0, "".join(lines)
+    reader.join(10)
+    assert store.active_version() == "2.0.0"
+    assert [(e["version"], e["previous"]) for e in store.history()] == [("1.0.0", None), ("2.0.0", "1.0.0")]
+
+
+def test_unknown_schema_version_signed_by_a_trusted_key_is_refused(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings) -> None:
+    _config, keys = gateway
+
+    def newer_schema(members: list) -> None:
+        manifest = json.loads(next(data for info, data in members if info.name == "manifest.json"))
+        manifest["schema_version"] = 2
+        for i, (info, _data) in enumerate(members):
+            new = {"manifest.json": json.dumps(manifest).encode(),
+                   "signature": sign_manifest(manifest, keys.private_key)}.get(info.name)
+            if new is not None:
+                info.size = len(new)
+                members[i] = (info, new)
+
+    bad = _rewrite(_bundle(tmp_path, keys, "2.0.0"), tmp_path / "v2.bundle", newer_schema)
+    with pytest.raises(CheckError, match=r"check 'schema version' failed: .*schema_version"):
+        install(bad, installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_profile_requiring_a_missing_provider_refuses(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                      installed: InstallSettings) -> None:
+    config, keys = gateway
+    (config.parent / "tiny.toml").write_text(
+        'memory_budget_mb = 32\n[[providers]]\nname = "CUDAExecutionProvider"\nrequired = true\n'
+        '[[providers]]\nname = "CPUExecutionProvider"\n')
+    with pytest.raises(CheckError, match="check 'onnxruntime' failed: device profile tiny requires "
+                       "CUDAExecutionProvider, which this onnxruntime does not provide"):
+        install(_bundle(tmp_path, keys, "2.0.0"), _settings(config))
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"

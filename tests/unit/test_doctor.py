@@ -1,0 +1,89 @@
+"""`edge-agent doctor` findings (pure: a fake machine and a fake access check)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_agent.doctor import Machine, Requirements, diagnose, report, version_tuple
+from edge_agent.profiles import load_profile
+
+
+def _machine(**changes: object) -> Machine:
+    values: dict[str, object] = {
+        "onnxruntime_version": "1.32.0", "providers": ("CPUExecutionProvider",), "arch": "x86_64",
+        "cpu_count": 4, "mem_total_mb": 8000, "mem_available_mb": 6000, "user": "edge-agent"}
+    values.update(changes)
+    return Machine(**values)  # type: ignore[arg-type]
+
+
+def _levels(findings: list) -> dict[str, str]:
+    return {f.check: f.level for f in findings}
+
+
+def test_version_tuple() -> None:
+    assert version_tuple("1.17.3") == (1, 17, 3)
+    assert version_tuple("1.18.0rc1") == (1, 18, 0)
+    assert version_tuple("1.9") < version_tuple("1.17")
+
+
+def test_a_ready_machine_has_no_blocking_finding(state_dir: Path) -> None:
+    req = Requirements(state_dir=state_dir, profile=load_profile("x86-64-ipc"), active_bundle="pumps 1.0.0")
+    findings = diagnose(req, _machine())
+    assert not [f for f in findings if f.level == "fail"]
+    assert _levels(findings)["execution provider"] == "warn"  # optional OpenVINO
+    assert "0 blocking problem(s), 1 warning(s)" in report(findings)
+
+
+def test_jetson_profile_on_a_cpu_only_box_blocks(state_dir: Path) -> None:
+    req = Requirements(state_dir=state_dir, profile=load_profile("jetson-orin"))
+    findings = diagnose(req, _machine(cpu_count=2, mem_total_mb=1000))
+    fails = {f.message for f in findings if f.level == "fail"}
+    assert ("profile jetson-orin requires CUDAExecutionProvider, which this onnxruntime build does not "
+            "provide") in fails
+    assert "2 CPU(s) usable, profile jetson-orin needs 4" in fails
+    assert "1000 MB in total, less than the profile's budget of 2048 MB" in fails
+    assert _levels(findings)["architecture"] == "warn"
+
+
+def test_devices_missing_or_not_accessible(tmp_path: Path, state_dir: Path) -> None:
+    present = tmp_path / "ttyUSB0"
+    present.write_text("")
+    req = Requirements(state_dir=state_dir, profile=load_profile("arm64-rpi"),
+                       serial_devices=(str(present), str(tmp_path / "ttyUSB9")), audio_needed=False)
+    findings = diagnose(req, _machine(arch="aarch64"), access=lambda _path, _mode: False)
+    by_check = {f.check: f for f in findings}
+    denied = by_check[f"serial device {present}"]
+    assert (denied.level, denied.message) == ("fail", "not accessible to user edge-agent")
+    assert "usermod -aG dialout edge-agent" in denied.fix
+    assert by_check[f"serial device {tmp_path / 'ttyUSB9'}"].message == "not present"
+
+
+def test_state_dir_and_keys_and_bundle(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    req = Requirements(state_dir=tmp_path / "nope" / "state", profile=load_profile("x86-64-ipc"),
+                       trusted_keys_dir=keys, bundle_file=tmp_path / "missing.bundle")
+    by_check = {f.check: f for f in diagnose(req, _machine())}
+    assert by_check["state directory"].level == "warn"  # can be created
+    assert by_check["trusted keys"].level == "fail"
+    assert by_check["bundle"].message.startswith("no bundle installed and [bundle] path")
+    assert "edge-agent bundle install" in by_check["bundle"].fix
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_state_dir(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    req = Requirements(state_dir=locked, profile=load_profile("x86-64-ipc"))
+    by_check = {f.check: f for f in diagnose(req, _machine())}
+    assert by_check["state directory"].level == "fail"
+
+
+def test_old_onnxruntime_blocks(state_dir: Path) -> None:
+    req = Requirements(state_dir=state_dir, profile=load_profile("x86-64-ipc"), min_onnxruntime="1.20")
+    by_check = {f.check: f for f in diagnose(req, _machine(onnxruntime_version="1.16.3"))}
+    assert by_check["onnxruntime"].level == "fail"
+    assert by_check["onnxruntime"].fix == "pip install 'onnxruntime>=1.20'"
