@@ -8,7 +8,7 @@ or a wrong type is reported the same way everywhere:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +57,9 @@ class Section:
 
     def keys(self) -> Iterable[str]:
         return self.data.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
 
     def key_path(self, key: str) -> str:
         return join(self.path, key)

@@ -1,0 +1,181 @@
+"""Reading a trainer RUN_DIR for export, with errors that say which file or key is wrong.
+
+RUN_DIR (written by `trainer.run.fit_run`): `checkpoint.pt`, `run.json`, `calibration.npz`, `evaluation.npz`,
+optionally `validation.npz` (parity windows; evaluation windows are used when absent) and `config.toml`
+(the calibration method's parameters; the method and target rate in `run.json` are used when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("checkpoint.pt", "run.json", "calibration.npz", "evaluation.npz")
+REQUIRED_RUN_KEYS = ("channels", "input_channels", "window_length", "stride", "sample_period_s", "scaler",
+                     "scoring", "score_baseline", "threshold", "model_shape")
+
+
+class ExportError(Exception):
+    """Export cannot proceed; the message names the file, key or check that failed."""
+
+
+@dataclass(frozen=True)
+class WindowData:
+    """Raw windows `[N, C_in, L]` with the series each came from and labels (when labelled)."""
+
+    windows: np.ndarray
+    series: np.ndarray
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    method: str
+    target_far: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Everything export reads from a RUN_DIR; `scorer` is the torch `ExportableScorer` (eval mode)."""
+
+    run_dir: Path
+    run: dict[str, Any]
+    scorer: Any
+    calibration: WindowData
+    evaluation: WindowData
+    validation: WindowData
+    calibration_settings: CalibrationSettings
+
+    @property
+    def input_channels(self) -> list[str]:
+        return list(self.run["input_channels"])
+
+    @property
+    def window_length(self) -> int:
+        return int(self.run["window_length"])
+
+
+def load_run(run_dir: Path | str) -> RunInputs:
+    """Check and load a RUN_DIR. Raises `ExportError` for a missing or partial directory, a bad `run.json`,
+    windows of the wrong shape, or a checkpoint that does not match its config."""
+    from trainer.scoring import build_scorer
+    from trainer.train import load_checkpoint
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ExportError(f"{root}: run directory not found")
+    missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
+    if missing:
+        raise ExportError(f"{root}: incomplete run directory, missing {', '.join(missing)} "
+                          "(train with `edge-trainer fit` first)")
+    try:
+        run = json.loads((root / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{root / 'run.json'}: not readable JSON ({exc})") from exc
+    if not isinstance(run, dict):
+        raise ExportError(f"{root / 'run.json'}: expected a JSON object")
+    absent = [key for key in REQUIRED_RUN_KEYS if key not in run]
+    if absent:
+        raise ExportError(f"{root / 'run.json'}: missing key(s) {', '.join(absent)}")
+    try:
+        vae, metadata = load_checkpoint(root / "checkpoint.pt")
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ExportError(f"{root / 'checkpoint.pt'}: cannot load checkpoint ({exc})") from exc
+    _check_consistency(root, run, vae, metadata)
+    try:
+        scorer = build_scorer(vae, run["scaler"], run["scoring"], run.get("latent_stats"))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ExportError(f"{root / 'run.json'}: scaler/scoring do not fit the checkpoint ({exc})") from exc
+    shape = (len(run["input_channels"]), int(run["window_length"]))
+    calibration = _load_windows(root / "calibration.npz", shape, labelled=False)
+    evaluation = _load_windows(root / "evaluation.npz", shape, labelled=True)
+    validation_path = root / "validation.npz"
+    validation = _load_windows(validation_path, shape, labelled=False) if validation_path.is_file() \
+        else evaluation
+    return RunInputs(root, run, scorer, calibration, evaluation, validation, _calibration_settings(root, run))
+
+
+def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict[str, Any]) -> None:
+    problems = []
+    for key in ("channels", "input_channels", "window_length", "scoring", "scaler"):
+        if key in metadata and metadata[key] != run[key]:
+            problems.append(f"{key}: checkpoint has {_short(metadata[key])}, run.json has {_short(run[key])}")
+    shape = vae.shape.to_dict()
+    if run["model_shape"] != shape:
+        problems.append(f"model_shape: checkpoint has {shape}, run.json has {run['model_shape']}")
+    if shape["n_channels"] != len(run["channels"]):
+        problems.append(f"the network takes {shape['n_channels']} channels, run.json lists "
+                        f"{len(run['channels'])}")
+    if shape["length"] != run["window_length"]:
+        problems.append(f"the network takes windows of {shape['length']}, run.json says "
+                        f"{run['window_length']}")
+    config_path = root / "config.toml"
+    if config_path.is_file():
+        from trainer.config import load_config
+
+        try:
+            model = load_config(config_path).model
+        except ValueError as exc:  # ConfigError is a ValueError naming the key path
+            raise ExportError(f"{config_path}: {exc}") from exc
+        wanted = {"latent_dim": model.latent_dim, "hidden": list(model.hidden),
+                  "kernel_size": model.kernel_size}
+        for key, value in wanted.items():
+            if shape[key] != value:
+                problems.append(f"model.{key}: config.toml says {value}, the checkpoint has {shape[key]}")
+    if problems:
+        raise ExportError(f"{root / 'checkpoint.pt'}: checkpoint does not match its config: "
+                          + "; ".join(problems))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def _load_windows(path: Path, shape: tuple[int, int], labelled: bool) -> WindowData:
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            windows = np.asarray(blob["windows"], dtype=np.float32)
+            series = np.asarray(blob["series"]).astype(str) if "series" in blob.files \
+                else np.zeros(len(windows)).astype(str)
+            labels = np.asarray(blob["labels"]).astype(np.int64) if "labels" in blob.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"{path}: not a readable windows file ({exc})") from exc
+    if windows.ndim != 3 or windows.shape[1:] != shape:
+        raise ExportError(f"{path}: windows have shape {windows.shape}, expected [N, {shape[0]}, {shape[1]}] "
+                          "(input_channels x window_length from run.json)")
+    if len(windows) == 0:
+        raise ExportError(f"{path}: no windows")
+    if not np.isfinite(windows).all():
+        raise ExportError(f"{path}: windows contain NaN or infinite values")
+    if len(series) != len(windows) or (labels is not None and len(labels) != len(windows)):
+        raise ExportError(f"{path}: series/labels do not have one entry per window")
+    if labelled and labels is None:
+        raise ExportError(f"{path}: no labels (needed for ROC-AUC of the precision guard)")
+    return WindowData(windows, series, labels)
+
+
+def _calibration_settings(root: Path, run: dict[str, Any]) -> CalibrationSettings:
+    threshold = run["threshold"]
+    config_path = root / "config.toml"
+    if config_path.is_file():
+        from trainer.config import load_config
+
+        c = load_config(config_path).calibration
+        if c.method == threshold.get("method"):
+            return CalibrationSettings(c.method, c.target_far, dict(c.params))
+        log.warning("config.toml calibrates with %s but run.json's threshold used %s; following run.json",
+                    c.method, threshold.get("method"))
+    far = threshold.get("target_false_alarm_rate") or 0.01
+    return CalibrationSettings(str(threshold["method"]), float(far), {})

@@ -1,0 +1,253 @@
+"""Export end to end: a tiny model trained by the real trainer -> ONNX -> signed bundle -> ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from edge_agent.bundle import BundleError, read_bundle
+from export import cli
+from export.pipeline import ExportResult, export_run
+from export.quantize import PrecisionMeasurements, decide_precision
+from export.run_dir import ExportError
+from tests.support.bundles import make_keypair, run_model
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = Path(__file__).resolve().parents[2] / "edge_agent" / "schemas" / "bundle-manifest.schema.json"
+TINY_CONFIG = """
+[data]
+source = "synthetic"
+[data.synthetic]
+n_series = 8
+length = 160
+n_channels = 3
+seed = 0
+[windows]
+length = 16
+stride = 4
+train_stride = 4
+[model]
+latent_dim = 3
+hidden = [8, 8]
+kernel_size = 3
+kl_warmup_epochs = 1
+[training]
+epochs = 30
+batch_size = 64
+threads = 1
+[calibration]
+method = "percentile"
+target_far = 0.05
+[evaluation]
+score = "reconstruction"
+"""
+REPEATS = 3  # latency repeats: the numbers are recorded, never asserted
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.config import load_config
+    from trainer.run import fit_run
+
+    root = tmp_path_factory.mktemp("run")
+    config = root / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    fit_run(load_config(config), root / "run", progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory):
+    return make_keypair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir: Path, keys, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    out = tmp_path_factory.mktemp("out") / "tiny.bundle"
+    return export_run(run_dir, out, precision="auto", sign_key=keys.private_path, name="tiny",
+                      version="1.0.0", model_name="pump", latency_repeats=REPEATS)
+
+
+def test_round_trip_scores_equal_torch(exported: ExportResult, run_dir: Path, keys, tmp_path: Path) -> None:
+    from export.run_dir import load_run
+    from trainer.scoring import score_windows
+
+    bundle = read_bundle(exported.path, trusted_keys=keys.public_path, extract_to=tmp_path / "x")
+    assert bundle.key_id == keys.key_id
+    model = bundle.manifest.model("pump")
+    inputs = load_run(run_dir)
+    windows = inputs.evaluation.windows
+    ort_out = run_model(bundle.model_path("pump"), windows)
+    torch_score = score_windows(inputs.scorer, windows).score
+    if model.precision == "fp32":
+        np.testing.assert_allclose(ort_out["score"], torch_score, rtol=1e-4, atol=1e-6)
+    assert ort_out["channel_error"].shape == (len(windows), 3)
+    assert ort_out["time_error"].shape == (len(windows), 16)
+    assert ort_out["latent_mean"].shape == (len(windows), 3)
+    # the reference I/O reproduces, and covers normal and top-scoring windows
+    reference = bundle.reference("pump")
+    again = run_model(bundle.model_path("pump"), reference["window"])
+    for role in ("score", "channel_error", "latent_mean", "time_error"):
+        np.testing.assert_allclose(again[role], reference[role], rtol=model.reference.rtol,
+                                   atol=model.reference.atol)
+    assert reference["score"][-4:].min() > np.median(reference["score"][:4])
+
+
+def test_manifest_validates_and_threshold_is_recalibrated_on_ort_scores(exported: ExportResult,
+                                                                       run_dir: Path, tmp_path: Path) -> None:
+    from trainer.calibration import calibrate
+
+    bundle = read_bundle(exported.path, extract_to=tmp_path / "x")
+    manifest_json = json.loads((bundle.root / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(manifest_json)
+    model = bundle.manifest.model("pump")
+    calibration = np.load(run_dir / "calibration.npz")["windows"]
+    ort_scores = run_model(bundle.model_path("pump"), calibration)["score"]
+    assert model.threshold.value == pytest.approx(calibrate(ort_scores, "percentile", 0.05).value, rel=1e-9)
+    assert model.input.channels == ("ch_0", "ch_1", "ch_2")
+    assert [level.level for level in model.severity] == ["warning", "high", "critical"]
+    assert model.severity[0].min_score == model.threshold.value
+    assert len(model.drift_reference.sample_latents) == len(calibration)
+    assert model.metrics["model_bytes"] == bundle.model_path("pump").stat().st_size
+
+
+def test_precision_decision_follows_the_guard(exported: ExportResult) -> None:
+    model = exported.manifest.model("pump")
+    m = model.precision_decision.measurements
+    replay = decide_precision("auto", PrecisionMeasurements(m["roc_auc_fp32"], m["roc_auc_int8"],
+                                                            m["spearman_int8"], m["latency_ms_fp32"],
+                                                            m["latency_ms_int8"]))
+    assert replay.chosen == model.precision
+    assert replay.reason == model.precision_decision.reason
+    assert m["roc_auc_int8"] is not None
+
+
+@pytest.mark.parametrize("member", ["manifest.json", "signature", "models/pump.onnx", "reference/pump.npz"])
+def test_bit_flip_in_any_member_fails_verification(exported: ExportResult, keys, tmp_path: Path,
+                                                   member: str) -> None:
+    with tarfile.open(exported.path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    data = bytearray(members[member])
+    data[len(data) // 2] ^= 0x01
+    members[member] = bytes(data)
+    flipped = tmp_path / "flipped.bundle"
+    with tarfile.open(flipped, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, __import__("io").BytesIO(content))
+    with pytest.raises(BundleError):
+        read_bundle(flipped, trusted_keys=keys.public_path, extract_to=tmp_path / "x")
+
+
+def test_int8_guard_picks_fp32_when_int8_loses_accuracy(run_dir: Path, tmp_path: Path) -> None:
+    """One encoder channel gets a huge bias whose output the next layer ignores: fp32 is unchanged, but
+    the int8 activation range of that tensor swallows every other channel."""
+    from trainer.train import load_checkpoint, save_checkpoint
+
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    vae, metadata = load_checkpoint(broken / "checkpoint.pt")
+    import torch
+
+    with torch.no_grad():
+        vae.encoder[0].bias[0] = 1e4
+        vae.encoder[2].weight[:, 0, :] = 0.0
+    save_checkpoint(broken / "checkpoint.pt", vae, metadata)
+    auto = export_run(broken, tmp_path / "auto.bundle", precision="auto", latency_repeats=REPEATS)
+    assert auto.decision.chosen == "fp32"
+    assert "Spearman vs fp32" in auto.decision.reason
+    assert auto.measurements.spearman_int8 is not None
+    assert auto.measurements.spearman_int8 < 0.99
+    forced = export_run(broken, tmp_path / "forced.bundle", precision="int8", latency_repeats=REPEATS)
+    assert forced.manifest.model(forced.manifest.models[0].name).precision == "int8"
+    assert forced.measurements.spearman_int8 is not None
+    assert "int8 requested (guard:" in forced.decision.reason
+    assert forced.measurements.to_dict()["roc_auc_drop"] is not None
+
+
+def _no_output(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_missing_and_partial_run_dirs(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.bundle"
+    with pytest.raises(ExportError, match="run directory not found"):
+        export_run(tmp_path / "nope", out)
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    (partial / "calibration.npz").unlink()
+    with pytest.raises(ExportError, match=r"incomplete run directory, missing calibration\.npz"):
+        export_run(partial, out)
+    _no_output(out)
+
+
+def test_checkpoint_not_matching_config(run_dir: Path, tmp_path: Path) -> None:
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(run_dir, mismatched)
+    config = (mismatched / "config.toml").read_text().replace("latent_dim = 3", "latent_dim = 4")
+    (mismatched / "config.toml").write_text(config)
+    out = tmp_path / "x.bundle"
+    with pytest.raises(ExportError, match=r"checkpoint does not match its config: model\.latent_dim: "
+                                          r"config\.toml says 4, the checkpoint has 3"):
+        export_run(mismatched, out)
+    run = json.loads((mismatched / "run.json").read_text())
+    run["window_length"] = 20
+    (mismatched / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ExportError, match=r"window_length: checkpoint has 16, run\.json has 20"):
+        export_run(mismatched, out)
+    _no_output(out)
+
+
+def test_bad_keys_and_existing_output(run_dir: Path, keys, tmp_path: Path) -> None:
+    out = tmp_path / "x.bundle"
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key")
+    with pytest.raises(BundleError, match="not an unencrypted PEM private key"):
+        export_run(run_dir, out, sign_key=garbage)
+    with pytest.raises(BundleError, match="not an unencrypted PEM private key"):
+        export_run(run_dir, out, sign_key=keys.public_path)  # a public key is the wrong key
+    with pytest.raises(BundleError, match="cannot read private key"):
+        export_run(run_dir, out, sign_key=tmp_path / "absent.key")
+    _no_output(out)
+    out.write_bytes(b"keep me")
+    with pytest.raises(ExportError, match="already exists"):
+        export_run(run_dir, out)
+    assert out.read_bytes() == b"keep me"
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edge-trainer")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_cli_keygen_and_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli("keygen", "--out", str(tmp_path / "keys")) == 0
+    assert stat.S_IMODE((tmp_path / "keys" / "signing.key").stat().st_mode) == 0o600
+    assert _cli("keygen", "--out", str(tmp_path / "keys")) == 1
+    assert "already exists" in capsys.readouterr().err
+    out = tmp_path / "cli.bundle"
+    assert _cli("export", "--run", str(run_dir), "--out", str(out), "--precision", "fp32", "--sign-key",
+                str(tmp_path / "keys" / "signing.key"), "--name", "cli", "--version", "2",
+                "--latency-repeats", str(REPEATS)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["precision"] == "fp32"
+    assert summary["reason"] == "fp32 requested"
+    bundle = read_bundle(out, trusted_keys=tmp_path / "keys", extract_to=tmp_path / "x")
+    assert (bundle.manifest.name, bundle.manifest.version) == ("cli", "2")
+    assert _cli("export", "--run", str(run_dir), "--out", str(out)) == 1
+    assert "already exists" in capsys.readouterr().err
