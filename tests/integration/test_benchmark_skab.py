@@ -1,0 +1,178 @@
+"""`edge-trainer benchmark skab` end to end: synthetic SKAB-format files always, 2 real files when present."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.benchmarks import skab
+from trainer.data.skab import CHANNELS
+
+TINY_CONFIG = """
+[data]
+source = "skab"
+[data.skab]
+train_rows = {train_rows}
+row_score = "{row_score}"
+threshold_margin = 1.5
+[windows]
+length = {length}
+[model]
+latent_dim = 4
+hidden = [8, 8]
+beta = 0.01
+kl_warmup_epochs = 1
+[training]
+epochs = {epochs}
+batch_size = 64
+patience = 3
+threads = 1
+[calibration]
+method = "percentile"
+target_far = 0.01
+[calibration.params]
+q = 0.99
+"""
+
+
+def write_config(
+    tmp_path: Path, epochs: int = 4, row_score: str = "min", train_rows: int = 150, length: int = 20
+) -> Path:
+    """A tiny config; the real protocol (400 training rows, windows of 60) is `trainer/configs/skab.toml`."""
+    path = tmp_path / "skab.toml"
+    path.write_text(
+        TINY_CONFIG.format(epochs=epochs, row_score=row_score, train_rows=train_rows, length=length),
+        encoding="utf-8",
+    )
+    return path
+
+
+def write_synthetic_skab(root: Path, n_files: int = 2, rows: int = 250, anomaly_start: int = 200) -> Path:
+    """Files in SKAB's format: correlated sine channels plus noise; rows from `anomaly_start` get a step of
+    +6 standard deviations on one channel and are labelled 1."""
+    rng = np.random.default_rng(0)
+    header = "datetime;" + ";".join(CHANNELS) + ";anomaly;changepoint"
+    for i in range(n_files):
+        t = np.arange(rows)
+        base = np.sin(2 * np.pi * t / 37.0)
+        values = np.stack(
+            [base * (1 + 0.1 * c) + 0.05 * rng.normal(size=rows) for c in range(len(CHANNELS))], 1
+        )
+        labels = (t >= anomaly_start).astype(int)
+        values[labels == 1, i % len(CHANNELS)] += 6 * values[:, 0].std()
+        folder = root / "data" / ("valve1" if i % 2 == 0 else "other")
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [header] + [
+            f"2020-03-09 10:{(s // 60) % 60:02d}:{s % 60:02d};"
+            + ";".join(f"{v:.5f}" for v in values[s])
+            + f";{float(labels[s])};0.0"
+            for s in range(rows)
+        ]
+        (folder / f"{i}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for folder in ("valve1", "valve2", "other"):
+        (root / "data" / folder).mkdir(parents=True, exist_ok=True)
+    (root / "LEADERBOARD.md").write_text(
+        "### Outlier detection problem\n| Algorithm | F1 | FAR, % | MAR, %\n|---|---|---|---\n"
+        "|Conv-AE |0.78 | 13.55 | 28.02\n\n### Changepoint detection problem\n| x | 1 | 2 | 3\n",
+        encoding="utf-8",
+    )
+    return root
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    skab.add_arguments(parser)
+    return skab.run(parser.parse_args(argv))
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.integration
+def test_synthetic_step_faults_are_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_synthetic_skab(tmp_path / "skab")
+    out = tmp_path / "out"
+    assert run_cli(["--data-dir", str(data), "--out", str(out), "--config", str(write_config(tmp_path))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files_used"] == 2
+    assert summary["test_rows"] == 2 * 100
+    for name in ("vae", "pca_t2q"):
+        assert summary["models"][name]["f1"] > 0.8, name
+        assert summary["models"][name]["far_pct"] < 15, name
+    # Isolation Forest ranks the faulty rows higher, though its threshold is conservative (as on SKAB)
+    assert summary["models"]["isolation_forest"]["roc_auc"] > 0.7
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["leaderboard"] == [
+        {"algorithm": "Conv-AE", "f1": 0.78, "far_pct": 13.55, "mar_pct": 28.02}
+    ]
+    scores = read_scores(out / "scores.csv")
+    assert len(scores) == 200
+    assert list(scores[0]) == ["file", "datetime", "label", "score", "is_anomaly"]
+    assert {row["file"] for row in scores} == {"valve1/0", "other/1"}
+    assert all(row["is_anomaly"] == str(int(float(row["score"]) > 1.0)) for row in scores)
+    assert "Conv-AE (leaderboard)" in (out / "leaderboard.md").read_text()
+    assert (out / "scores_pca_t2q.csv").is_file()
+
+
+@pytest.mark.integration
+def test_bad_arguments_give_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_synthetic_skab(tmp_path / "skab", n_files=1)
+    config = write_config(tmp_path)
+    assert (
+        run_cli(
+            [
+                "--data-dir",
+                str(data),
+                "--out",
+                str(tmp_path / "o"),
+                "--config",
+                str(config),
+                "--files",
+                "valve9/1",
+            ]
+        )
+        == 2
+    )
+    assert "no SKAB file(s) ['valve9/1']" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("row_score", "row_scor"), encoding="utf-8")
+    assert run_cli(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "data -> skab -> row_scor: unknown key" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+@pytest.mark.data
+def test_real_skab_slice(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = run_cli(
+        [
+            "--data-dir",
+            str(data_dir / "skab"),
+            "--out",
+            str(out),
+            "--config",
+            str(write_config(tmp_path, epochs=3, train_rows=400, length=60)),
+            "--files",
+            "valve1/0",
+            "other/3",
+            "--models",
+            "vae",
+            "pca_t2q",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files_used"] == 2
+    scores = read_scores(out / "scores.csv")
+    assert len(scores) == summary["test_rows"]
+    labels = np.array([int(r["label"]) for r in scores])
+    assert 0 < labels.sum() < len(labels)  # both files hold normal and anomalous test rows
+    assert summary["models"]["vae"]["tp"] + summary["models"]["vae"]["fn"] == labels.sum()
+    leaderboard = json.loads((out / "metrics.json").read_text())["leaderboard"]
+    assert {"algorithm": "Conv-AE", "f1": 0.78, "far_pct": 13.55, "mar_pct": 28.02} in leaderboard

@@ -1,0 +1,194 @@
+"""`edge-trainer fit` + `evaluate` through the CLI on a tiny synthetic config; `benchmark cmapss` on a
+slice of
+real C-MAPSS when ../shared/data is present."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.cli import main
+
+SYNTHETIC = """
+[data]
+source = "synthetic"
+val_fraction = 0.2
+calibration_fraction = 0.2
+
+[data.synthetic]
+n_series = 10
+length = 200
+n_channels = 3
+seed = 1
+
+[windows]
+length = 24
+stride = 4
+train_stride = 2
+
+[model]
+latent_dim = 3
+hidden = [8, 16]
+kl_warmup_epochs = 1
+
+[training]
+epochs = 4
+batch_size = 64
+threads = 1
+
+[calibration]
+method = "percentile"
+target_far = 0.02
+"""
+
+
+@pytest.mark.integration
+def test_fit_then_evaluate_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(SYNTHETIC)
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    for name in (
+        "checkpoint.pt",
+        "config.toml",
+        "run.json",
+        "calibration.npz",
+        "evaluation.npz",
+        "validation.npz",
+    ):
+        assert (run_dir / name).is_file(), name
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["channels"] == ["ch_0", "ch_1", "ch_2"]
+    assert run["window_length"] == 24
+    assert run["threshold"]["value"] == pytest.approx(fitted["threshold"])
+    assert run["scoring"] in ("reconstruction", "elbo", "latent")
+    from trainer.train import load_checkpoint
+
+    vae, _ = load_checkpoint(run_dir / "checkpoint.pt")
+    np.testing.assert_allclose(vae.channel_error_scale.numpy(), run["channel_error_reference"], rtol=1e-6)
+    assert len(run["channel_error_reference"]) == 3
+    with np.load(run_dir / "calibration.npz") as blob:
+        assert blob["windows"].shape[1:] == (3, 24)
+        # calibration windows come from series training never saw
+        assert not set(blob["series"].tolist()) & set(run["splits"]["fit"])
+
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 0
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] > 0.9  # the synthetic fault is a 1.5 sigma shift plus noise: easy
+    with (eval_dir / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["series", "end", "label", "score", "threshold", "is_anomaly"]
+    assert len(rows) == metrics["n_windows"]
+    assert all(int(r["is_anomaly"]) == int(float(r["score"]) > float(r["threshold"])) for r in rows)
+    report = (eval_dir / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 4
+    assert "src='http" not in report  # offline: every image is embedded
+
+
+@pytest.mark.integration
+def test_fit_reports_config_errors_with_the_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(SYNTHETIC.replace("latent_dim = 3", "latent_dims = 3"))
+    assert main(["fit", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "model -> latent_dims: unknown key" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "e")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.data
+@pytest.mark.slow
+def test_cmapss_benchmark_on_a_slice(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    # A slice has too few calibration windows for POT's tail fit: same protocol, percentile threshold.
+    shipped = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "cmapss_fd001.toml"
+    config = tmp_path / "fd001_slice.toml"
+    config.write_text(shipped.read_text().replace('method = "pot"', 'method = "percentile"'))
+    code = main(
+        [
+            "benchmark",
+            "cmapss",
+            "--data-dir",
+            str(data_dir / "cmapss"),
+            "--subset",
+            "FD001",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--max-units",
+            "24",
+            "--epochs",
+            "2",
+            "--rootcause-trials",
+            "10",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["protocol"]["window_length"] == 50
+    assert summary["protocol"]["label_rul"] == 30
+    assert set(summary["baselines"]) == {"pca_t2q", "isolation_forest"}
+    assert summary["vae"]["roc_auc"] is not None
+    assert 0 <= summary["vae"]["roc_auc"] <= 1
+    assert set(summary["root_cause"]["by_size"]) == {"1", "2", "3", "5"}
+    with (out / "scores.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == [
+            "unit",
+            "cycle_end",
+            "rul_end",
+            "label",
+            "score",
+            "threshold",
+            "is_anomaly",
+        ]
+        rows = list(reader)
+    assert all(int(r["label"]) == int(float(r["rul_end"]) < 30) for r in rows)
+    assert (out / "run" / "run.json").is_file()
+    assert (out / "report.html").is_file()
+
+
+def _write_csv(path: Path, values: np.ndarray, labels: np.ndarray) -> None:
+    lines = ["time,a,b,c,label"]
+    for i, (row, label) in enumerate(zip(values, labels, strict=True)):
+        lines.append(f"{1_700_000_000 + i},{row[0]:.5f},{row[1]:.5f},{row[2]:.5f},{int(label)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.integration
+def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.data.synthetic import make_series
+
+    paths = []
+    series = make_series(2, 1000, 3, seed=5) + make_series(2, 300, 3, seed=6, anomalous=True)
+    for i, item in enumerate(series):
+        path = tmp_path / f"run{i}.csv"
+        _write_csv(path, item.values, item.labels)
+        paths.append(str(path))
+    body = SYNTHETIC.split("[windows]", 1)[1]
+    config = tmp_path / "csv.toml"
+    config.write_text(
+        '[data]\nsource = "csv"\n[data.csv]\n'
+        f"paths = {json.dumps(paths)}\n"
+        'timestamp_column = "time"\nchannels = ["a", "b", "c"]\nlabel_column = "label"\n'
+        "[windows]" + body
+    )
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["channels"] == ["a", "b", "c"]
+    assert run["splits"]["test"] == ["run3"]  # one anomalous file validates, the other tests
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 0
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] is not None
+    capsys.readouterr()

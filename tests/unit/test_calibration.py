@@ -1,0 +1,163 @@
+"""Threshold calibration against distributions whose quantiles are known in closed form."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trainer.calibration import CalibrationError, ThresholdSpec, calibrate, pot_quantile, score_quantiles
+
+
+def exponential_scores(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).exponential(scale=1.0, size=n)
+
+
+def test_percentile_is_the_empirical_quantile() -> None:
+    scores = np.arange(1, 1001, dtype=float)  # 1..1000
+    spec = calibrate(scores, "percentile", target_far=0.01)
+    assert spec.value == pytest.approx(np.quantile(scores, 0.99))
+    assert spec.target_false_alarm_rate == pytest.approx(0.01)
+    assert (scores > spec.value).sum() == 10
+
+
+def test_percentile_explicit_q_overrides_target() -> None:
+    spec = calibrate(np.arange(100, dtype=float), "percentile", q=0.9)
+    assert spec.params["q"] == 0.9
+    assert spec.target_false_alarm_rate == pytest.approx(0.1)
+
+
+def test_percentile_refuses_quantile_beyond_the_data() -> None:
+    with pytest.raises(CalibrationError, match="needs at least 1000 scores"):
+        calibrate(np.arange(100, dtype=float), "percentile", target_far=1e-3)
+
+
+def test_mad_on_constructed_data() -> None:
+    # median 10, absolute deviations 0,1,1,2,2 -> MAD 1
+    scores = np.array([10, 9, 11, 8, 12] * 4, dtype=float)
+    spec = calibrate(scores, "mad", k=3.0)
+    assert spec.value == pytest.approx(10 + 3 * 1.4826 * 1.0)
+    assert spec.target_false_alarm_rate is None
+
+
+def test_sigma_default_k_is_the_gaussian_quantile() -> None:
+    scores = np.array([1.0, 3.0] * 10)  # mean 2
+    spec = calibrate(scores, "sigma", target_far=0.0013498980316301)  # 3-sigma one-sided
+    assert spec.params["k"] == pytest.approx(3.0, abs=1e-6)
+    assert spec.value == pytest.approx(2 + 3 * np.std(scores, ddof=1), rel=1e-6)
+    assert spec.target_false_alarm_rate == pytest.approx(0.0013498980316301)
+
+
+def test_sigma_on_gaussian_recovers_the_quantile() -> None:
+    scores = np.random.default_rng(1).normal(5.0, 2.0, size=200_000)
+    spec = calibrate(scores, "sigma", target_far=1e-3)
+    assert spec.value == pytest.approx(5.0 + 2.0 * 3.0902, rel=0.01)
+
+
+def test_pot_on_exponential_recovers_the_true_quantile() -> None:
+    scores = exponential_scores(100_000)
+    spec = calibrate(scores, "pot", target_far=1e-3)
+    true = math.log(1000.0)  # P(X > x) = exp(-x)
+    assert spec.value == pytest.approx(true, rel=0.04)
+    assert abs(spec.params["gamma"]) < 0.1  # exponential tail: gamma ~ 0
+    assert spec.params["n_excesses"] == pytest.approx(2000, abs=2)
+
+
+def test_pot_extrapolates_beyond_the_sample() -> None:
+    # 2,000 scores cannot show the 1e-5 quantile empirically; POT extrapolates the exponential tail
+    scores = exponential_scores(20_000, seed=3)
+    spec = calibrate(scores, "pot", target_far=1e-5, init_quantile=0.95)
+    assert spec.value == pytest.approx(math.log(1e5), rel=0.08)
+    assert spec.value > scores.max()
+
+
+def test_pot_on_pareto_tail() -> None:
+    # Lomax (Pareto II) with shape a: P(X > x) = (1 + x) ** -a, a GPD with gamma = 1/a
+    a = 4.0
+    scores = np.random.default_rng(2).pareto(a, size=200_000)
+    spec = calibrate(scores, "pot", target_far=1e-3)
+    true = 1e-3 ** (-1 / a) - 1
+    assert spec.value == pytest.approx(true, rel=0.06)
+    assert spec.params["gamma"] == pytest.approx(1 / a, abs=0.08)
+
+
+def test_pot_quantile_gamma_zero_limit_is_continuous() -> None:
+    exact = pot_quantile(1.0, 0.0, 2.0, q=1e-3, n=10_000, n_t=200)
+    near = pot_quantile(1.0, 1e-4, 2.0, q=1e-3, n=10_000, n_t=200)
+    assert near == pytest.approx(exact, rel=1e-3)
+
+
+def test_gev_on_gumbel_maxima() -> None:
+    # maxima of 50 exponentials are Gumbel; the per-window 1e-3 quantile of the exponential is ln(1000)
+    scores = exponential_scores(200_000, seed=4)
+    spec = calibrate(scores, "gev", target_far=1e-3, block_size=50)
+    assert spec.value == pytest.approx(math.log(1000.0), rel=0.04)
+    assert abs(spec.params["shape"]) < 0.1
+    assert spec.params["n_blocks"] == 4000
+
+
+def test_gev_needs_enough_blocks() -> None:
+    with pytest.raises(CalibrationError, match="need at least 10"):
+        calibrate(exponential_scores(400), "gev", block_size=50)
+
+
+@pytest.mark.parametrize("method", ["percentile", "mad", "sigma", "gev", "pot"])
+def test_non_finite_scores_are_named(method: str) -> None:
+    scores = exponential_scores(5000)
+    scores[17] = np.nan
+    with pytest.raises(CalibrationError, match="first at index 17"):
+        calibrate(scores, method)
+
+
+@pytest.mark.parametrize("method", ["percentile", "mad", "sigma", "gev", "pot"])
+def test_too_few_scores(method: str) -> None:
+    with pytest.raises(CalibrationError, match="at least 10 scores"):
+        calibrate([1.0, 2.0, 3.0], method)
+
+
+def test_bad_method_and_params() -> None:
+    scores = exponential_scores(5000)
+    with pytest.raises(CalibrationError, match="unknown calibration method 'evt'"):
+        calibrate(scores, "evt")
+    with pytest.raises(CalibrationError, match=r"unknown parameter\(s\) \['kk'\]"):
+        calibrate(scores, "mad", kk=3)
+    with pytest.raises(CalibrationError, match="k must be a positive number"):
+        calibrate(scores, "sigma", k=-1)
+    with pytest.raises(CalibrationError, match="target_far must be in"):
+        calibrate(scores, "pot", target_far=1.5)
+    with pytest.raises(CalibrationError, match="block_size must be an integer"):
+        calibrate(scores, "gev", block_size=2.5)
+    with pytest.raises(CalibrationError, match="not beyond the initial quantile"):
+        calibrate(scores, "pot", target_far=0.1, init_quantile=0.98)
+
+
+def test_constant_scores_are_rejected() -> None:
+    with pytest.raises(CalibrationError, match="median absolute deviation is 0"):
+        calibrate(np.ones(100), "mad")
+    with pytest.raises(CalibrationError, match="standard deviation 0"):
+        calibrate(np.ones(100), "sigma")
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = calibrate(exponential_scores(20_000), "pot", target_far=1e-3)
+    again = ThresholdSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+
+
+def test_spec_from_dict_rejects_bad_input() -> None:
+    with pytest.raises(CalibrationError, match=r"unknown key\(s\) \['valu'\]"):
+        ThresholdSpec.from_dict({"method": "pot", "valu": 1.0})
+    with pytest.raises(CalibrationError, match="method 'x' is not one of"):
+        ThresholdSpec.from_dict({"method": "x", "value": 1.0})
+    with pytest.raises(CalibrationError, match="value must be a finite number"):
+        ThresholdSpec.from_dict({"method": "pot", "value": float("inf")})
+
+
+def test_score_quantiles_keys_and_values() -> None:
+    scores = np.arange(0, 1001, dtype=float)
+    quantiles = score_quantiles(scores)
+    assert list(quantiles) == ["0.5", "0.9", "0.99", "0.999"]
+    assert quantiles["0.5"] == 500.0
+    assert quantiles["0.99"] == pytest.approx(990.0)

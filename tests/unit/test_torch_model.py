@@ -1,0 +1,134 @@
+"""ConvVAE shapes, the beta-VAE loss, and the exportable scorer (scaling + scoring in one module, ONNX
+parity)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data.windows import RegimeScaler, StandardScaler
+from trainer.run import scale_windows
+from trainer.torch_model import ConvVAE, ExportableScorer, VaeShape, beta_at, kl_divergence, vae_loss
+
+
+@pytest.mark.parametrize(("length", "hidden"), [(50, (8, 16, 16)), (60, (8, 16)), (17, (4, 4, 4))])
+def test_vae_reconstructs_the_input_shape(length: int, hidden: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, length, 5, hidden, 5)).eval()
+    x = torch.randn(4, 3, length)
+    recon, mu, logvar = vae(x)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == (4, 5)
+    # eval mode decodes the latent mean: deterministic
+    torch.testing.assert_close(vae(x)[0], recon)
+
+
+def test_kl_is_zero_for_the_prior_and_loss_adds_beta_kl() -> None:
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    torch.testing.assert_close(kl_divergence(mu, logvar), torch.zeros(2))
+    x, recon = torch.zeros(2, 1, 4), torch.ones(2, 1, 4)
+    mu1 = torch.ones(2, 3)
+    loss, rec, kl = vae_loss(x, recon, mu1, logvar, beta=0.5)
+    assert rec.item() == pytest.approx(4.0)  # squared error summed over the window
+    assert kl.item() == pytest.approx(1.5)  # 0.5 * sum(mu^2)
+    assert loss.item() == pytest.approx(4.0 + 0.5 * 1.5)
+
+
+def test_kl_warmup_rises_linearly_to_beta() -> None:
+    assert [beta_at(e, 1.0, 4) for e in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert beta_at(0, 0.3, 0) == 0.3
+
+
+def _regime_data(rng: np.random.Generator, n: int = 6, length: int = 16) -> tuple[np.ndarray, RegimeScaler]:
+    centres = np.array([[0.0, 1.0], [10.0, 2.0]])
+    regime = rng.integers(0, 2, (n, length))
+    conditions = centres[regime] + rng.normal(0, 0.01, (n, length, 2))
+    values = rng.normal(0, 1, (n, length, 3)) + 5 * regime[..., None]
+    scaler = RegimeScaler.fit(values.reshape(-1, 3), conditions.reshape(-1, 2), 2, seed=0)
+    windows = np.concatenate([values, conditions], axis=2).transpose(0, 2, 1).astype(np.float32)
+    return windows, scaler
+
+
+def test_in_graph_scaling_matches_numpy_scalers() -> None:
+    rng = np.random.default_rng(0)
+    windows, regime_scaler = _regime_data(rng)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    scorer = ExportableScorer(vae, regime_scaler.to_dict())
+    expected = scale_windows(regime_scaler, windows, 3)
+    torch.testing.assert_close(
+        scorer.standardise(torch.from_numpy(windows)), torch.from_numpy(expected), atol=1e-4, rtol=1e-4
+    )
+    plain = StandardScaler.fit(windows[:, :3].transpose(0, 2, 1).reshape(-1, 3))
+    scorer = ExportableScorer(vae, plain.to_dict())
+    torch.testing.assert_close(
+        scorer.standardise(torch.from_numpy(windows[:, :3].copy())),
+        torch.from_numpy(scale_windows(plain, windows[:, :3], 3)),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_scorer_outputs_and_their_relations() -> None:
+    rng = np.random.default_rng(1)
+    windows, scaler = _regime_data(rng)
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    with torch.no_grad():
+        score, channel_error, latent, time_error = ExportableScorer(vae, scaler.to_dict())(
+            torch.from_numpy(windows)
+        )
+    assert score.shape == (6,)
+    assert channel_error.shape == (6, 5)
+    assert latent.shape == (6, 2)
+    assert time_error.shape == (6, 16)
+    assert torch.all(channel_error[:, 3:] == 0)  # condition channels are inputs only
+    torch.testing.assert_close(score, channel_error[:, :3].mean(dim=1))  # reconstruction score
+    torch.testing.assert_close(time_error.sum(dim=1), channel_error[:, :3].sum(dim=1) * 16)
+    # the per-channel reference divides channel_error only (score and time_error are unchanged)
+    vae.channel_error_scale.copy_(torch.tensor([1.0, 2.0, 4.0]))
+    with torch.no_grad():
+        score2, scaled_error, _, time_error2 = ExportableScorer(vae, scaler.to_dict())(
+            torch.from_numpy(windows)
+        )
+    torch.testing.assert_close(scaled_error[:, :3] * torch.tensor([1.0, 2.0, 4.0]), channel_error[:, :3])
+    torch.testing.assert_close(score2, score)
+    torch.testing.assert_close(time_error2, time_error)
+    with pytest.raises(ValueError, match="unknown score"):
+        ExportableScorer(vae, scaler.to_dict(), "bogus")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export uses
+def test_onnx_export_matches_torch(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(2)
+    windows, scaler = _regime_data(rng)
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    latent_stats = {"mean": [0.1, -0.1], "precision": [[2.0, 0.1], [0.1, 1.0]]}
+    scorer = ExportableScorer(vae, scaler.to_dict(), "latent", latent_stats).eval()
+    path = tmp_path / "scorer.onnx"
+    torch.onnx.export(
+        scorer,
+        (torch.from_numpy(windows),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["window"],
+        output_names=["score", "channel_error", "latent_mean", "time_error"],
+        dynamic_axes={
+            "window": {0: "batch"},
+            "score": {0: "batch"},
+            "channel_error": {0: "batch"},
+            "latent_mean": {0: "batch"},
+            "time_error": {0: "batch"},
+        },
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"window": windows[:4]})
+    with torch.no_grad():
+        want = scorer(torch.from_numpy(windows[:4]))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)

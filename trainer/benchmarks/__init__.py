@@ -1,0 +1,1 @@
+"""End-to-end benchmarks on public data (`edge-trainer benchmark cmapss|skab`)."""

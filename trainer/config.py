@@ -1,0 +1,253 @@
+"""The training config (TOML), parsed strictly: an unknown or mistyped key is an error naming its key path.
+
+Sections: `[data]` (source = cmapss | skab | csv | synthetic, plus a sub-table for that source), `[windows]`,
+`[model]`, `[training]`, `[calibration]`, `[evaluation]`. Shipped examples live in `trainer/configs/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from edge_agent.configtools import ConfigError, Section
+
+SOURCES = ("cmapss", "skab", "csv", "synthetic")
+SCORE_CHOICES = ("auto", "reconstruction", "elbo", "latent")
+BASELINES = ("none", "per_asset_initial", "auto")
+
+
+@dataclass(frozen=True)
+class CmapssSource:
+    data_dir: str
+    subset: str = "FD001"
+    n_regimes: int = 1
+    healthy_min_rul: int = 100  # rows with RUL >= this are "healthy" (training / calibration data)
+    label_rul: int = 30  # a test window is anomalous when RUL at its last cycle < this
+    max_units: int = (
+        0  # 0 = all; a positive number keeps the first N train and test units (tests, smoke runs)
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    n_series: int = 12
+    length: int = 300
+    n_channels: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenericSource:
+    """SKAB / CSV sources: their readers live in T1's modules; the raw table is kept for them."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    cmapss: CmapssSource | None = None
+    synthetic: SyntheticSource | None = None
+    generic: GenericSource | None = None
+    val_fraction: float = 0.15  # of normal training series/units: early stopping + score choice
+    calibration_fraction: float = 0.15  # of normal training series/units: threshold calibration
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    length: int = 50
+    stride: int = 1
+    train_stride: int = 1  # stride for training windows (subsample when data is plentiful)
+    sample_period_s: float = 1.0  # seconds between rows at the agent (one cycle for C-MAPSS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "conv_vae"
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (32, 64, 64)
+    kernel_size: int = 5
+    beta: float = 0.1
+    kl_warmup_epochs: int = 5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    grad_clip: float = 5.0
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    method: str = "pot"
+    target_far: float = 0.01
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    score: str = "auto"  # auto = choose the best on validation units/series
+    score_baseline: str = "none"
+    baseline_windows: int = 10
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    data: DataConfig
+    windows: WindowConfig
+    model: ModelConfig
+    training: TrainConfig
+    calibration: CalibrationConfig
+    evaluation: EvaluationConfig
+    source_path: str = ""
+
+
+def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> TrainerConfig:
+    """Parse a TOML dict; errors carry the file name and the dotted key path."""
+    try:
+        return _parse(Section(raw))
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise exc.with_source(source) from exc
+
+
+def load_config(path: str | Path) -> TrainerConfig:
+    """Read and parse a TOML config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("", "config file not found", source=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"invalid TOML: {exc}", source=path) from exc
+    config = parse_config(raw, path)
+    return TrainerConfig(
+        config.data,
+        config.windows,
+        config.model,
+        config.training,
+        config.calibration,
+        config.evaluation,
+        str(path),
+    )
+
+
+def _parse(top: Section) -> TrainerConfig:
+    data = _data(top.section("data", ...))
+    w = top.section("windows")
+    windows = WindowConfig(
+        w.integer("length", 50, minimum=4),
+        w.integer("stride", 1, minimum=1),
+        w.integer("train_stride", 1, minimum=1),
+        w.number("sample_period_s", 1.0, minimum=0, exclusive_minimum=True),
+    )
+    w.finish()
+    m = top.section("model")
+    model = ModelConfig(
+        m.choice("kind", ("conv_vae",), "conv_vae"),
+        m.integer("latent_dim", 8, minimum=1),
+        _int_list(m, "hidden", (32, 64, 64)),
+        m.integer("kernel_size", 5, minimum=1),
+        m.number("beta", 0.1, minimum=0),
+        m.integer("kl_warmup_epochs", 5, minimum=0),
+    )
+    m.finish()
+    t = top.section("training")
+    training = TrainConfig(
+        t.integer("epochs", 40, minimum=1),
+        t.integer("batch_size", 128, minimum=1),
+        t.number("learning_rate", 2e-3, minimum=0, exclusive_minimum=True),
+        t.number("weight_decay", 1e-4, minimum=0),
+        t.integer("patience", 6, minimum=1),
+        t.number("grad_clip", 5.0, minimum=0, exclusive_minimum=True),
+        t.integer("seed", 0),
+        t.integer("threads", 2, minimum=1),
+    )
+    t.finish()
+    c = top.section("calibration")
+    params = c.section("params")
+    calibration = CalibrationConfig(
+        c.get("method", str, "pot"),
+        c.number("target_far", 0.01, minimum=0, maximum=1, exclusive_minimum=True),
+        dict(params.data),
+    )
+    for key in params.data:
+        params.raw(key)
+    c.finish()
+    e = top.section("evaluation")
+    evaluation = EvaluationConfig(
+        e.choice("score", SCORE_CHOICES, "auto"),
+        e.choice("score_baseline", BASELINES, "none"),
+        e.integer("baseline_windows", 10, minimum=1),
+    )
+    e.finish()
+    top.finish()
+    if data.cmapss is not None and windows.length < 2 ** len(model.hidden):
+        raise ConfigError(
+            "windows -> length",
+            f"must be at least {2 ** len(model.hidden)} for {len(model.hidden)} strided layers",
+            windows.length,
+        )
+    return TrainerConfig(data, windows, model, training, calibration, evaluation)
+
+
+def _data(d: Section) -> DataConfig:
+    source = d.choice("source", SOURCES)
+    cmapss = synthetic = generic = None
+    if source == "cmapss":
+        s = d.section("cmapss", ...)
+        cmapss = CmapssSource(
+            s.get("data_dir", str),
+            s.choice("subset", ("FD001", "FD002", "FD003", "FD004"), "FD001"),
+            s.integer("n_regimes", 1, minimum=1),
+            s.integer("healthy_min_rul", 100, minimum=0),
+            s.integer("label_rul", 30, minimum=1),
+            s.integer("max_units", 0, minimum=0),
+        )
+        s.finish()
+    elif source == "synthetic":
+        s = d.section("synthetic")
+        synthetic = SyntheticSource(
+            s.integer("n_series", 12, minimum=4),
+            s.integer("length", 300, minimum=16),
+            s.integer("n_channels", 4, minimum=1),
+            s.integer("seed", 0),
+        )
+        s.finish()
+    else:
+        s = d.section(source, ...)
+        generic = GenericSource(dict(s.data))
+        for key in s.data:
+            s.raw(key)
+    config = DataConfig(
+        source,
+        cmapss,
+        synthetic,
+        generic,
+        d.number("val_fraction", 0.15, minimum=0, maximum=0.5, exclusive_minimum=True),
+        d.number("calibration_fraction", 0.15, minimum=0, maximum=0.5, exclusive_minimum=True),
+        d.integer("split_seed", 0),
+    )
+    d.finish()
+    return config
+
+
+def _int_list(section: Section, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = section.get(key, list, list(default))
+    if not value:
+        raise ConfigError(section.key_path(key), "must not be empty", value)
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise ConfigError(f"{section.key_path(key)} -> {i}", "expected a positive integer", item)
+    return tuple(value)

@@ -1,0 +1,253 @@
+"""Generic CSV reader for a user's own sensor data (`[data] source = "csv"`, options in `[data.csv]`).
+
+Options (`CsvOptions.from_options`, strict: unknown keys are errors naming `data -> csv -> KEY`):
+``paths`` (list of files), ``timestamp_column``, ``channels`` (list of numeric columns), optional
+``label_column`` (0/1), ``delimiter`` (default ``,``), ``max_gap`` (default 5 samples), ``sample_period_s``
+(default: the median spacing of the timestamps).
+
+Timestamps are Unix seconds (numbers) or ISO 8601 text (``2024-05-01T12:00:00``; without a zone it is read as
+UTC) and must increase strictly.
+
+Gap and NaN policy (one rule for both, in samples of ``sample_period_s``):
+
+- An empty cell or ``nan``/``NaN``/``NA`` in a channel is a missing value. A time step longer than one sample
+  period means the samples in between are missing (missing rows are inserted on the sample grid).
+- A run of at most ``max_gap`` missing samples (per channel) is filled by linear interpolation between the
+  samples on either side.
+- A longer run, or a run at the start or end of a file (nothing to interpolate from), splits the file: those
+  rows are dropped and the file becomes several `Series` segments named ``stem#0``, ``stem#1``, ... so no
+  window spans a long gap. A segment is kept whatever its length; windowing drops those shorter than a window.
+- Inserted rows get the label of the larger neighbouring label (a gap inside an anomaly stays anomalous).
+
+Anything else that is not a number (``12,5``, ``ok``) is an error naming the file, line, column and value.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.configtools import Section
+from trainer.data.series import Series
+
+log = logging.getLogger(__name__)
+
+MISSING = {"", "nan", "na", "n/a", "null", "none"}
+STEP_TOLERANCE = 0.5  # a spacing over 1.5 sample periods means missing samples
+
+
+class CsvFormatError(ValueError):
+    """A CSV file cannot be read as configured; the message names the file, line, column and value."""
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How to read a user's CSV files (see the module docstring)."""
+
+    timestamp_column: str
+    channels: tuple[str, ...]
+    label_column: str | None = None
+    delimiter: str = ","
+    max_gap: int = 5
+    sample_period_s: float | None = None
+    paths: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, raw: Mapping[str, Any], path: str = "data -> csv") -> CsvOptions:
+        """Parse the `[data.csv]` table strictly (errors are `ConfigError` naming the key path)."""
+        section = Section(dict(raw), path)
+        options = cls(
+            timestamp_column=section.get("timestamp_column", str),
+            channels=section.str_list("channels"),
+            label_column=section.optional("label_column", str),
+            delimiter=section.get("delimiter", str, ","),
+            max_gap=section.integer("max_gap", 5, minimum=0),
+            sample_period_s=section.number("sample_period_s", None, minimum=0, exclusive_minimum=True)
+            if "sample_period_s" in section
+            else None,
+            paths=section.str_list("paths", ()),
+        )
+        section.finish()
+        return options
+
+
+def _parse_time(text: str, path: Path, line: int, column: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise CsvFormatError(
+            f"{path}: line {line}, column {column!r}: not a timestamp (Unix seconds or ISO 8601): {text!r}"
+        ) from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+def _parse_value(text: str, path: Path, line: int, column: str) -> float:
+    if text.strip().lower() in MISSING:
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a number: {text!r}") from exc
+    if math.isinf(value):
+        raise CsvFormatError(f"{path}: line {line}, column {column!r}: infinite value {text!r}")
+    return value
+
+
+def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if not path.is_file():
+        raise CsvFormatError(f"{path}: no such CSV file")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter=options.delimiter)
+        header = [name.strip() for name in next(reader, [])]
+        if not header:
+            raise CsvFormatError(f"{path}: empty file (no header line)")
+        wanted = [options.timestamp_column, *options.channels]
+        if options.label_column is not None:
+            wanted.append(options.label_column)
+        missing = [name for name in wanted if name not in header]
+        if missing:
+            raise CsvFormatError(f"{path}: line 1: missing column(s) {missing}; the header has {header}")
+        index = {name: header.index(name) for name in wanted}
+        times: list[float] = []
+        rows: list[list[float]] = []
+        labels: list[int] = []
+        for line, cells in enumerate(reader, start=2):
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise CsvFormatError(
+                    f"{path}: line {line}: {len(cells)} fields, the header has {len(header)}"
+                )
+            ts = _parse_time(cells[index[options.timestamp_column]], path, line, options.timestamp_column)
+            if times and ts <= times[-1]:
+                raise CsvFormatError(
+                    f"{path}: line {line}, column {options.timestamp_column!r}: timestamp "
+                    f"{cells[index[options.timestamp_column]]!r} does not increase"
+                )
+            times.append(ts)
+            rows.append([_parse_value(cells[index[c]], path, line, c) for c in options.channels])
+            if options.label_column is not None:
+                text = cells[index[options.label_column]].strip()
+                try:
+                    label = float(text)
+                except ValueError:
+                    label = math.nan
+                if label not in (0.0, 1.0):
+                    raise CsvFormatError(
+                        f"{path}: line {line}, column {options.label_column!r}: expected a 0/1 "
+                        f"label, got {text!r}"
+                    )
+                labels.append(int(label))
+    if not rows:
+        raise CsvFormatError(f"{path}: no data rows")
+    label_array = np.asarray(labels, dtype=np.int8) if options.label_column is not None else None
+    return np.asarray(times), np.asarray(rows, dtype=np.float64), label_array
+
+
+def _on_grid(
+    times: np.ndarray, values: np.ndarray, labels: np.ndarray | None, period: float, max_gap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Insert NaN rows for samples missing from the time grid. A gap longer than `max_gap` samples gets only
+    `max_gap + 1` placeholder rows (enough to be split off later) so a gap of days is not materialised."""
+    increments = np.rint(np.diff(times) / period).astype(np.int64)
+    if np.any(increments < 1):
+        bad = int(np.flatnonzero(increments < 1)[0]) + 1
+        raise CsvFormatError(f"timestamps closer than half a sample period ({period:g} s) near row {bad}")
+    steps = np.concatenate([[0], np.cumsum(np.minimum(increments, max_gap + 2))])
+    total = int(steps[-1]) + 1
+    present = np.zeros(total, dtype=bool)
+    present[steps] = True
+    grid_values = np.full((total, values.shape[1]), np.nan)
+    grid_values[steps] = values
+    index = np.arange(total)
+    previous = np.maximum.accumulate(np.where(present, index, 0))  # last present row at or before each row
+    following = np.minimum.accumulate(np.where(present, index, total)[::-1])[::-1]  # first at or after
+    grid_times = np.empty(total)
+    grid_times[steps] = times
+    grid_times = grid_times[previous] + period * (index - previous)
+    grid_labels = None
+    if labels is not None:
+        grid_labels = np.zeros(total, dtype=np.int8)
+        grid_labels[steps] = labels
+        grid_labels = np.maximum(grid_labels[previous], grid_labels[following])
+    return grid_times, grid_values, grid_labels
+
+
+def _fill_short_gaps(values: np.ndarray, max_gap: int) -> np.ndarray:
+    """Interpolate interior NaN runs of at most `max_gap` per channel; returns which rows stay unusable."""
+    unusable = np.zeros(len(values), dtype=bool)
+    for c in range(values.shape[1]):
+        column = values[:, c]
+        missing = np.isnan(column)
+        if not missing.any():
+            continue
+        edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
+        for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+            interior = start > 0 and stop < len(column)
+            if interior and stop - start <= max_gap:
+                left, right = column[start - 1], column[stop]
+                fraction = np.arange(1, stop - start + 1) / (stop - start + 1)
+                column[start:stop] = left + (right - left) * fraction
+            else:
+                unusable[start:stop] = True
+    return unusable
+
+
+def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
+    """One CSV file as one or more gap-free `Series` segments (see the module docstring)."""
+    path = Path(path)
+    times, values, labels = _read_table(path, options)
+    period = options.sample_period_s
+    if period is None:
+        period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    try:
+        times, values, labels = _on_grid(times, values, labels, period, options.max_gap)
+    except CsvFormatError as exc:
+        raise CsvFormatError(f"{path}: {exc}") from exc
+    unusable = _fill_short_gaps(values, options.max_gap)
+    edges = np.diff(np.concatenate([[1], unusable.astype(np.int8), [1]]))
+    starts, stops = np.flatnonzero(edges == -1), np.flatnonzero(edges == 1)
+    if not len(starts):
+        raise CsvFormatError(
+            f"{path}: no usable rows (every row lies in a gap longer than max_gap={options.max_gap})"
+        )
+    if int(unusable.sum()):
+        log.warning(
+            "%s: %d rows in gaps longer than %d samples dropped; %d segment(s)",
+            path,
+            int(unusable.sum()),
+            options.max_gap,
+            len(starts),
+        )
+    single = len(starts) == 1
+    return [
+        Series(
+            name=path.stem if single else f"{path.stem}#{i}",
+            values=values[start:stop].astype(np.float32),
+            channels=list(options.channels),
+            timestamps=times[start:stop],
+            labels=None if labels is None else labels[start:stop],
+        )
+        for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
+    ]
+
+
+def read_csv_files(paths: Sequence[str | Path], options: CsvOptions) -> list[Series]:
+    """Every file's segments, in file order."""
+    if not paths:
+        raise CsvFormatError("no CSV files given (data -> csv -> paths is empty)")
+    return [segment for path in paths for segment in read_csv_file(path, options)]

@@ -1,0 +1,270 @@
+"""Sliding windows with their bookkeeping, and scalers fitted on training data only.
+
+Windows are float32 `[N, C, L]` (channels first, as the exported graph takes them) in physical units: scaling
+happens inside the model (`trainer.torch_model.ExportableScorer`) so the agent feeds raw values. The scalers
+here are fitted in numpy and serialised to plain dicts that go into checkpoints, `run.json` and the graph.
+
+Splits are made by series (unit / file) before windowing, never by random window: overlapping windows of
+one series on both sides of a split would leak.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trainer.data.series import Series
+
+log = logging.getLogger(__name__)
+
+STD_FLOOR = 1e-6
+
+
+def sliding_windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
+    """Windows `[N, L, C]` of `values` `[T, C]` (a view where possible): window i covers rows
+    `i*stride : i*stride + length`. A series shorter than `length` yields zero windows."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be >= 1, got length={length}, stride={stride}")
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"expected values [T, C], got shape {values.shape}")
+    if len(values) < length:
+        return np.empty((0, length, values.shape[1]), dtype=values.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(values, length, axis=0)  # [T-L+1, C, L]
+    return np.swapaxes(view[::stride], 1, 2)
+
+
+def window_end_rows(n_rows: int, length: int, stride: int = 1) -> np.ndarray:
+    """Row index of the last row of each window `sliding_windows` makes from `n_rows` rows."""
+    if n_rows < length:
+        return np.empty(0, dtype=np.int64)
+    return np.arange(length - 1, n_rows, stride, dtype=np.int64)
+
+
+@dataclass
+class WindowSet:
+    """Windows `[N, C, L]` (raw units) with, per window, the series it came from and its last row."""
+
+    data: np.ndarray
+    channels: list[str]
+    series: np.ndarray  # [N] series names (str)
+    end_row: np.ndarray  # [N] index of the window's last row in its series
+    end_time: np.ndarray  # [N] timestamp (cycle) at the last row, or the row index
+    labels: np.ndarray | None = None  # [N] 0/1 at the window's last row
+    rul: np.ndarray | None = None  # [N] RUL at the window's last row
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def subset(self, mask: np.ndarray) -> WindowSet:
+        """The windows where `mask` (bool or index array) selects."""
+
+        def cut(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[mask]
+
+        return WindowSet(
+            self.data[mask],
+            list(self.channels),
+            self.series[mask],
+            self.end_row[mask],
+            self.end_time[mask],
+            cut(self.labels),
+            cut(self.rul),
+        )
+
+
+def make_windows(
+    series: Sequence[Series], length: int, stride: int = 1, condition_channels: bool = False
+) -> WindowSet:
+    """Windows of every series, concatenated. With `condition_channels` the series' `conditions` are appended
+    as extra input channels (named by `condition_names`), which is how regime scaling sees them in-graph."""
+    if not series:
+        raise ValueError("no series to window")
+    channels = list(series[0].channels) + (list(series[0].condition_names) if condition_channels else [])
+    parts: list[np.ndarray] = []
+    names: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ruls: list[np.ndarray] = []
+    for item in series:
+        if item.channels != series[0].channels:
+            raise ValueError(
+                f"series {item.name!r}: channels {item.channels} differ from {series[0].channels}"
+            )
+        values = item.values
+        if condition_channels:
+            if item.conditions is None:
+                raise ValueError(f"series {item.name!r} has no conditions for regime scaling")
+            values = np.concatenate([values, np.asarray(item.conditions, dtype=np.float32)], axis=1)
+        if not np.all(np.isfinite(values)):
+            row = int(np.flatnonzero(~np.all(np.isfinite(values), axis=1))[0])
+            raise ValueError(f"series {item.name!r}: NaN or infinite value at row {row}")
+        windows = sliding_windows(values, length, stride)
+        end = window_end_rows(len(item), length, stride)
+        parts.append(np.ascontiguousarray(np.swapaxes(windows, 1, 2), dtype=np.float32))
+        names.append(np.full(len(end), item.name, dtype=object))
+        ends.append(end)
+        times.append(item.timestamps[end] if item.timestamps is not None else end.astype(np.float64))
+        if item.labels is not None:
+            labels.append(np.asarray(item.labels)[end].astype(np.int64))
+        if item.rul is not None:
+            ruls.append(np.asarray(item.rul)[end].astype(np.float64))
+    short = [s.name for s in series if len(s) < length]
+    if short:
+        log.info(
+            "%d series shorter than the window (%d rows) give no windows: %s",
+            len(short),
+            length,
+            ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""),
+        )
+    return WindowSet(
+        data=np.concatenate(parts) if parts else np.empty((0, len(channels), length), np.float32),
+        channels=channels,
+        series=np.concatenate(names),
+        end_row=np.concatenate(ends),
+        end_time=np.concatenate(times).astype(np.float64),
+        labels=np.concatenate(labels) if len(labels) == len(series) else None,
+        rul=np.concatenate(ruls) if len(ruls) == len(series) else None,
+    )
+
+
+class StandardScaler:
+    """Per-channel mean/std over all training rows."""
+
+    kind = "standard"
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.maximum(np.asarray(std, dtype=np.float64), STD_FLOOR)
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> StandardScaler:
+        """Fit on rows `[T, C]` of training data."""
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) < 2:
+            raise ValueError("need at least 2 training rows to fit a scaler")
+        return cls(values.mean(axis=0), values.std(axis=0))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+class RegimeScaler:
+    """Per-regime mean/std: a row's regime is the nearest centroid of its condition vector.
+
+    Distances are measured on conditions divided by `condition_scale` (their training std), so settings of
+    different magnitude weigh alike. With one regime this is a `StandardScaler`.
+    """
+
+    kind = "regime"
+
+    def __init__(
+        self, centroids: np.ndarray, condition_scale: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> None:
+        self.centroids = np.asarray(centroids, dtype=np.float64)  # [K, S] raw units
+        self.condition_scale = np.maximum(np.asarray(condition_scale, dtype=np.float64), STD_FLOOR)  # [S]
+        self.mean = np.asarray(mean, dtype=np.float64)  # [K, C]
+        self.std = np.maximum(np.asarray(std, dtype=np.float64), STD_FLOOR)  # [K, C]
+
+    @property
+    def n_regimes(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @classmethod
+    def fit(cls, values: np.ndarray, conditions: np.ndarray, n_regimes: int, seed: int = 0) -> RegimeScaler:
+        """Cluster `conditions` `[T, S]` into `n_regimes` (KMeans) and fit mean/std of `values` per regime."""
+        from sklearn.cluster import KMeans
+
+        values = np.asarray(values, dtype=np.float64)
+        conditions = np.asarray(conditions, dtype=np.float64)
+        scale = np.maximum(conditions.std(axis=0), STD_FLOOR)
+        if n_regimes == 1:
+            centroids = conditions.mean(axis=0, keepdims=True)
+        else:
+            km = KMeans(n_clusters=n_regimes, n_init=10, random_state=seed).fit(conditions / scale)
+            centroids = km.cluster_centers_ * scale
+        scaler = cls(
+            centroids, scale, np.zeros((n_regimes, values.shape[1])), np.ones((n_regimes, values.shape[1]))
+        )
+        regimes = scaler.assign(conditions)
+        for k in range(n_regimes):
+            block = values[regimes == k]
+            if len(block) < 2:
+                raise ValueError(f"operating regime {k} has {len(block)} training rows; use fewer regimes")
+            scaler.mean[k] = block.mean(axis=0)
+            scaler.std[k] = np.maximum(block.std(axis=0), STD_FLOOR)
+        return scaler
+
+    def assign(self, conditions: np.ndarray) -> np.ndarray:
+        """Regime index (nearest centroid) of each condition row `[T, S]`."""
+        scaled = np.asarray(conditions, dtype=np.float64) / self.condition_scale
+        centres = self.centroids / self.condition_scale
+        distance = ((scaled[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+        return distance.argmin(axis=1)
+
+    def transform(self, values: np.ndarray, conditions: np.ndarray) -> np.ndarray:
+        regimes = self.assign(conditions)
+        return ((values - self.mean[regimes]) / self.std[regimes]).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "centroids": self.centroids.tolist(),
+            "condition_scale": self.condition_scale.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+
+def scaler_from_dict(data: dict[str, Any]) -> StandardScaler | RegimeScaler:
+    """Rebuild a scaler from `to_dict()` output (checkpoints, run.json)."""
+    kind = data.get("kind")
+    if kind == StandardScaler.kind:
+        return StandardScaler(np.asarray(data["mean"]), np.asarray(data["std"]))
+    if kind == RegimeScaler.kind:
+        return RegimeScaler(
+            np.asarray(data["centroids"]),
+            np.asarray(data["condition_scale"]),
+            np.asarray(data["mean"]),
+            np.asarray(data["std"]),
+        )
+    raise ValueError(f"unknown scaler kind {kind!r}")
+
+
+def fit_scaler(
+    series: Sequence[Series], channels: list[str], n_regimes: int = 1, seed: int = 0
+) -> StandardScaler | RegimeScaler:
+    """Fit on all rows of the training `series` (restricted to `channels`): standard, or per regime."""
+    values = np.concatenate([s.select(channels).values for s in series])
+    if n_regimes <= 1:
+        return StandardScaler.fit(values)
+    missing = [s.name for s in series if s.conditions is None]
+    if missing:
+        raise ValueError(f"regime scaling needs conditions; series without: {missing[:3]}")
+    conditions = np.concatenate([np.asarray(s.conditions) for s in series])
+    return RegimeScaler.fit(values, conditions, n_regimes, seed)
+
+
+def split_series(series: Sequence[Series], fraction: float, seed: int) -> tuple[list[Series], list[Series]]:
+    """Split whole series (units/files) into two groups, `fraction` of them in the second, seeded."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(series))
+    n_second = max(1, round(len(series) * fraction))
+    if n_second >= len(series):
+        raise ValueError(
+            f"cannot split {len(series)} series with fraction {fraction}: one side would be empty"
+        )
+    second = set(order[:n_second].tolist())
+    return (
+        [s for i, s in enumerate(series) if i not in second],
+        [s for i, s in enumerate(series) if i in second],
+    )

@@ -1,0 +1,158 @@
+"""From a `[data]` config to the series of each split (fit / validation / calibration / test).
+
+Splits are by unit or series, never by window. C-MAPSS: training units are split (seeded) into fit units,
+validation units (early stopping, score choice, lead time on whole run-to-failure lives) and calibration units
+(threshold); only the healthy part (RUL >= `healthy_min_rul`) of fit/validation/calibration units is normal
+data. The test set is `test_FD00x`, labelled 1 where RUL < `label_rul`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.config import DataConfig
+from trainer.data import cmapss, synthetic
+from trainer.data.series import Series
+from trainer.data.windows import split_series
+
+
+@dataclass
+class Splits:
+    """Normal series for fitting, validation and calibration; labelled series for validation and test."""
+
+    fit: list[Series]
+    val: list[Series]  # normal parts only (validation loss)
+    calibration: list[Series]  # normal parts only, never seen by training
+    val_labelled: list[Series]  # whole validation series with labels (score choice, lead time)
+    test: list[Series]  # labelled
+    n_regimes: int = 1
+    healthy_min_rul: float | None = None  # C-MAPSS only: for lead-time metrics
+
+
+def load_splits(config: DataConfig) -> Splits:
+    """The splits for the configured source."""
+    if config.cmapss is not None:
+        return _cmapss(config)
+    if config.synthetic is not None:
+        return _synthetic(config)
+    if config.source == "csv" and config.generic is not None:
+        return _csv(config)
+    raise ValueError(
+        f"data source {config.source!r} is handled by its benchmark command "
+        f"(edge-trainer benchmark {config.source}); `fit` supports cmapss, csv and synthetic"
+    )
+
+
+def with_rul_labels(series: Series, label_rul: float) -> Series:
+    """The series with labels = 1 where RUL < `label_rul`."""
+    if series.rul is None:
+        raise ValueError(f"series {series.name!r} has no RUL")
+    labelled = series.slice(0)
+    labelled.labels = (np.asarray(series.rul) < label_rul).astype(np.int64)
+    return labelled
+
+
+def healthy_part(series: Series, healthy_min_rul: float) -> Series | None:
+    """Leading rows with RUL >= `healthy_min_rul` (None when there are none)."""
+    assert series.rul is not None
+    n = int(np.sum(np.asarray(series.rul) >= healthy_min_rul))
+    return series.slice(0, n) if n else None
+
+
+def _three_way(series: list[Series], config: DataConfig) -> tuple[list[Series], list[Series], list[Series]]:
+    rest, calibration = split_series(series, config.calibration_fraction, config.split_seed)
+    fraction = config.val_fraction / (1 - config.calibration_fraction)
+    fit, val = split_series(rest, fraction, config.split_seed + 1)
+    return fit, val, calibration
+
+
+def _cmapss(config: DataConfig) -> Splits:
+    source = config.cmapss
+    assert source is not None
+    data = cmapss.load_subset(source.data_dir, source.subset)
+    train, test = data.train, data.test
+    if source.max_units:
+        train, test = train[: source.max_units], test[: source.max_units]
+    fit, val, calibration = _three_way(train, config)
+
+    def healthy(group: list[Series]) -> list[Series]:
+        parts = [healthy_part(s, source.healthy_min_rul) for s in group]
+        kept = [p for p in parts if p is not None]
+        if not kept:
+            raise ValueError(
+                f"no healthy rows (RUL >= {source.healthy_min_rul}) in units {[s.name for s in group][:5]}"
+            )
+        return kept
+
+    return Splits(
+        fit=healthy(fit),
+        val=healthy(val),
+        calibration=healthy(calibration),
+        val_labelled=[with_rul_labels(s, source.label_rul) for s in val],
+        test=[with_rul_labels(s, source.label_rul) for s in test],
+        n_regimes=source.n_regimes,
+        healthy_min_rul=source.healthy_min_rul,
+    )
+
+
+def _synthetic(config: DataConfig) -> Splits:
+    source = config.synthetic
+    assert source is not None
+    normal = synthetic.make_series(source.n_series, source.length, source.n_channels, source.seed)
+    faulty = synthetic.make_series(
+        max(2, source.n_series // 2), source.length, source.n_channels, source.seed + 1, anomalous=True
+    )
+    fit, val, calibration = _three_way(normal, config)
+    half = len(faulty) // 2
+    extra_normal = synthetic.make_series(
+        2, source.length, source.n_channels, source.seed + 2, name_prefix="synthetic-test"
+    )
+    return Splits(
+        fit=fit,
+        val=val,
+        calibration=calibration,
+        val_labelled=val + faulty[:half],
+        test=extra_normal + faulty[half:],
+    )
+
+
+def _csv(config: DataConfig) -> Splits:
+    """A user's CSV files (`trainer.data.csv_reader`). Series (files, or segments between long gaps) without
+    any label 1 are normal: split by series into fit / validation / calibration, or, with fewer than three,
+    each cut in time into contiguous blocks by the same fractions. Series holding anomalies: with two or more,
+    every other one goes to validation (score choice) and the rest to test; a single one goes to test. Without
+    any, the test set is the calibration series (scores and FAR only, no ROC-AUC)."""
+    from trainer.data.csv_reader import CsvOptions, read_csv_files
+
+    assert config.generic is not None
+    options = CsvOptions.from_options(config.generic.options)
+    series = read_csv_files(list(options.paths), options)
+    normal = [_zero_labels(s) for s in series if s.labels is None or not np.any(s.labels)]
+    labelled = [s for s in series if s.labels is not None and np.any(s.labels)]
+    if not normal:
+        raise ValueError(
+            "CSV data: every series holds anomalies; training needs normal series (all labels 0)"
+        )
+    if len(normal) >= 3:
+        fit, val, calibration = _three_way(normal, config)
+    else:
+        fit, val, calibration = [], [], []
+        for item in normal:
+            cut_val = round(len(item) * (1 - config.val_fraction - config.calibration_fraction))
+            cut_cal = round(len(item) * (1 - config.calibration_fraction))
+            fit.append(item.slice(0, cut_val))
+            val.append(item.slice(cut_val, cut_cal))
+            calibration.append(item.slice(cut_cal))
+    val_anomalous = labelled[0::2] if len(labelled) > 1 else []
+    test = [s for s in labelled if all(s is not v for v in val_anomalous)] or calibration
+    return Splits(fit=fit, val=val, calibration=calibration, val_labelled=val + val_anomalous, test=test)
+
+
+def _zero_labels(series: Series) -> Series:
+    if series.labels is not None:
+        return series
+    labelled = series.slice(0)
+    labelled.labels = np.zeros(len(series), dtype=np.int64)
+    return labelled

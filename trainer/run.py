@@ -1,0 +1,336 @@
+"""`fit_run`: config -> trained, calibrated RUN_DIR. The RUN_DIR layout is the contract with `export`.
+
+RUN_DIR/
+  checkpoint.pt     weights + metadata (`trainer.train.save_checkpoint`; load with `load_checkpoint`)
+  config.toml       a copy of the training config
+  run.json          everything export needs besides weights:
+                    channels (model channels), input_channels (graph input order: model channels, then
+                    condition channels for regime scaling), condition_channels, window_length, stride,
+                    sample_period_s, scaler (`StandardScaler`/`RegimeScaler.to_dict()`), scoring (score kind),
+                    latent_stats, score_baseline (null, or {"kind": "per_asset_initial", "windows": N,
+                    "statistic": "median"}), threshold (`ThresholdSpec.to_dict()`, on adjusted scores when a
+                    baseline is used), score_quantiles, validation_scores (calibration-score sample for
+                    recalibration), metrics (validation), history, model_shape, trainer_version, git_commit
+  calibration.npz   `windows` float32 [N, C_in, L] raw normal windows training never saw (calibration units),
+                    `series` [N] str, `end_row` [N]
+  evaluation.npz    `windows` [N, C_in, L] raw labelled test windows, `labels` [N], `series`, `end_time`,
+                    `rul`
+  validation.npz    the same for the whole validation series (score choice; lead time on run-to-failure units)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import trainer
+from trainer.calibration import calibrate, score_quantiles
+from trainer.config import TrainerConfig
+from trainer.data.cmapss import informative_channels
+from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_scaler, make_windows
+from trainer.datasets import Splits, load_splits
+from trainer.metrics import binary_metrics
+from trainer.scoring import build_scorer, latent_statistics, per_asset_baseline, score_windows
+from trainer.torch_model import SCORES
+from trainer.train import fit_vae, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Raw windows of every split plus the fitted scaler and channel lists."""
+
+    splits: Splits
+    channels: list[str]
+    input_channels: list[str]
+    scaler: StandardScaler | RegimeScaler
+    fit: WindowSet
+    val: WindowSet
+    calibration: WindowSet
+    val_labelled: WindowSet
+    test: WindowSet
+
+
+def scale_windows(scaler: StandardScaler | RegimeScaler, windows: np.ndarray, n_model: int) -> np.ndarray:
+    """Standardise raw windows `[N, C_in, L]` -> `[N, C, L]` (numpy twin of the graph's scaling)."""
+    n, _, length = windows.shape
+    values = np.swapaxes(windows[:, :n_model], 1, 2).reshape(-1, n_model)
+    if isinstance(scaler, RegimeScaler):
+        conditions = np.swapaxes(windows[:, n_model:], 1, 2).reshape(n * length, -1)
+        scaled = scaler.transform(values, conditions)
+    else:
+        scaled = scaler.transform(values)
+    return np.ascontiguousarray(np.swapaxes(scaled.reshape(n, length, n_model), 1, 2))
+
+
+def prepare(config: TrainerConfig) -> PreparedData:
+    """Load splits, choose informative channels (per regime), fit the scaler, and window every split."""
+    splits = load_splits(config.data)
+    regimes = splits.n_regimes
+    all_channels = list(splits.fit[0].channels)
+    full = fit_scaler(splits.fit, all_channels, regimes, config.training.seed)
+    labels = (
+        [full.assign(np.asarray(s.conditions)) for s in splits.fit]
+        if isinstance(full, RegimeScaler)
+        else None
+    )
+    channels = informative_channels(splits.fit, labels)
+    keep = [all_channels.index(c) for c in channels]
+    if isinstance(full, RegimeScaler):
+        scaler: StandardScaler | RegimeScaler = RegimeScaler(
+            full.centroids, full.condition_scale, full.mean[:, keep], full.std[:, keep]
+        )
+    else:
+        scaler = StandardScaler(full.mean[keep], full.std[keep])
+    use_conditions = isinstance(scaler, RegimeScaler)
+
+    def window(group: list[Any], stride: int) -> WindowSet:
+        selected = [s.select(channels) for s in group]
+        return make_windows(selected, config.windows.length, stride, condition_channels=use_conditions)
+
+    w = config.windows
+    fit = window(splits.fit, w.train_stride)
+    input_channels = fit.channels
+    prepared = PreparedData(
+        splits,
+        channels,
+        input_channels,
+        scaler,
+        fit,
+        window(splits.val, w.stride),
+        window(splits.calibration, w.stride),
+        window(splits.val_labelled, w.stride),
+        window(splits.test, w.stride),
+    )
+    for name in ("fit", "val", "calibration", "test"):
+        if len(getattr(prepared, name)) == 0:
+            raise ValueError(f"no {name} windows of length {w.length}: every {name} series is shorter")
+    log.info(
+        "windows: fit %d, val %d, calibration %d, val (labelled) %d, test %d; channels: %s",
+        len(fit),
+        len(prepared.val),
+        len(prepared.calibration),
+        len(prepared.val_labelled),
+        len(prepared.test),
+        ", ".join(channels),
+    )
+    return prepared
+
+
+def adjusted_scores(score: np.ndarray, series: np.ndarray, baseline: dict[str, Any] | None) -> np.ndarray:
+    """Scores after the run's `score_baseline` (identity when there is none)."""
+    if not baseline:
+        return score.astype(np.float64)
+    return per_asset_baseline(score, series, int(baseline["windows"]))
+
+
+BASELINE_MARGIN = 0.005  # a per-asset baseline must beat the plain score by this much validation ROC-AUC
+
+
+def choose_score(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best validation ROC-AUC; a per-asset baseline (more state in the agent) only when it wins by a
+    margin."""
+    ranked = [c for c in candidates if c["val_roc_auc"] is not None]
+    if not ranked:
+        return candidates[0]
+    best = max(ranked, key=lambda c: c["val_roc_auc"])
+    if best["score_baseline"] is not None:
+        plain = [c for c in ranked if c["score_baseline"] is None]
+        best_plain = max(plain, key=lambda c: c["val_roc_auc"]) if plain else None
+        if best_plain is not None and best["val_roc_auc"] - best_plain["val_roc_auc"] < BASELINE_MARGIN:
+            return best_plain
+    return best
+
+
+def auc_or_none(labels: np.ndarray | None, score: np.ndarray) -> float | None:
+    if labels is None or not 0 < labels.sum() < len(labels):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, score))
+
+
+def fit_run(
+    config: TrainerConfig, out_dir: str | Path, progress: bool = True, prepared: PreparedData | None = None
+) -> dict[str, Any]:
+    """Train, choose the score on validation, calibrate, and write RUN_DIR; returns run.json's content."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepared or prepare(config)
+    n_model = len(data.channels)
+    vae, history = fit_vae(
+        scale_windows(data.scaler, data.fit.data, n_model),
+        scale_windows(data.scaler, data.val.data, n_model),
+        config.model,
+        config.training,
+        progress,
+    )
+    scaler_dict = data.scaler.to_dict()
+    plain = build_scorer(vae, scaler_dict, "reconstruction", None)
+    latent_stats = latent_statistics(score_windows(plain, data.fit.data).latent_mean)
+    # Per-channel reference error on healthy validation windows: channel_error comparable across channels.
+    reference = score_windows(plain, data.val.data).channel_error[:, :n_model].mean(axis=0)
+    vae.channel_error_scale.copy_(torch.from_numpy(np.maximum(reference, 1e-6).astype(np.float32)))
+
+    # Choose score kind and baseline on the labelled validation series (never the test set).
+    kinds = SCORES if config.evaluation.score == "auto" else (config.evaluation.score,)
+    baselines: list[dict[str, Any] | None]
+    baseline_config = {
+        "kind": "per_asset_initial",
+        "windows": config.evaluation.baseline_windows,
+        "statistic": "median",
+    }
+    baselines = {"none": [None], "per_asset_initial": [baseline_config], "auto": [None, baseline_config]}[
+        config.evaluation.score_baseline
+    ]
+    candidates: list[dict[str, Any]] = []
+    for kind in kinds:
+        raw = score_windows(build_scorer(vae, scaler_dict, kind, latent_stats), data.val_labelled.data).score
+        for baseline in baselines:
+            adjusted = adjusted_scores(raw, data.val_labelled.series, baseline)
+            candidates.append(
+                {
+                    "scoring": kind,
+                    "score_baseline": baseline,
+                    "val_roc_auc": auc_or_none(data.val_labelled.labels, adjusted),
+                }
+            )
+    chosen = choose_score(candidates)
+    log.info(
+        "score choice on validation: %s",
+        ", ".join(
+            f"{c['scoring']}{'+baseline' if c['score_baseline'] else ''}={c['val_roc_auc']}"
+            for c in candidates
+        ),
+    )
+    scorer = build_scorer(vae, scaler_dict, chosen["scoring"], latent_stats)
+
+    cal_raw = score_windows(scorer, data.calibration.data).score
+    cal_scores = adjusted_scores(cal_raw, data.calibration.series, chosen["score_baseline"])
+    threshold = calibrate(
+        cal_scores, config.calibration.method, config.calibration.target_far, **config.calibration.params
+    )
+    val_scores = adjusted_scores(
+        score_windows(scorer, data.val_labelled.data).score,
+        data.val_labelled.series,
+        chosen["score_baseline"],
+    )
+    metrics: dict[str, Any] = {"score_candidates": candidates}
+    if data.val_labelled.labels is not None:
+        metrics["validation"] = binary_metrics(data.val_labelled.labels, val_scores, threshold.value)
+    rng = np.random.default_rng(config.training.seed)
+    sample = rng.choice(cal_scores, size=min(2000, len(cal_scores)), replace=False)
+    run = {
+        "trainer_version": trainer.__version__,
+        "git_commit": git_commit(),
+        "config_source": config.source_path,
+        "data_source": config.data.source,
+        "channels": data.channels,
+        "input_channels": data.input_channels,
+        "condition_channels": data.input_channels[n_model:],
+        "window_length": config.windows.length,
+        "stride": config.windows.stride,
+        "sample_period_s": config.windows.sample_period_s,
+        "scaler": scaler_dict,
+        "scoring": chosen["scoring"],
+        "latent_stats": latent_stats,
+        "channel_error_reference": vae.channel_error_scale.tolist(),
+        "score_baseline": chosen["score_baseline"],
+        "threshold": threshold.to_dict(),
+        "score_quantiles": score_quantiles(cal_scores),
+        "validation_scores": sorted(sample.tolist()),
+        "metrics": metrics,
+        "history": history.to_dict(),
+        "model_shape": vae.shape.to_dict(),
+        "healthy_min_rul": data.splits.healthy_min_rul,
+        "splits": {
+            name: sorted({s.name for s in getattr(data.splits, name)})
+            for name in ("fit", "val", "calibration", "test")
+        },
+    }
+    save_checkpoint(
+        out / "checkpoint.pt",
+        vae,
+        {
+            k: run[k]
+            for k in (
+                "channels",
+                "input_channels",
+                "scaler",
+                "scoring",
+                "latent_stats",
+                "score_baseline",
+                "threshold",
+                "window_length",
+                "stride",
+            )
+        },
+    )
+    (out / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
+    if config.source_path:
+        shutil.copyfile(config.source_path, out / "config.toml")
+    save_windows(out / "calibration.npz", data.calibration)
+    save_windows(out / "evaluation.npz", data.test)
+    save_windows(out / "validation.npz", data.val_labelled)
+    log.info(
+        "run written to %s (score %s, baseline %s, threshold %.4g)",
+        out,
+        chosen["scoring"],
+        chosen["score_baseline"],
+        threshold.value,
+    )
+    return run
+
+
+def save_windows(path: Path, windows: WindowSet) -> None:
+    """Raw windows and their bookkeeping as an .npz (strings as unicode arrays, no pickles)."""
+    arrays: dict[str, np.ndarray] = {
+        "windows": windows.data.astype(np.float32),
+        "series": windows.series.astype(str),
+        "end_row": windows.end_row,
+        "end_time": windows.end_time,
+    }
+    if windows.labels is not None:
+        arrays["labels"] = windows.labels
+    if windows.rul is not None:
+        arrays["rul"] = windows.rul
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+def load_windows(path: Path, channels: list[str]) -> WindowSet:
+    """Read `save_windows` output (no pickles)."""
+    with np.load(path, allow_pickle=False) as blob:
+        return WindowSet(
+            blob["windows"],
+            list(channels),
+            blob["series"].astype(object),
+            blob["end_row"],
+            blob["end_time"],
+            blob.get("labels"),
+            blob.get("rul"),
+        )
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
