@@ -1,4 +1,11 @@
 #!/usr/bin/env bash
-# The main job: a one-command demo on the built-in plant simulator. Coming with the demo issue.
-echo "The one-command demo (simulate -> train -> export -> install -> run -> summary) is coming; see README." >&2
-exit 1
+# The main job, from nothing: a virtualenv with the trainer, mosquitto when it can be installed, then the demo
+# (simulate -> train -> export a signed bundle -> bundle install -> run the agent live -> summary).
+# Extra arguments go to scripts/demo.py (e.g. `bash scripts/demo.sh --speed 20`).
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$REPO_ROOT"
+
+# mosquitto carries the live run; without it the demo replays files and prints alerts on the console.
+ensure_apt_packages ca-certificates mosquitto || echo "==> mosquitto unavailable: console mode" >&2
+ensure_venv "trainer"
+exec python scripts/demo.py "$@"

@@ -55,6 +55,9 @@ class DataConfig:
     val_fraction: float = 0.15  # of normal training series/units: early stopping + score choice
     calibration_fraction: float = 0.15  # of normal training series/units: threshold calibration
     split_seed: int = 0
+    # How normal CSV series are split: "series" (whole files to fit / validation / calibration), "time" (each
+    # file cut into contiguous blocks: right when each file is a different asset), "auto" (series when >= 3).
+    split: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,7 @@ def _data(d: Section) -> DataConfig:
         d.number("val_fraction", 0.15, minimum=0, maximum=0.5, exclusive_minimum=True),
         d.number("calibration_fraction", 0.15, minimum=0, maximum=0.5, exclusive_minimum=True),
         d.integer("split_seed", 0),
+        d.choice("split", ("auto", "series", "time"), "auto"),
     )
     d.finish()
     return config

@@ -121,7 +121,8 @@ def _synthetic(config: DataConfig) -> Splits:
 def _csv(config: DataConfig) -> Splits:
     """A user's CSV files (`trainer.data.csv_reader`). Series (files, or segments between long gaps) without
     any label 1 are normal: split by series into fit / validation / calibration, or, with fewer than three,
-    each cut in time into contiguous blocks by the same fractions. Series holding anomalies: with two or more,
+    each cut in time into contiguous blocks by the same fractions (`[data] split` forces either). Series
+    holding anomalies: with two or more,
     every other one goes to validation (score choice) and the rest to test; a single one goes to test. Without
     any, the test set is the calibration series (scores and FAR only, no ROC-AUC)."""
     from trainer.data.csv_reader import CsvOptions, read_csv_files
@@ -135,7 +136,11 @@ def _csv(config: DataConfig) -> Splits:
         raise ValueError(
             "CSV data: every series holds anomalies; training needs normal series (all labels 0)"
         )
-    if len(normal) >= 3:
+    if config.split == "series" or (config.split == "auto" and len(normal) >= 3):
+        if len(normal) < 3:
+            raise ValueError(
+                f"CSV data: split = \"series\" needs at least 3 normal series, got {len(normal)}"
+            )
         fit, val, calibration = _three_way(normal, config)
     else:
         fit, val, calibration = [], [], []
