@@ -1,0 +1,131 @@
+"""What the running agent reports about itself: the status file `edge-agent status` reads, the MQTT health
+summary, and the counters persisted in the state database.
+
+The status file (`<state_dir>/status.json`) is rewritten atomically every `status_interval_s` and at exit:
+
+    {"schema_version": 1, "pid": 1234, "updated_at": ..., "started_at": ..., "bundle": {"name", "version",
+     "path"}, "bundle_version": "...", "sink": {"kind", "state"}, "outbox_backlog": 0,
+     "assets": {"pump-3": {"model", "last_score", "threshold", "last_window_end", "state", "severity",
+                           "windows", "stale_windows"}},
+     "open_episodes": [...], "sources": {"line1": {"type", "state", "received", "invalid", "dropped", ...}},
+     "counters": {"windows_scored", "windows_stale", "windows_dropped", "readings_invalid",
+                  "readings_dropped", "readings_received"}}
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle import Bundle
+from edge_agent.types import ScoredWindow
+
+STATUS_SCHEMA_VERSION = 1
+
+
+def write_status_file(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` as JSON to `path` atomically (temp file + rename), so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=1, sort_keys=True, default=float)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AgentState:
+    """Counters and last scores kept by the supervisor, turned into status documents on demand."""
+
+    def __init__(self) -> None:
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.started_at = time.time()
+        self.bundle: dict[str, str] | None = None
+        self.last: dict[str, dict[str, Any]] = {}
+        self._persisted: dict[str, int] = {}
+
+    def started(self, bundle: Bundle) -> None:
+        self.bundle_swapped(bundle)
+
+    def bundle_swapped(self, bundle: Bundle) -> None:
+        self.bundle = {"name": bundle.manifest.name, "version": bundle.manifest.version,
+                       "path": str(bundle.source)}
+
+    def scored(self, item: ScoredWindow) -> None:
+        self.counters["windows_scored"] += 1
+        self.last[item.window.asset] = {"model": item.window.model, "last_score": float(item.score),
+                                        "threshold": float(item.threshold),
+                                        "last_window_end": item.window.end_ts}
+
+    def totals(self, supervisor: Any) -> dict[str, int]:
+        """Counters of this process's life: windows scored/stale/dropped, readings invalid/dropped."""
+        totals = {"windows_scored": self.counters["windows_scored"],
+                  "windows_dropped": self.counters["windows_dropped"],
+                  "windows_stale": 0, "readings_invalid": 0, "readings_dropped": 0, "readings_received": 0}
+        if supervisor.windower is not None:
+            totals["windows_stale"] = supervisor.windower.counters()["stale_windows"]
+        for source in supervisor.sources:
+            totals["readings_invalid"] += source.stats.invalid
+            totals["readings_dropped"] += source.stats.dropped
+            totals["readings_received"] += source.stats.received
+        return totals
+
+    def take_counter_deltas(self, supervisor: Any) -> dict[str, int]:
+        """What grew since the last call (for `Store.incr_counters`, which keeps totals across restarts)."""
+        totals = self.totals(supervisor)
+        deltas = {key: value - self._persisted.get(key, 0) for key, value in totals.items()
+                  if value > self._persisted.get(key, 0)}
+        self._persisted = totals
+        return deltas
+
+    def snapshot(self, supervisor: Any) -> dict[str, Any]:
+        assets: dict[str, dict[str, Any]] = {}
+        for name, asset in supervisor.config.assets.items():
+            entry: dict[str, Any] = {"model": asset.model, "last_score": None, "threshold": None,
+                                     "last_window_end": None, "state": "normal", "severity": None}
+            entry.update(self.last.get(name, {}))
+            if supervisor.windower is not None and name in supervisor.windower.aligners:
+                stats = supervisor.windower.aligners[name].stats
+                entry.update(windows=stats.windows, stale_windows=stats.stale_windows)
+            assets[name] = entry
+        episodes: list[dict[str, Any]] = []
+        if supervisor.decisions is not None:
+            for row in supervisor.decisions.asset_states():
+                if row["asset"] in assets:
+                    assets[row["asset"]].update(state=row["state"], severity=row["severity"])
+            episodes = supervisor.decisions.open_episodes()
+        backlog = None
+        if supervisor.store is not None:
+            try:
+                backlog = supervisor.store.backlog()
+            except Exception:  # a closed store at exit: the status still gets written  # noqa: BLE001
+                backlog = None
+        sink = supervisor.sink
+        return {
+            "schema_version": STATUS_SCHEMA_VERSION, "pid": os.getpid(), "updated_at": time.time(),
+            "started_at": self.started_at, "bundle": self.bundle,
+            "bundle_version": self.bundle["version"] if self.bundle else None,
+            "sink": {"kind": type(sink).__name__ if sink is not None else None,
+                     "state": sink.state if sink is not None else None},
+            "outbox_backlog": backlog, "assets": assets, "open_episodes": episodes,
+            "sources": {source.name: source.describe() for source in supervisor.sources},
+            "counters": self.totals(supervisor),
+        }
+
+    def health(self, supervisor: Any) -> dict[str, Any]:
+        episodes = supervisor.decisions.open_episodes() if supervisor.decisions is not None else []
+        bundle = {"name": self.bundle["name"], "version": self.bundle["version"]} if self.bundle else None
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1), "bundle": bundle,
+            "outbox_backlog": supervisor.store.backlog() if supervisor.store is not None else 0,
+            "open_episodes": len(episodes), "counters": self.totals(supervisor),
+            "sources": {source.name: source.stats.state for source in supervisor.sources},
+        }

@@ -1,0 +1,230 @@
+"""`edge-agent run | check-config | status`.
+
+- `run --config PATH`: the service (systemd `Type=notify`); exit 0 after SIGTERM, 1 on a fatal error.
+- `check-config --config PATH`: validate the file (and, when readable, the bundle it names against the
+  assets); exit 0 or print the error naming the key path and exit 1. The systemd unit runs it in
+  `ExecStartPre=`.
+- `status [--json] --config PATH`: active bundle, per-asset last score and state, open episodes, outbox
+  backlog, counters, source states, read from the status file the running agent writes and from its SQLite
+  database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.configtools import ConfigError
+
+log = logging.getLogger(__name__)
+
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<priority>name: message`: journald reads the priority prefix and adds its own timestamps."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.name}: {super().format(record)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+                    "message": record.getMessage()}
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document)
+
+
+def setup_logging(level: str, fmt: str, override: str | None = None) -> None:
+    """Configure the root logger from `[logging]` (`--log-level` wins)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "journal":
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    elif fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel((override or level).upper())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `run`, `check-config` and `status` to the `edge-agent` parser."""
+    run = subparsers.add_parser("run", help="run the agent (the systemd service)")
+    run.add_argument("--config", required=True, type=Path, help="agent TOML config")
+    run.set_defaults(func=cmd_run)
+    check = subparsers.add_parser("check-config", help="validate a config file; exit 0 when valid")
+    check.add_argument("--config", required=True, type=Path)
+    check.add_argument("--no-bundle", action="store_true", help="do not check the assets against the bundle")
+    check.set_defaults(func=cmd_check_config)
+    status = subparsers.add_parser("status", help="what the running agent is doing")
+    status.add_argument("--config", required=True, type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.config import AgentConfig
+    from edge_agent.supervisor import Supervisor
+
+    try:
+        config = AgentConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.logging.level, config.logging.format, getattr(args, "log_level", None))
+    try:
+        return asyncio.run(Supervisor(config).run())
+    except ConfigError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    except Exception as exc:  # the error must reach the journal in one line, then systemd restarts us
+        log.critical("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.bundle import BundleError
+    from edge_agent.config import AgentConfig, check_against_manifest
+
+    try:
+        config = AgentConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    if not args.no_bundle:
+        try:
+            _check_bundle(config, check_against_manifest)
+        except (ConfigError, BundleError) as exc:
+            print(f"invalid: {exc}", file=sys.stderr)
+            return 1
+    print(f"{args.config}: OK ({len(config.sources)} sources, {len(config.assets)} assets)")
+    return 0
+
+
+def _check_bundle(config: Any, check: Any) -> None:
+    import tempfile
+
+    from edge_agent.bundle import read_bundle
+
+    try:
+        path = config.bundle_path()
+    except ConfigError:
+        return  # no bundle yet: `bundle install` checks the assets when one arrives
+    if not path.exists():
+        raise ConfigError("bundle -> path", "bundle file does not exist", str(path), config.source)
+    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
+    with tempfile.TemporaryDirectory(prefix="edge-agent-check-") as tmp:
+        bundle = read_bundle(path, trusted_keys=keys, extract_to=Path(tmp) / "bundle")
+        check(config, bundle.manifest)
+
+
+def read_status(config: Any) -> dict[str, Any]:
+    """The running agent's status file, with the outbox backlog and episodes taken from the database."""
+    status: dict[str, Any] = {"running": False}
+    try:
+        status.update(json.loads(config.status_path.read_text()))
+    except FileNotFoundError:
+        status["error"] = f"no status file at {config.status_path} (has the agent run?)"
+    except (OSError, ValueError) as exc:
+        status["error"] = f"cannot read {config.status_path}: {exc}"
+    pid = status.get("pid")
+    if isinstance(pid, int) and config.pid_path.exists():
+        status["running"] = _alive(pid)
+    if config.db_path.exists():
+        status.update(_from_database(config.db_path))
+    return status
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _from_database(path: Path) -> dict[str, Any]:
+    """Backlog and persisted counters, read-only (the agent is the one writer)."""
+    out: dict[str, Any] = {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        return {"database_error": str(exc)}
+    try:
+        pending = "SELECT count(*) FROM outbox WHERE delivered_ts IS NULL"
+        out["outbox_backlog"] = conn.execute(pending).fetchone()[0]
+        out["counters_total"] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    except sqlite3.Error as exc:
+        out["database_error"] = str(exc)
+    finally:
+        conn.close()
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent.config import AgentConfig
+
+    try:
+        config = AgentConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 1
+    status = read_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    return 0 if "error" not in status else 1
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable status."""
+    lines = []
+    if "error" in status:
+        lines.append(status["error"])
+    updated = status.get("updated_at")
+    age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
+    lines.append(f"agent: {'running' if status.get('running') else 'not running'}{age}")
+    bundle = status.get("bundle") or {}
+    lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
+    sink = status.get("sink") or {}
+    lines.append(f"upstream: {sink.get('kind', '-')} {sink.get('state', '')}; outbox backlog: "
+                 f"{status.get('outbox_backlog', '-')}")
+    for name, asset in sorted((status.get("assets") or {}).items()):
+        score = asset.get("last_score")
+        shown = f"{score:.4g}" if isinstance(score, int | float) else "-"
+        lines.append(f"asset {name}: model {asset.get('model')} score {shown} / {asset.get('threshold')} "
+                     f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''} "
+                     f"stale windows {asset.get('stale_windows', 0)}")
+    for episode in status.get("open_episodes") or []:
+        lines.append(f"open episode {episode.get('episode_id')}: {episode.get('asset')}/"
+                     f"{episode.get('model')} {episode.get('severity')}")
+    for name, source in sorted((status.get("sources") or {}).items()):
+        lines.append(f"source {name} ({source.get('type')}): {source.get('state')}, received "
+                     f"{source.get('received')}, invalid {source.get('invalid')}, "
+                     f"dropped {source.get('dropped')}")
+    counters = status.get("counters") or {}
+    if counters:
+        lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    return "\n".join(lines)

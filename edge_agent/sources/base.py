@@ -1,0 +1,234 @@
+"""What every source shares: a bounded drop-oldest queue, counters, a connection state, rate-limited logs.
+
+A source is an async context manager and an async iterator of `Reading`s:
+
+    async with SerialSource(name, config) as source:
+        async for reading in source:
+            ...
+
+Entering starts the source's own task (open the device, reconnect with backoff, parse); leaving stops it.
+The queue between that task and the consumer is bounded: when full the oldest reading is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from edge_agent.configtools import ConfigError
+from edge_agent.types import Reading
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class SourceStats:
+    """Counters shown by `edge-agent status` (and stored by the supervisor)."""
+
+    state: str = "starting"  # starting | connected | disconnected | finished
+    received: int = 0
+    invalid: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "received": self.received, "invalid": self.invalid,
+                "dropped": self.dropped, "reconnects": self.reconnects}
+
+
+class RateLimitedLog:
+    """Logs the first occurrence at once, then at most one line per `interval_s` with a count of the rest,
+    so a device spewing garbage cannot flood the journal."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: float | None = None
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> bool:
+        """Log unless one was logged in the last interval; returns whether it was logged."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            self.logger.warning("%s (%d similar suppressed)", msg % args, self.suppressed)
+        else:
+            self.logger.warning(msg, *args)
+        self._last = now
+        self.suppressed = 0
+        return True
+
+
+class DropOldestQueue(Generic[T]):
+    """A bounded FIFO for one consumer on the event loop: `put` never blocks, it evicts the oldest."""
+
+    def __init__(self, maxsize: int, on_drop: Callable[[], None]) -> None:
+        if maxsize < 1:
+            raise ValueError(f"queue size must be at least 1, got {maxsize}")
+        self._items: collections.deque[T] = collections.deque()
+        self._maxsize = maxsize
+        self._on_drop = on_drop
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._closed = False
+
+    def put(self, item: T) -> None:
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self._on_drop()
+        self._items.append(item)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more items will come; `get` returns None once the queue is empty."""
+        self._closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> T | None:
+        """The oldest item, or None when empty."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        self._room.set()
+        return item
+
+    async def get(self) -> T | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        self._room.set()
+        return item
+
+    async def wait_for_room(self) -> None:
+        """For producers that must not drop (a replay): wait until the queue is below its bound."""
+        while len(self._items) >= self._maxsize:
+            self._room.clear()
+            await self._room.wait()
+
+
+class Source:
+    """Base class: subclasses implement `_run()` (the producing loop) and call `_emit()`/`_invalid()`."""
+
+    kind = "base"
+    # A lossless source (a replay) waits for room downstream instead of having windows dropped.
+    lossless = False
+
+    def __init__(self, name: str, queue_size: int = 1000) -> None:
+        self.name = name
+        self.stats = SourceStats()
+        self._queue_size = queue_size
+        self._queue: DropOldestQueue[Reading] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._invalid_log = RateLimitedLog(logging.getLogger(f"{__name__}.{name}"))
+
+    @property
+    def task_name(self) -> str:
+        return f"source[{self.kind}:{self.name}]"
+
+    async def __aenter__(self) -> Source:
+        self._queue = DropOldestQueue(self._queue_size, self._dropped)
+        self._task = asyncio.create_task(self._run_and_close(), name=f"{self.task_name}:reader")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            self._task = None
+        await self._cleanup()
+
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Reading]:
+        if self._queue is None:
+            raise RuntimeError(f"source {self.name!r} used outside 'async with'")
+        while True:
+            if self._task is not None and self._task.done() and not self._task.cancelled():
+                error = self._task.exception()
+                if error is not None:
+                    raise error
+            item = await self._queue.get()
+            if item is None:
+                if self._task is not None and self._task.done() and not self._task.cancelled():
+                    error = self._task.exception()
+                    if error is not None:
+                        raise error
+                return
+            yield item
+
+    async def _run_and_close(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._queue is not None:
+                self._queue.close()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _cleanup(self) -> None:
+        """Release what `_run` may have left open (called on exit, also after cancellation)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Type, connection state and counters, for `edge-agent status`."""
+        return {"type": self.kind, **self.stats.as_dict()}
+
+    def _emit(self, reading: Reading) -> None:
+        self.stats.received += 1
+        if self._queue is not None:
+            self._queue.put(reading)
+
+    def _dropped(self) -> None:
+        self.stats.dropped += 1
+
+    def _invalid(self, what: str, error: Exception) -> None:
+        self.stats.invalid += 1
+        self._invalid_log.warning("source %s: invalid %s: %s (invalid so far: %d)", self.name, what, error,
+                                  self.stats.invalid)
+
+
+def secret_file(value: str, key_path: str, base_dir: Path) -> Path:
+    """Where a secret lives: `credential:NAME` is `$CREDENTIALS_DIRECTORY/NAME` (systemd `LoadCredential=`),
+    anything else a file path (relative to the config file, `${VAR}` expanded, as for `[mqtt]`). Secrets
+    never sit in the config text."""
+    if value.startswith("credential:"):
+        name = value.removeprefix("credential:")
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not name or "/" in name:
+            raise ConfigError(key_path, "credential name must be a plain file name", value)
+        if not directory:
+            raise ConfigError(key_path, "names a systemd credential but $CREDENTIALS_DIRECTORY is not set",
+                              value)
+        return Path(directory) / name
+    expanded = os.path.expandvars(value)
+    if "$" in expanded:
+        raise ConfigError(key_path, "names an environment variable that is not set", value)
+    path = Path(expanded)
+    return path if path.is_absolute() else base_dir / path

@@ -1,0 +1,209 @@
+"""Text line formats shared by the serial source and the replay source: CSV, JSON lines, `key=value`.
+
+A `LineParser` turns one line into `(timestamp or None, {field: value})` or raises `LineFormatError` with a
+message that says what is wrong with that line. Timestamps come from a named field when configured, else the
+caller uses the arrival time.
+
+    csv (header)   ts,flow,pressure          the first line that names every configured field sets the order
+                   1700000000.1,12.5,3.1
+    csv (columns)  columns = ["ts", "flow", "pressure"]: positional, no header expected
+    json           {"ts": 1700000000.1, "flow": 12.5, "pressure": 3.1}
+    kv             ts=1700000000.1 flow=12.5 pressure=3.1     (separated by spaces, commas or semicolons)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from edge_agent.configtools import ConfigError, Section
+
+LINE_FORMATS = ("csv", "json", "kv")
+TIMESTAMP_FORMATS = ("unix_s", "unix_ms", "iso8601")
+
+_KV_SPLIT = re.compile(r"[\s,;]+")
+
+
+class LineFormatError(ValueError):
+    """One line could not be parsed; the message names the problem (field, value, expected count)."""
+
+
+@dataclass(frozen=True)
+class LineFormat:
+    """How a source's lines are laid out.
+
+    `fields` maps the output field name (what assets refer to) to the key in the line (CSV header name or
+    column name, JSON key, `key=value` key). `columns` set means CSV without a header.
+    """
+
+    kind: str = "csv"
+    fields: Mapping[str, str] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
+    delimiter: str = ","
+    timestamp_field: str | None = None
+    timestamp_format: str = "unix_s"
+
+    def field_names(self) -> tuple[str, ...]:
+        """Names of the fields this format produces (what an asset's channel may refer to)."""
+        if self.fields:
+            return tuple(self.fields)
+        return tuple(c for c in self.columns if c != self.timestamp_field)
+
+
+def parse_timestamp(raw: object, fmt: str) -> float:
+    """A timestamp value from a line as Unix seconds (UTC). Naive ISO 8601 times are taken as UTC."""
+    if fmt == "iso8601":
+        if not isinstance(raw, str):
+            raise LineFormatError(f"timestamp {raw!r} is not an ISO 8601 string")
+        try:
+            parsed = datetime.fromisoformat(raw.strip())
+        except ValueError as exc:
+            raise LineFormatError(f"timestamp {raw!r} is not ISO 8601") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    value = to_number(raw, "timestamp")
+    return value / 1000.0 if fmt == "unix_ms" else value
+
+
+def to_number(raw: object, name: str) -> float:
+    """A finite float from a JSON number or a numeric string; anything else is a `LineFormatError`."""
+    if isinstance(raw, bool):
+        raise LineFormatError(f"field {name!r}: expected a number, got {raw!r}")
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError as exc:
+            raise LineFormatError(f"field {name!r}: {raw!r} is not a number") from exc
+    else:
+        raise LineFormatError(f"field {name!r}: expected a number, got {raw!r}")
+    if not math.isfinite(value):
+        raise LineFormatError(f"field {name!r}: {raw!r} is not finite")
+    return value
+
+
+class LineParser:
+    """Parses lines of one `LineFormat`. Stateful only for CSV with a header (the column order)."""
+
+    def __init__(self, fmt: LineFormat) -> None:
+        self.format = fmt
+        self._columns: tuple[str, ...] | None = fmt.columns or None
+        self._wanted = set(fmt.fields.values()) | ({fmt.timestamp_field} if fmt.timestamp_field else set())
+
+    def reset(self) -> None:
+        """Forget a learned CSV header (after a device reconnect the header may come again or change)."""
+        self._columns = self.format.columns or None
+
+    def parse(self, line: str) -> tuple[float | None, dict[str, float]] | None:
+        """`(ts or None, values)` for a data line, `None` for a blank or header line."""
+        text = line.strip().lstrip("\ufeff")
+        if not text:
+            return None
+        if self.format.kind == "json":
+            return self._from_mapping(self._json(text))
+        if self.format.kind == "kv":
+            return self._from_mapping(self._kv(text))
+        return self._csv(text)
+
+    def _json(self, text: str) -> Mapping[str, object]:
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise LineFormatError(f"not valid JSON: {text[:60]!r}") from exc
+        if not isinstance(obj, dict):
+            raise LineFormatError(f"expected a JSON object, got {type(obj).__name__}")
+        return obj
+
+    @staticmethod
+    def _kv(text: str) -> Mapping[str, object]:
+        pairs: dict[str, object] = {}
+        for token in _KV_SPLIT.split(text):
+            if not token:
+                continue
+            key, sep, value = token.partition("=")
+            if not sep or not key:
+                raise LineFormatError(f"{token[:40]!r} is not key=value")
+            pairs[key] = value
+        return pairs
+
+    def _csv(self, text: str) -> tuple[float | None, dict[str, float]] | None:
+        cells = [cell.strip() for cell in text.split(self.format.delimiter)]
+        if self._columns is None or (not self.format.columns and self._wanted <= set(cells)):
+            if self._wanted <= set(cells):
+                self._columns = tuple(cells)
+                return None
+            raise LineFormatError(f"no CSV header naming {sorted(self._wanted)} seen yet")
+        if len(cells) != len(self._columns):
+            raise LineFormatError(f"expected {len(self._columns)} fields, got {len(cells)}")
+        return self._from_mapping(dict(zip(self._columns, cells, strict=True)))
+
+    def _from_mapping(self, row: Mapping[str, object]) -> tuple[float | None, dict[str, float]]:
+        fmt = self.format
+        ts: float | None = None
+        if fmt.timestamp_field is not None:
+            if fmt.timestamp_field not in row:
+                raise LineFormatError(f"timestamp field {fmt.timestamp_field!r} missing")
+            ts = parse_timestamp(row[fmt.timestamp_field], fmt.timestamp_format)
+        mapping = fmt.fields or {name: name for name in fmt.field_names()}
+        values: dict[str, float] = {}
+        for name, key in mapping.items():
+            if key not in row:
+                raise LineFormatError(f"field {key!r} missing")
+            values[name] = to_number(row[key], key)
+        return ts, values
+
+
+def field_map(names: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """A config's `fields` as `{output name: key in the line}` (a list means the names are the keys)."""
+    if isinstance(names, Mapping):
+        return dict(names)
+    return {name: name for name in names}
+
+
+def line_format_from_section(section: Section, *, require_fields: bool = True) -> LineFormat:
+    """Read `format`, `fields`, `columns`, `delimiter`, `timestamp_field`, `timestamp_format` of a source."""
+    kind = section.choice("format", LINE_FORMATS, "csv")
+    columns = section.str_list("columns", ())
+    raw_fields = section.raw("fields", None)
+    fields: dict[str, str] = {}
+    if raw_fields is not None:
+        if isinstance(raw_fields, list):
+            names = section.str_list("fields")
+            fields = field_map(names)
+        elif isinstance(raw_fields, dict):
+            table = section.section("fields")
+            fields = {name: table.get(name, str) for name in list(table.keys())}
+            table.finish()
+        else:
+            raise ConfigError(section.key_path("fields"), "expected a list of names or a table "
+                              "{field = \"key in the line\"}", raw_fields)
+        if not fields:
+            raise ConfigError(section.key_path("fields"), "must name at least one field", raw_fields)
+    timestamp_field = section.optional("timestamp_field", str)
+    timestamp_format = section.choice("timestamp_format", TIMESTAMP_FORMATS, "unix_s")
+    delimiter = section.get("delimiter", str, ",")
+    if len(delimiter) != 1:
+        raise ConfigError(section.key_path("delimiter"), "must be a single character", delimiter)
+    if columns and kind != "csv":
+        raise ConfigError(section.key_path("columns"), f"only applies to format = \"csv\", not {kind!r}",
+                          list(columns))
+    if len(set(columns)) != len(columns):
+        raise ConfigError(section.key_path("columns"), "names a column twice", list(columns))
+    if not fields and not columns and require_fields:
+        raise ConfigError(section.key_path("fields"), "is required (which fields of each line feed assets) "
+                          "unless format = \"csv\" with a `columns` list")
+    if columns:
+        missing = [key for key in fields.values() if key not in columns]
+        if timestamp_field is not None and timestamp_field not in columns:
+            missing.append(timestamp_field)
+        if missing:
+            raise ConfigError(section.key_path("columns"), f"does not contain {', '.join(missing)}",
+                              list(columns))
+    return LineFormat(kind=kind, fields=fields, columns=columns, delimiter=delimiter,
+                      timestamp_field=timestamp_field, timestamp_format=timestamp_format)

@@ -1,0 +1,270 @@
+"""Sensors published on a plant MQTT broker (paho-mqtt 2.x).
+
+Two payload shapes:
+
+- `payload = "json"`: each message is a JSON object; `fields` picks its numeric keys. `topics` is a list of
+  filters (wildcards allowed) or a table `{filter = "prefix"}`: a message on a topic matching a filter with a
+  prefix produces fields named `prefix.field`, so one source can carry many assets with the same field names.
+- `payload = "number"`: each message is one number; `topics` is a table `{exact topic = "field"}`.
+
+Timestamps come from `timestamp_field` of a JSON payload, else arrival time. paho runs its network loop in its
+own thread (with its own reconnect; the first connect may fail while the broker is down and is retried);
+messages are handed to the event loop with `call_soon_threadsafe`, parsed there, and queued (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.configtools import ConfigError, Section, join
+from edge_agent.sources.base import Source, secret_file
+from edge_agent.sources.lineformats import (
+    TIMESTAMP_FORMATS,
+    LineFormatError,
+    field_map,
+    parse_timestamp,
+    to_number,
+)
+from edge_agent.types import Reading
+
+log = logging.getLogger(__name__)
+
+PAYLOADS = ("json", "number")
+
+
+@dataclass(frozen=True)
+class MqttSourceConfig:
+    """`[sources.NAME]` with `type = "mqtt"`."""
+
+    host: str
+    topics: Mapping[str, str]  # filter -> prefix (json) or exact topic -> field (number)
+    payload: str = "json"
+    fields: Mapping[str, str] = field(default_factory=dict)  # output name -> JSON key (json payloads)
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive: int = 30
+    qos: int = 0
+    timestamp_field: str | None = None
+    timestamp_format: str = "unix_s"
+    queue_size: int = 1000
+
+    @classmethod
+    def from_section(cls, section: Section, base_dir: Path) -> MqttSourceConfig:
+        payload = section.choice("payload", PAYLOADS, "json")
+        raw_topics = section.raw("topics")
+        topics: dict[str, str]
+        if isinstance(raw_topics, list):
+            if payload == "number":
+                raise ConfigError(section.key_path("topics"), "with payload = \"number\" must be a table "
+                                  "{\"exact/topic\" = \"field\"}", raw_topics)
+            topics = dict.fromkeys(section.str_list("topics"), "")
+        else:
+            table = section.section("topics")
+            topics = {key: table.get(key, str) for key in list(table.keys())}
+            table.finish()
+        if not topics:
+            raise ConfigError(section.key_path("topics"), "must name at least one topic", raw_topics)
+        for topic, target in topics.items():
+            path = join(section.key_path("topics"), topic)
+            if payload == "number" and ("+" in topic or "#" in topic):
+                raise ConfigError(path, "wildcards cannot map to one field; list exact topics", topic)
+            if payload == "number" and not target:
+                raise ConfigError(path, "needs a field name", target)
+            if "." in target and payload == "json":
+                raise ConfigError(path, "a prefix cannot contain '.'", target)
+        fields: dict[str, str] = {}
+        if payload == "json":
+            raw_fields = section.raw("fields")
+            if isinstance(raw_fields, list):
+                fields = field_map(section.str_list("fields"))
+            else:
+                table = section.section("fields")
+                fields = {key: table.get(key, str) for key in list(table.keys())}
+                table.finish()
+            if not fields:
+                raise ConfigError(section.key_path("fields"), "must name at least one field", raw_fields)
+        password = section.optional("password_file", str)
+        tls = section.section("tls", None)
+        ca, cert, key = (tls.optional(name, str) for name in ("ca", "cert", "key"))
+        tls.finish()
+
+        def resolve(value: str | None, path: str) -> Path | None:
+            return None if value is None else secret_file(value, path, base_dir)
+
+        return cls(
+            host=section.get("host", str), topics=topics, payload=payload, fields=fields,
+            port=section.integer("port", 1883, minimum=1, maximum=65535),
+            client_id=section.get("client_id", str, ""), username=section.optional("username", str),
+            password_file=resolve(password, section.key_path("password_file")),
+            tls_ca=resolve(ca, join(tls.path, "ca")), tls_cert=resolve(cert, join(tls.path, "cert")),
+            tls_key=resolve(key, join(tls.path, "key")),
+            keepalive=section.integer("keepalive", 30, minimum=5, maximum=3600),
+            qos=section.integer("qos", 0, minimum=0, maximum=1),
+            timestamp_field=section.optional("timestamp_field", str),
+            timestamp_format=section.choice("timestamp_format", TIMESTAMP_FORMATS, "unix_s"),
+            queue_size=section.integer("queue_size", 1000, minimum=1),
+        )
+
+    def field_names(self) -> tuple[str, ...]:
+        if self.payload == "number":
+            return tuple(self.topics.values())
+        names: list[str] = []
+        for prefix in dict.fromkeys(self.topics.values()):
+            names.extend(f"{prefix}.{name}" if prefix else name for name in self.fields)
+        return tuple(names)
+
+
+class MqttSource(Source):
+    """Subscribes to the configured topics and yields one `Reading` per valid message."""
+
+    kind = "mqtt"
+
+    def __init__(self, name: str, config: MqttSourceConfig) -> None:
+        super().__init__(name, config.queue_size)
+        self.config = config
+        self._client: mqtt.Client | None = None
+        self._route_cache: dict[str, str | None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def task_name(self) -> str:
+        return f"source[mqtt:{self.name}@{self.config.host}:{self.config.port}]"
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
+        if cfg.username is not None:
+            password = None
+            if cfg.password_file is not None:
+                try:
+                    password = cfg.password_file.read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"sources -> {self.name} -> password_file",
+                                      f"cannot read: {exc.strerror}", str(cfg.password_file)) from exc
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls_ca is not None:
+            client.tls_set(ca_certs=str(cfg.tls_ca),
+                           certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
+                           keyfile=str(cfg.tls_key) if cfg.tls_key else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self.stats.state = "disconnected"
+        # connect_async + loop_start: paho keeps retrying in its thread while the broker is down.
+        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
+        self._client.loop_start()
+        await asyncio.Event().wait()  # runs until cancelled; the work happens in the callbacks
+
+    async def _cleanup(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+
+    # paho thread -> event loop
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("source %s: broker refused the connection: %s", self.name, reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # small sensor messages: no Nagle delay on what we send (subscriptions, PUBACKs)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
+        self._call(self._set_state, "connected")
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                       _props: Any) -> None:
+        self._call(self._set_state, "disconnected")
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._call(self.handle_message, msg.topic, msg.payload, time.time())
+
+    def _call(self, func: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(func, *args)
+
+    def _set_state(self, state: str) -> None:
+        if state == "connected" and self.stats.state == "disconnected" and self.stats.received:
+            self.stats.reconnects += 1
+        if state != self.stats.state:
+            log.info("source %s: %s to %s:%d", self.name, state, self.config.host, self.config.port)
+        self.stats.state = state
+
+    # on the event loop
+    def route(self, topic: str) -> str | None:
+        """The prefix (json) or field (number) for a topic, None when no configured topic matches."""
+        if topic in self._route_cache:
+            return self._route_cache[topic]
+        target = self.config.topics.get(topic)
+        if target is None:
+            for pattern, value in self.config.topics.items():
+                if mqtt.topic_matches_sub(pattern, topic):
+                    target = value
+                    break
+        if len(self._route_cache) < 10_000:
+            self._route_cache[topic] = target
+        return target
+
+    def handle_message(self, topic: str, payload: bytes, arrival: float) -> None:
+        """Parse one message into a `Reading` (invalid payloads are counted and logged rate-limited)."""
+        target = self.route(topic)
+        if target is None:
+            self._invalid("topic", LineFormatError(f"no configured topic matches {topic!r}"))
+            return
+        try:
+            if self.config.payload == "number":
+                value = to_number(payload.decode("utf-8"), topic)
+                self._emit(Reading(self.name, arrival, {target: value}))
+                return
+            ts, values = self._parse_json(payload, target)
+        except (LineFormatError, UnicodeDecodeError) as exc:
+            self._invalid(f"payload on {topic}", exc)
+            return
+        self._emit(Reading(self.name, ts if ts is not None else arrival, values))
+
+    def _parse_json(self, payload: bytes, prefix: str) -> tuple[float | None, dict[str, float]]:
+        try:
+            obj = json.loads(payload)
+        except ValueError as exc:
+            raise LineFormatError(f"not valid JSON: {payload[:60]!r}") from exc
+        if not isinstance(obj, dict):
+            raise LineFormatError(f"expected a JSON object, got {type(obj).__name__}")
+        ts = None
+        if self.config.timestamp_field is not None:
+            if self.config.timestamp_field not in obj:
+                raise LineFormatError(f"timestamp field {self.config.timestamp_field!r} missing")
+            ts = parse_timestamp(obj[self.config.timestamp_field], self.config.timestamp_format)
+        values = {}
+        for name, key in self.config.fields.items():
+            if key not in obj:
+                raise LineFormatError(f"field {key!r} missing")
+            values[f"{prefix}.{name}" if prefix else name] = to_number(obj[key], key)
+        return ts, values
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "mqtt", "broker": f"{self.config.host}:{self.config.port}", **self.stats.as_dict()}

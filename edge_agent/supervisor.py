@@ -1,0 +1,415 @@
+"""The agent process: one TaskGroup, named tasks, ordered start and stop, restart budget, signals.
+
+Start order: sink (upstream MQTT or console) -> storage (retention) -> detector (inference + decisions) ->
+sources. Stop in reverse: sources stop first, the detector drains the windows already queued, the sink gets
+a bounded time to deliver what is in flight and says `offline`, then the database closes.
+
+- A task that fails is restarted; more than 5 failures in 60 s take the process down (exit 1) so systemd
+  restarts it.
+- SIGTERM/SIGINT drain and exit 0. SIGHUP re-reads the config: an unchanged config with a newly activated
+  bundle (`edge-agent bundle install`) swaps the bundle between windows (`swap_bundle`); any other change
+  restarts the pipeline inside the process; an invalid config is logged and ignored.
+- READY=1 goes to systemd once the models are loaded and the database is open (the broker may be down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agentstate import AgentState, write_status_file
+from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.config import AgentConfig, check_against_manifest
+from edge_agent.configtools import ConfigError
+from edge_agent.decisions import DecisionEngine
+from edge_agent.inference import InferenceEngine, ProviderSettings
+from edge_agent.sinks.console import ConsoleSink
+from edge_agent.sinks.mqtt import MqttUpstream
+from edge_agent.sinks.payload import alert_payload
+from edge_agent.sources import Source, build_source
+from edge_agent.sources.base import DropOldestQueue
+from edge_agent.storage import Store
+from edge_agent.systemd import Notifier
+from edge_agent.types import AlertEvent, Window
+from edge_agent.windows import Windower, specs_for
+
+log = logging.getLogger(__name__)
+
+RESTARTS_ALLOWED = 5
+RESTART_WINDOW_S = 60.0
+WINDOW_QUEUE_SIZE = 10_000
+PRUNE_INTERVAL_S = 60.0
+
+
+class FatalTaskError(RuntimeError):
+    """A task exceeded its restart budget; the process exits non-zero."""
+
+
+class RestartBudget:
+    """At most `allowed` restarts within `window_s` seconds (Frigate: 5 in 60 s)."""
+
+    def __init__(self, allowed: int = RESTARTS_ALLOWED, window_s: float = RESTART_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.allowed = allowed
+        self.window_s = window_s
+        self.clock = clock
+        self._times: collections.deque[float] = collections.deque()
+
+    def spend(self) -> bool:
+        """Record one restart; False when the budget is exhausted."""
+        now = self.clock()
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.allowed
+
+
+def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
+    """Read (and verify) the active bundle into a fresh directory under `extract_root`.
+
+    The path is resolved first (`bundles/active` is a link), so `Bundle.source` names the real file and a
+    later re-activation is seen as a change."""
+    path = config.bundle_path().resolve()
+    extract_root.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
+    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
+    try:
+        bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
+    except Exception:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    check_against_manifest(config, bundle.manifest)
+    return bundle
+
+
+def provider_settings(config: AgentConfig) -> ProviderSettings:
+    """The device profile's providers and threads, else ONNX Runtime's CPU provider on one thread."""
+    if config.device_profile is None:
+        return ProviderSettings()
+    import onnxruntime as ort
+
+    from edge_agent.profiles import load_profile
+
+    return load_profile(config.device_profile).provider_settings(available=ort.get_available_providers())
+
+
+class Supervisor:
+    """Runs the pipeline for one config until stopped; see the module docstring for the lifecycle."""
+
+    def __init__(self, config: AgentConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.state = AgentState()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._swap_lock = asyncio.Lock()
+        self._windows: DropOldestQueue[Window] = DropOldestQueue(WINDOW_QUEUE_SIZE, self._window_dropped)
+        self._budgets: dict[str, RestartBudget] = {}
+        self.store: Store | None = None
+        self.bundle: Bundle | None = None
+        self.engine: Any = None
+        self.decisions: DecisionEngine | None = None
+        self.sink: Any = None
+        self.windower: Windower | None = None
+        self.sources: list[Source] = []
+
+    # control ---------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        log.info("stop requested: draining")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        log.info("reload requested")
+        self._reload.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM (0) or a task out of restart budget (1)."""
+        loop = asyncio.get_running_loop()
+        for signum, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                                (signal.SIGHUP, self.request_reload)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, handler)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config.pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            while True:
+                restart = await self._run_pipeline()
+                if not restart:
+                    return 0
+                self.notifier.reloading()
+        except Exception as exc:
+            fatal = _find_fatal(exc)
+            if fatal is None:
+                raise
+            log.critical("%s", fatal)
+            return 1
+        finally:
+            self.notifier.stopping()
+            self.config.pid_path.unlink(missing_ok=True)
+
+    # pipeline --------------------------------------------------------------------------------------------
+    async def _run_pipeline(self) -> bool:
+        """One life of the pipeline; True when it should start again with a reloaded config."""
+        config = self.config
+        run_dir = config.state_dir / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        self.store = Store.open(config.db_path, config.retention)
+        try:
+            self.bundle = await asyncio.to_thread(load_bundle, config, run_dir)
+            self.engine = await asyncio.to_thread(self._build_engine, self.bundle)
+            self.decisions = DecisionEngine(config.decisions, config.identity, self.store,
+                                            self.bundle.manifest)
+            self.windower = self._build_windower(self.bundle)
+            self.sink = self._build_sink()
+            self._store_alerts(self.decisions.orphaned_episodes(time.time()))
+            self.sources = [build_source(name, src.kind, src.settings)
+                            for name, src in config.sources.items()]
+            self.state.started(self.bundle)
+            manifest = self.bundle.manifest
+            self.notifier.ready(f"scoring {len(config.assets)} assets with {manifest.name} "
+                                f"{manifest.version}")
+            log.info("agent ready: bundle %s %s, %d assets, %d sources", manifest.name, manifest.version,
+                     len(config.assets), len(self.sources))
+            return await self._run_tasks()
+        finally:
+            self._write_status()
+            self.store.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def _run_tasks(self) -> bool:
+        async with asyncio.TaskGroup() as group:
+            sink_task = group.create_task(self._supervised("sink", self.sink.run), name=self._sink_name())
+            storage = group.create_task(self._supervised("storage", self._prune_loop),
+                                        name="storage[retention]")
+            detector = group.create_task(self._supervised("detector", self._detect_loop), name="detector")
+            status = group.create_task(self._supervised("status", self._status_loop), name="status")
+            watchdog = group.create_task(self.notifier.watchdog_loop(), name="systemd[watchdog]")
+            source_tasks = [group.create_task(self._supervised(src.task_name, self._source_loop, src),
+                                              name=src.task_name) for src in self.sources]
+            restart = await self._wait_for_stop_or_reload()
+            # reverse order: sources, then drain the detector, then the sink, then storage
+            for task in source_tasks:
+                task.cancel()
+            await asyncio.gather(*source_tasks, return_exceptions=True)
+            self._windows.close()
+            await detector
+            await self.sink.aclose()
+            await sink_task
+            for task in (storage, status, watchdog):
+                task.cancel()
+        self._windows = DropOldestQueue(WINDOW_QUEUE_SIZE, self._window_dropped)
+        return restart
+
+    async def _wait_for_stop_or_reload(self) -> bool:
+        while True:
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._stop.is_set():
+                return False
+            self._reload.clear()
+            if await self._apply_reload():
+                return True
+
+    async def _apply_reload(self) -> bool:
+        """Reload the config; True when the pipeline must restart (False: nothing to do or swapped)."""
+        if self.config.source is None:
+            log.warning("reload ignored: the config was not loaded from a file")
+            return False
+        try:
+            new = await asyncio.to_thread(AgentConfig.load, self.config.source)
+        except ConfigError as exc:
+            log.error("reload ignored, the running config stays: %s", exc)
+            return False
+        if new != self.config:
+            check_dir = Path(tempfile.mkdtemp(prefix="reload-check-"))
+            try:  # the new config must work with its bundle before the running pipeline is stopped
+                await asyncio.to_thread(load_bundle, new, check_dir)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the running pipeline
+                log.error("reload ignored, the running config stays: %s", exc)
+                return False
+            finally:
+                shutil.rmtree(check_dir, ignore_errors=True)
+            log.info("config changed: restarting the pipeline")
+            self.config = new
+            return True
+        assert self.bundle is not None
+        if new.bundle_path().resolve() == self.bundle.source.resolve():
+            log.info("reload: config and bundle unchanged")
+            return False
+        try:
+            bundle = await asyncio.to_thread(load_bundle, new, new.state_dir / "run")
+        except Exception as exc:  # any bad bundle keeps the running one  # noqa: BLE001
+            log.error("new bundle %s not loaded, keeping %s %s: %s", new.bundle_path(),
+                      self.bundle.manifest.name, self.bundle.manifest.version, exc)
+            return False
+        await self.swap_bundle(bundle)
+        return False
+
+    async def swap_bundle(self, new_bundle: Bundle) -> None:
+        """Replace the models between windows: windows being scored finish on the old engine, queued and
+        new windows use the new one; episodes of models that vanished are closed; windowing is rebuilt."""
+        engine = await asyncio.to_thread(self._build_engine, new_bundle)
+        async with self._swap_lock:
+            old = self.bundle
+            assert self.decisions is not None
+            assert old is not None
+            self.engine = engine
+            self.bundle = new_bundle
+            self._store_alerts(self.decisions.swap_manifest(new_bundle.manifest, time.time()))
+            if [m.input for m in old.manifest.models] != [m.input for m in new_bundle.manifest.models]:
+                self.windower = self._build_windower(new_bundle)
+            self.state.bundle_swapped(new_bundle)
+            log.info("bundle swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
+                     new_bundle.manifest.name, new_bundle.manifest.version)
+            shutil.rmtree(old.root, ignore_errors=True)
+        self._write_status()
+
+    def _build_engine(self, bundle: Bundle) -> Any:
+        return InferenceEngine(bundle, provider_settings(self.config), store=self.store)
+
+    def _build_windower(self, bundle: Bundle) -> Windower:
+        inputs = {model.name: model.input for model in bundle.manifest.models}
+        rows = [(a.name, a.model, [(a.channels[c].source, a.channels[c].field)
+                                   for c in inputs[a.model].channels], a.staleness_s)
+                for a in self.config.assets.values()]
+        return Windower(specs_for(rows, inputs))
+
+    def _build_sink(self) -> Any:
+        assert self.store is not None
+        if self.config.mqtt is None:
+            return ConsoleSink(self.config.identity, self.store)
+        return MqttUpstream(self.config.mqtt, self.config.identity, self.store, health=self.health)
+
+    def _sink_name(self) -> str:
+        mqtt = self.config.mqtt
+        return f"sink[mqtt:{mqtt.host}:{mqtt.port}]" if mqtt is not None else "sink[console]"
+
+    # tasks -----------------------------------------------------------------------------------------------
+    async def _supervised(self, name: str, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        budget = self._budgets.setdefault(name, RestartBudget())
+        while True:
+            try:
+                await func(*args)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not budget.spend():
+                    raise FatalTaskError(f"task {name} failed more than {budget.allowed} times in "
+                                         f"{budget.window_s:.0f} s; last error: {exc!r}") from exc
+                log.exception("task %s failed; restarting", name)
+                await asyncio.sleep(0.5)
+
+    async def _source_loop(self, source: Source) -> None:
+        async with source:
+            async for reading in source:
+                windower = self.windower
+                assert windower is not None
+                for window in windower.push(reading):
+                    if source.lossless:
+                        await self._windows.wait_for_room()
+                    self._windows.put(window)
+
+    async def _detect_loop(self) -> None:
+        while True:
+            first = await self._windows.get()
+            if first is None:
+                return
+            # one loop turn for readings already delivered to complete their windows too: a burst of
+            # windows becomes one micro-batch instead of many small ones
+            await asyncio.sleep(0)
+            batch = [first]
+            while len(batch) < 256 and (item := self._windows.get_nowait()) is not None:
+                batch.append(item)
+            async with self._swap_lock:
+                await self._score(batch)
+
+    async def _score(self, batch: list[Window]) -> None:
+        assert self.bundle is not None
+        assert self.decisions is not None
+        assert self.store is not None
+        known = {model.name for model in self.bundle.manifest.models}
+        windows = [w for w in batch if w.model in known]
+        self.state.counters["windows_dropped"] += len(batch) - len(windows)
+        if not windows:
+            return
+        scored = await self.engine.score(windows)
+        now = time.time()
+        events: list[AlertEvent] = []
+        for item in scored:
+            events.extend(self.decisions.process(item, now))
+            self.state.scored(item)
+        if events:
+            # outbox first, then let the sink publish before the ring-buffer write: alerts leave sooner
+            self._store_alerts(events)
+            await asyncio.sleep(0)
+        self.store.record_windows(scored)
+
+    def _store_alerts(self, events: list[AlertEvent]) -> None:
+        if not events or self.store is None:
+            return
+        topic_for = self.sink.alert_topic if hasattr(self.sink, "alert_topic") else _console_topic
+        identity = self.config.identity
+        self.store.add_alerts(events, topic_for, lambda event: alert_payload(event, identity))
+        self.sink.wake()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            assert self.store is not None
+            removed = self.store.prune()
+            if removed:
+                log.debug("retention pruned %d rows", removed)
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(self.config.status_interval_s)
+
+    def _window_dropped(self) -> None:
+        self.state.counters["windows_dropped"] += 1
+
+    # status ----------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `edge-agent status` shows, as a JSON-able dict."""
+        return self.state.snapshot(self)
+
+    def health(self) -> dict[str, Any]:
+        """The periodic health summary the MQTT sink publishes (status.schema.json `health`)."""
+        return self.state.health(self)
+
+    def _write_status(self) -> None:
+        try:
+            write_status_file(self.config.status_path, self.snapshot())
+            if self.store is not None:
+                self.store.incr_counters(self.state.take_counter_deltas(self))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot write status file %s: %s", self.config.status_path, exc)
+
+
+def _find_fatal(exc: BaseException) -> FatalTaskError | None:
+    """The `FatalTaskError` inside (possibly nested) task-group exception groups, if any."""
+    if isinstance(exc, FatalTaskError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _find_fatal(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _console_topic(event: AlertEvent) -> str:
+    return f"console/{event.asset}"

@@ -1,0 +1,148 @@
+"""The agent config: the shipped example validates; errors name the file, key path and value."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+
+from edge_agent.config import AgentConfig, check_against_manifest
+from edge_agent.configtools import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "agent.toml"
+
+MINIMAL: dict[str, Any] = {
+    "gateway": {"site": "s", "area": "a", "line": "l", "id": "gw"},
+    "bundle": {"path": "b.bundle", "require_signature": False},
+    "sources": {"line1": {"type": "serial", "device": "/dev/ttyUSB0", "format": "csv",
+                          "columns": ["ts", "flow", "pressure"], "timestamp_field": "ts"}},
+    "assets": {"pump-3": {"model": "pump", "source": "line1",
+                          "channels": {"flow": "flow", "pressure": "line1.pressure"}}},
+}
+
+
+def load(data: dict[str, Any], tmp_path: Path) -> AgentConfig:
+    return AgentConfig.from_dict(data, base_dir=tmp_path)
+
+
+def test_shipped_example_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the example names files under /etc/edge-agent and systemd credentials: provide them in a temp dir
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("scada-ca.pem", "gw-line2-01.crt", "gw-line2-01.key", "plant-ca.pem"):
+        (etc / name).write_text("x")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("secret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    text = EXAMPLE.read_text().replace("/etc/edge-agent/", f"{etc}/")
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    config = AgentConfig.load(path)
+    assert config.identity.gateway_id == "gw-line2-01"
+    assert config.state_dir == Path("/var/lib/edge-agent")
+    assert set(config.sources) == {"line2-serial", "plant-mqtt", "cooling-mqtt", "commissioning"}
+    assert config.assets["pump-4"].channels["flow"].source == "plant-mqtt"
+    assert config.assets["pump-4"].channels["flow"].field == "pump-4.flow"
+    assert config.sources["plant-mqtt"].settings.password_file == creds / "plant-mqtt-password"
+    assert config.mqtt is not None
+    assert config.mqtt.protocol == "5"
+
+
+def test_minimal_config_and_state_dir_from_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge-agent-test:/other")
+    config = load(MINIMAL, tmp_path)
+    assert config.state_dir == Path("/var/lib/edge-agent-test")
+    assert config.mqtt is None
+    assert config.bundle_path() == tmp_path / "b.bundle"
+    assert config.assets["pump-3"].channels["pressure"].field == "pressure"
+
+
+def error_for(mutate: Any, tmp_path: Path) -> str:
+    data = copy.deepcopy(MINIMAL)
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        load(data, tmp_path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["gateway"].update(colour="red"), "gateway -> colour: unknown key (value: 'red')"),
+    (lambda d: d["sources"]["line1"].update(baud="fast"), "sources -> line1 -> baud: expected an integer"),
+    (lambda d: d["sources"]["line1"].update(type="modbus"), "sources -> line1 -> type: must be one of"),
+    (lambda d: d["assets"]["pump-3"]["channels"].update(flow="flw"),
+     ("assets -> pump-3 -> channels -> flow: asset 'pump-3': channel 'flow' is not produced by any source "
+      "(source 'line1' has no field 'flw'")),
+    (lambda d: d["assets"]["pump-3"].update(source="nowhere"),
+     "assets -> pump-3 -> source: asset 'pump-3': source 'nowhere' is not defined"),
+    (lambda d: d["assets"]["pump-3"].pop("source"),
+     "assets -> pump-3 -> channels -> flow: asset 'pump-3': channel 'flow' needs \"source.field\""),
+    (lambda d: (d["assets"]["pump-3"].pop("source"),
+                d["assets"]["pump-3"]["channels"].update(flow="ghost.flow")),
+     "channel 'flow' refers to source 'ghost', which is not defined"),
+    (lambda d: d["gateway"].update(site="a/b"), "gateway -> site: must be non-empty without '/'"),
+    (lambda d: d["bundle"].update(require_signature=True), "bundle -> trusted_keys: is required"),
+    (lambda d: d.update(device_profile="no-such-box"), "device_profile: device profile cannot be loaded"),
+    (lambda d: d["sources"].update({"a.b": d["sources"]["line1"]}), "sources -> a.b: source name must be"),
+    (lambda d: d["assets"]["pump-3"].update(staleness_s=0),
+     "assets -> pump-3 -> staleness_s: must be greater"),
+    (lambda d: d.pop("assets"), "assets: at least one asset is required"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "payload": "number",
+                                      "topics": {"a/+/c": "x"}}),
+     "sources -> m -> topics -> a/+/c: wildcards cannot map to one field"),
+])
+def test_errors_name_key_path_and_value(mutate: Any, expected: str, tmp_path: Path) -> None:
+    assert expected in error_for(mutate, tmp_path)
+
+
+def test_load_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[gateway]\nsite = 1\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: gateway -> site: expected a string"):
+        AgentConfig.load(path)
+    path.write_text("[gateway\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        AgentConfig.load(path)
+
+
+class _Input:
+    def __init__(self, channels: tuple[str, ...]) -> None:
+        self.channels = channels
+
+
+class _Model:
+    def __init__(self, name: str, channels: tuple[str, ...]) -> None:
+        self.name, self.input, self.modality = name, _Input(channels), "timeseries"
+
+
+class _Manifest:
+    name, version = "b", "1"
+
+    def __init__(self, *models: _Model) -> None:
+        self.models = models
+
+    def model(self, name: str) -> _Model:
+        return next(m for m in self.models if m.name == name)
+
+
+def test_assets_checked_against_the_bundle(tmp_path: Path) -> None:
+    config = load(MINIMAL, tmp_path)
+    check_against_manifest(config, _Manifest(_Model("pump", ("pressure", "flow"))))
+    with pytest.raises(ConfigError, match="model 'pump' is not in bundle b 1"):
+        check_against_manifest(config, _Manifest(_Model("fan", ("pressure",))))
+    with pytest.raises(ConfigError, match=r"channels do not match model 'pump' \(missing vibration"):
+        check_against_manifest(config, _Manifest(_Model("pump", ("pressure", "flow", "vibration"))))
+
+
+def test_example_is_valid_toml() -> None:
+    assert "gateway" in tomllib.loads(EXAMPLE.read_text())
+
+
+def test_configuration_doc_embeds_the_example() -> None:
+    doc = (EXAMPLE.parents[1] / "configuration.md").read_text()
+    block = doc.split("```toml\n")[-1].split("```")[0]
+    assert block == EXAMPLE.read_text()

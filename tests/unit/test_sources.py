@@ -1,0 +1,88 @@
+"""Sources without I/O: serial line assembly, MQTT routing and payloads, replay pacing-free playback."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edge_agent.configtools import Section
+from edge_agent.sources.mqtt import MqttSource, MqttSourceConfig
+from edge_agent.sources.replay import ReplayConfig, ReplaySource
+from edge_agent.sources.serial import SerialConfig, SerialSource
+from edge_agent.types import Reading
+
+
+def drain(source: MqttSource | SerialSource) -> list[Reading]:
+    queue = source._queue
+    assert queue is not None
+    out = []
+    while (item := queue.get_nowait()) is not None:
+        out.append(item)
+    return out
+
+
+async def _with_queue(source: MqttSource | SerialSource) -> None:
+    from edge_agent.sources.base import DropOldestQueue
+
+    source._queue = DropOldestQueue(3, source._dropped)
+
+
+def test_serial_partial_lines_garbage_and_overflow(tmp_path: Path) -> None:
+    config = SerialConfig.from_section(Section({"device": "/dev/null", "format": "kv", "fields": ["a"],
+                                                "max_line_bytes": 16, "queue_size": 3}), tmp_path)
+    source = SerialSource("s", config)
+    asyncio.run(_with_queue(source))
+    source.feed(b"a=1\na=", 100.0)
+    source.feed(b"2\r\n\xff\xfe\n", 101.0)
+    source.feed(b"x" * 40, 102.0)  # no newline for too long: discarded and counted
+    source.feed(b"\na=3\na=4\na=5\n", 103.0)
+    readings = drain(source)
+    assert [r.values["a"] for r in readings] == [3.0, 4.0, 5.0]  # queue of 3: 1 and 2 dropped as oldest
+    assert source.stats.received == 5
+    assert source.stats.dropped == 2
+    assert source.stats.invalid == 2  # bad UTF-8 and the overlong line
+    assert readings[0].ts == 103.0  # arrival time when the line has no timestamp
+
+
+def test_mqtt_json_routing_by_topic_prefix(tmp_path: Path) -> None:
+    config = MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "json", "fields": {"flow": "F"}, "timestamp_field": "t",
+        "topics": {"plant/+/p3/data": "p3", "plant/x/p4/data": "p4"}}), tmp_path)
+    assert config.field_names() == ("p3.flow", "p4.flow")
+    source = MqttSource("m", config)
+    asyncio.run(_with_queue(source))
+    source.handle_message("plant/y/p3/data", b'{"t": 5, "F": 1.5}', 9.0)
+    source.handle_message("plant/x/p4/data", b'{"t": 6, "F": "2"}', 9.0)
+    source.handle_message("plant/x/p4/data", b'{"t": 6}', 9.0)
+    source.handle_message("other/topic", b'{"t": 6, "F": 1}', 9.0)
+    assert [(r.ts, r.values) for r in drain(source)] == [(5.0, {"p3.flow": 1.5}), (6.0, {"p4.flow": 2.0})]
+    assert source.stats.invalid == 2
+
+
+def test_mqtt_number_payloads(tmp_path: Path) -> None:
+    config = MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "number", "topics": {"f/1/v": "fan1_vib"}}), tmp_path)
+    source = MqttSource("m", config)
+    asyncio.run(_with_queue(source))
+    source.handle_message("f/1/v", b" 0.25 ", 7.0)
+    source.handle_message("f/1/v", b"NaN", 7.0)
+    assert [(r.ts, r.values) for r in drain(source)] == [(7.0, {"fan1_vib": 0.25})]
+    assert source.stats.invalid == 1
+
+
+def test_replay_plays_file_with_rebased_time(tmp_path: Path) -> None:
+    path = tmp_path / "rec.csv"
+    path.write_text("ts,flow,pressure\n100.0,1,2\n100.5,3,4\nbad,5,6\n101.0,7\n101.5,9,10\n")
+    config = ReplayConfig.from_section(Section({"path": "rec.csv", "timestamp_field": "ts", "speed": 0.0}),
+                                       tmp_path)
+    assert config.field_names() == ("flow", "pressure")
+
+    async def play() -> list[Reading]:
+        source = ReplaySource("r", config)
+        async with source:
+            return [reading async for reading in source]
+
+    readings = asyncio.run(play())
+    assert [r.values["flow"] for r in readings] == [1.0, 3.0, 9.0]
+    assert [round(r.ts - readings[0].ts, 3) for r in readings] == [0.0, 0.5, 1.5]
+    assert readings[0].ts > 1_000_000_000  # rebased to now

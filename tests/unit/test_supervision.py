@@ -1,0 +1,93 @@
+"""Pure pieces of the process layer: restart budget, sd_notify framing, rate-limited logs, queues."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from edge_agent.sources.base import DropOldestQueue, RateLimitedLog
+from edge_agent.supervisor import FatalTaskError, RestartBudget, _find_fatal
+from edge_agent.systemd import Notifier
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_restart_budget_five_in_sixty_seconds() -> None:
+    clock = FakeClock()
+    budget = RestartBudget(clock=clock)
+    assert all(budget.spend() for _ in range(5))
+    assert not budget.spend()  # the sixth within 60 s
+    clock.now = 61.0
+    assert budget.spend()  # old failures age out
+
+
+def test_fatal_error_found_inside_task_groups() -> None:
+    fatal = FatalTaskError("x")
+    group = builtins.ExceptionGroup  # what asyncio.TaskGroup raises (Python 3.11)
+    nested = group("outer", [ValueError("a"), group("inner", [fatal])])
+    assert _find_fatal(nested) is fatal
+    assert _find_fatal(ValueError("b")) is None
+
+
+def test_notifier_sends_datagrams_and_reads_watchdog(tmp_path: Path) -> None:
+    path = tmp_path / "n.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "3000000"})
+        assert notifier.watchdog_interval_s == 3.0
+        assert notifier.ready("loaded 2 models")
+        assert server.recv(100) == b"READY=1\nSTATUS=loaded 2 models"
+        assert notifier.watchdog()
+        assert server.recv(100) == b"WATCHDOG=1"
+        notifier.close()
+    finally:
+        server.close()
+
+
+def test_notifier_outside_systemd_is_a_no_op() -> None:
+    notifier = Notifier({"WATCHDOG_USEC": "100", "WATCHDOG_PID": "1"})
+    assert not notifier.enabled
+    assert not notifier.ready()
+    assert notifier.watchdog_interval_s is None  # meant for another process
+    assert Notifier({"NOTIFY_SOCKET": "@abstract"}).address == "\0abstract"
+
+
+def test_rate_limited_log_counts_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    limited = RateLimitedLog(logging.getLogger("t"), interval_s=10, clock=clock)
+    with caplog.at_level(logging.WARNING):
+        assert limited.warning("bad line %d", 1)
+        assert not limited.warning("bad line %d", 2)
+        assert not limited.warning("bad line %d", 3)
+        clock.now = 11
+        assert limited.warning("bad line %d", 4)
+    assert [r.getMessage() for r in caplog.records] == ["bad line 1", "bad line 4 (2 similar suppressed)"]
+
+
+def test_drop_oldest_queue_counts_drops() -> None:
+    async def scenario() -> tuple[list[int | None], int]:
+        dropped = 0
+
+        def on_drop() -> None:
+            nonlocal dropped
+            dropped += 1
+
+        queue: DropOldestQueue[int] = DropOldestQueue(2, on_drop)
+        for item in (1, 2, 3):
+            queue.put(item)
+        queue.close()
+        return [await queue.get(), await queue.get(), await queue.get()], dropped
+
+    assert asyncio.run(scenario()) == ([2, 3, None], 1)
