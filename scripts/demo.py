@@ -332,8 +332,7 @@ def summarise(truth: list[dict], alerts: list[dict], grace_s: float) -> dict:
         for a in opens
         if a["episode_id"] not in matched
         and not any(
-            a["asset"] == r.asset and r.start_ts <= window_end_ts(a) <= r.end_ts + grace_s
-            for r in results
+            a["asset"] == r.asset and r.start_ts <= window_end_ts(a) <= r.end_ts + grace_s for r in results
         )
     ]
     return {
@@ -388,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--speed", type=float, default=12.0, help="live run speed-up over real time")
     parser.add_argument("--seed", type=int, default=7, help="seed of the live run's faults and noise")
+    parser.add_argument(
+        "--fault-kinds",
+        default="bearing_wear,cavitation,blocked_filter,stuck_sensor,drifting_sensor",
+        help="comma-separated fault kinds injected in the live run, one of each",
+    )
     parser.add_argument("--no-broker", action="store_true", help="replay from files, alerts on the console")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -437,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     use_broker = not args.no_broker and mosquitto_available()
-    schedule = FaultSchedule.generate(ASSETS, duration_s=args.live_seconds, seed=args.seed)
+    schedule = FaultSchedule.generate(
+        ASSETS, duration_s=args.live_seconds, seed=args.seed, kinds=args.fault_kinds.split(",")
+    )
     live_start = START_TS + 86_400.0  # the day after the training data
     truth_path = workdir / "ground-truth.jsonl"
     write_ground_truth(truth_path, schedule, origin_ts=live_start)
