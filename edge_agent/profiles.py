@@ -63,9 +63,11 @@ PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("x86_64", "aarch64", "armv7l")
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Where profiles are looked up by name, first match wins: $EDGE_AGENT_PROFILE_PATH (os.pathsep-separated),
-# the site directory, then the profiles shipped beside the package.
+# the site directory, then the profiles shipped with the package: beside it in a checkout, or under
+# `<prefix>/share/edge-agent/device_profiles` where a wheel installs them (pyproject's data-files).
 SITE_PROFILE_DIR = Path("/etc/edge-agent/device_profiles")
 BUILTIN_PROFILE_DIR = Path(__file__).resolve().parents[1] / "device_profiles"
+INSTALLED_PROFILE_DIR = Path(sys.prefix) / "share" / "edge-agent" / "device_profiles"
 
 OptionValue = str | int | float | bool
 
@@ -156,7 +158,7 @@ class DeviceProfile:
 def profile_search_path() -> list[Path]:
     """Directories searched when a profile is named rather than given as a path."""
     dirs = [Path(p) for p in os.environ.get("EDGE_AGENT_PROFILE_PATH", "").split(os.pathsep) if p]
-    return [*dirs, SITE_PROFILE_DIR, BUILTIN_PROFILE_DIR]
+    return [*dirs, SITE_PROFILE_DIR, BUILTIN_PROFILE_DIR, INSTALLED_PROFILE_DIR]
 
 
 def available_profiles() -> dict[str, Path]:

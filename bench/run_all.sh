@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reruns every benchmark behind docs/benchmarks.md and leaves its JSON in bench/results/ (about 10 minutes on
+# 2 cores). Needs the project's virtualenv (bash scripts/test.sh or scripts/demo.sh makes it) and the real
+# datasets in ../shared/data (or DATA=/path/to/data).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=.venv/bin/python
+DATA="${DATA:-../shared/data}"
+OUT=bench/results
+WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$OUT"
+
+stamp() { echo "==> $* ($(date -u +%H:%M:%S))" >&2; }
+
+stamp "C-MAPSS FD001"
+$PY -m trainer.cli benchmark cmapss --data-dir "$DATA/cmapss" --subset FD001 --out "$WORK/fd001" > "$OUT/cmapss_fd001.json"
+stamp "C-MAPSS FD002"
+$PY -m trainer.cli benchmark cmapss --data-dir "$DATA/cmapss" --subset FD002 --out "$WORK/fd002" > "$OUT/cmapss_fd002.json"
+stamp "SKAB"
+$PY -m trainer.cli benchmark skab --data-dir "$DATA/skab" --out "$WORK/skab" > "$OUT/skab.json"
+stamp "export fp32 vs int8 (FD001 run)"
+$PY bench/export_bench.py --run "$WORK/fd001/run" > "$OUT/export_fd001.json"
+stamp "agent throughput, latency, CPU and memory"
+$PY bench/agent_bench.py --out "$OUT/agent_bench.json" > /dev/null
+stamp "demo (simulator faults, detection, root cause)"
+$PY scripts/demo.py --workdir "$WORK/demo" --summary-json "$OUT/demo.json" > "$WORK/demo.log"
+stamp "done: $OUT (work files in $WORK)"
