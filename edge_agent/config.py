@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section, join
 from edge_agent.decisions import DecisionConfig
 from edge_agent.sinks.mqtt import MqttUpstreamConfig

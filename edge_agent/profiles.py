@@ -46,12 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section, check_type, join
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 gateways
-    import tomli as tomllib
 
 if TYPE_CHECKING:  # A2's dataclass; imported lazily at run time so profiles load without onnxruntime
     from edge_agent.inference import ProviderSettings

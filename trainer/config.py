@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section
 
 SOURCES = ("cmapss", "skab", "csv", "synthetic")

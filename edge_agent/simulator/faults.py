@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,12 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section, join
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the gateway's Python 3.10 installs tomli
-    import tomli as tomllib
 
 # The pump's channels live here (not in plant.py) because fault definitions name them; plant.py re-exports.
 CHANNELS: tuple[str, ...] = (

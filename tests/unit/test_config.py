@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
+from edge_agent.compat import tomllib
 from edge_agent.config import AgentConfig, check_against_manifest
 from edge_agent.configtools import ConfigError
 

@@ -31,7 +31,8 @@ def _base_closure(dist_name: str) -> set[str]:
 
 def test_base_install_does_not_depend_on_torch() -> None:
     closure = _base_closure("edge-agent")
-    assert "onnxruntime" in closure and "paho-mqtt" in closure  # the walk really followed the graph
+    assert "onnxruntime" in closure
+    assert "paho-mqtt" in closure
     assert not {"torch", "scipy", "scikit-learn", "matplotlib"} & closure
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
+from edge_agent.compat import tomllib
 from edge_agent.configtools import Section
 from edge_agent.simulator import CHANNELS, FaultSchedule, Plant
 
