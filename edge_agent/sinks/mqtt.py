@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.sinks.payload import alert_payload, status_payload
+from edge_agent.sinks.payload import alert_payload, alert_topic, status_payload
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
@@ -165,10 +165,7 @@ class MqttUpstream:
     # rendering ------------------------------------------------------------------------------------------
     def alert_topic(self, event: AlertEvent) -> str:
         """The topic of one alert, from `alert_topic_template`."""
-        ident = self.identity
-        return self.config.alert_topic_template.format(site=ident.site, area=ident.area, line=ident.line,
-                                                       gateway_id=ident.gateway_id, asset=event.asset,
-                                                       model=event.model)
+        return alert_topic(self.config.alert_topic_template, event, self.identity)
 
     @staticmethod
     def alert_payload(event: AlertEvent, identity: GatewayIdentity) -> bytes:

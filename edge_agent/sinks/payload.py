@@ -56,6 +56,12 @@ def alert_document(event: AlertEvent, identity: GatewayIdentity) -> dict[str, An
     return doc
 
 
+def alert_topic(template: str, event: AlertEvent, identity: GatewayIdentity) -> str:
+    """The topic of one alert: `template` filled with the ISA-95 position, asset and model."""
+    return template.format(site=identity.site, area=identity.area, line=identity.line,
+                           gateway_id=identity.gateway_id, asset=event.asset, model=event.model)
+
+
 def alert_payload(event: AlertEvent, identity: GatewayIdentity) -> bytes:
     """The alert payload as compact UTF-8 JSON bytes."""
     return json.dumps(alert_document(event, identity), separators=(",", ":"), allow_nan=False).encode()
