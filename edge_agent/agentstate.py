@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ class AgentState:
         self.last[item.window.asset] = {"model": item.window.model, "last_score": float(item.score),
                                         "threshold": float(item.threshold),
                                         "last_window_end": item.window.end_ts}
+
+    def scored_batch(self, items: Sequence[ScoredWindow]) -> None:
+        """`scored` for a batch: the count, and the last window of each asset in it."""
+        self.counters["windows_scored"] += len(items)
+        latest = {item.window.asset: item for item in items}
+        for asset, item in latest.items():
+            self.last[asset] = {"model": item.window.model, "last_score": float(item.score),
+                                "threshold": float(item.threshold), "last_window_end": item.window.end_ts}
 
     def totals(self, supervisor: Any) -> dict[str, int]:
         """Counters of this process's life: windows scored/stale/dropped, readings invalid/dropped."""

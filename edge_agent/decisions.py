@@ -11,10 +11,11 @@ Per (asset, model):
 
 Severity is the highest manifest level whose `min_score` the score reaches (levels ascend). Root cause:
 channels ranked by their share of the window's reconstruction error (`channel_error / sum`), and the peak
-time is the timestamp of `argmax(time_error)`. Open episodes are stored in the `episodes` table (through
-the outbox transaction) and restored after a restart. Each message names the bundle that scored the
-window it reports (after a hot swap an episode's `update`/`close` carry the new bundle; the `episodes`
-row keeps the bundle that opened it).
+time is the timestamp of `argmax(time_error)`; both are computed only for windows that open an episode or
+fall inside one (most windows are normal and cost a deque append). Open episodes are stored in the
+`episodes` table (through the outbox transaction) and restored after a restart. Each message names the
+bundle that scored the window it reports (after a hot swap an episode's `update`/`close` carry the new
+bundle; the `episodes` row keeps the bundle that opened it).
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ def root_cause(channel_error: np.ndarray, channels: Sequence[str]) -> tuple[Root
     errors = np.clip(np.asarray(channel_error, dtype=np.float64).reshape(-1), 0.0, None)
     total = float(errors.sum())
     shares = errors / total if total > 0 else np.full(errors.shape, 1.0 / max(len(errors), 1))
-    order = sorted(range(len(errors)), key=lambda i: -shares[i])
+    order = np.argsort(-shares, kind="stable").tolist()  # stable: ties keep channel order
+    values = shares.tolist()
     names = list(channels) if len(channels) == len(errors) else [f"ch{i}" for i in range(len(errors))]
-    return tuple(RootCauseEntry(names[i], round(float(shares[i]), 6)) for i in order)
+    return tuple(RootCauseEntry(names[i], round(values[i], 6)) for i in order)
 
 
 def peak_time(scored: ScoredWindow) -> float:
@@ -182,6 +184,14 @@ def peak_time(scored: ScoredWindow) -> float:
     if time_error.size == 1:
         return window.end_ts
     return window.start_ts + index * (window.end_ts - window.start_ts) / (time_error.size - 1)
+
+
+def _summary(scored: ScoredWindow, policy: ModelPolicy) -> _Summary:
+    """What an alert would report about this window; only built for windows an episode may report."""
+    window = scored.window
+    return _Summary(scored.score, window.start_ts, window.end_ts, peak_time(scored),
+                    root_cause(scored.channel_error, policy.channels), scored.threshold,
+                    scored.bundle_name, scored.bundle_version)
 
 
 class DecisionEngine:
@@ -233,21 +243,20 @@ class DecisionEngine:
     def process(self, scored: ScoredWindow, now: float) -> list[AlertEvent]:
         """Feed one scored window; returns the alert messages it causes (usually none)."""
         window = scored.window
-        policy = self.policy(window.model)
-        track = self._track(window.asset, window.model, policy)
+        policy = self._policies.get(window.model) or self.policy(window.model)
+        track = self._tracks.get((window.asset, window.model)) or self._track(window.asset, window.model,
+                                                                               policy)
         if track.history.maxlen != policy.n:
             track.history = deque(track.history, maxlen=policy.n)
-        above = scored.is_above
+        above = scored.score > scored.threshold
         track.history.append(above)
         track.last_score = scored.score
-        summary = _Summary(scored.score, window.start_ts, window.end_ts, peak_time(scored),
-                           root_cause(scored.channel_error, policy.channels), scored.threshold,
-                           scored.bundle_name, scored.bundle_version)
         episode = track.episode
         if episode is None:
             if above and sum(track.history) >= policy.k:
-                return [self._open(track, scored, summary, policy, now)]
-            return []
+                return [self._open(track, scored, _summary(scored, policy), policy, now)]
+            return []  # the common case: no root cause or peak time to compute
+        summary = _summary(scored, policy)
         episode.last = summary
         if above:
             episode.below = 0
@@ -268,6 +277,15 @@ class DecisionEngine:
             best = episode.interval_best or summary
             return [self._emit(episode, "update", best, now, reason="periodic", current=summary)]
         return []
+
+    def process_batch(self, scored: Iterable[ScoredWindow], now: float) -> list[AlertEvent]:
+        """`process` for each window in order; the alert messages of the whole batch."""
+        events: list[AlertEvent] = []
+        for item in scored:
+            found = self.process(item, now)
+            if found:
+                events.extend(found)
+        return events
 
     def _note_peak(self, episode: _Episode, summary: _Summary, policy: ModelPolicy) -> None:
         level = policy.severity_of(summary.score)

@@ -210,15 +210,13 @@ class InferenceEngine:
         return dict(zip(("score", "channel_error", "latent_mean", "time_error"), values, strict=True))
 
     def _batch(self, windows: Sequence[Window], chunk: Sequence[int], loaded: _Loaded) -> np.ndarray:
-        batch = np.empty((len(chunk), *loaded.shape), dtype=np.float32)
-        for row, index in enumerate(chunk):
+        for index in chunk:
             window = windows[index]
-            data = window.data
-            if data.shape != loaded.shape:
+            if window.data.shape != loaded.shape:
+                shape = window.data.shape
                 raise InferenceError(f"window for asset {window.asset!r}, model {window.model!r} has shape "
-                                     f"{data.shape}, expected {loaded.shape} (channels, window_length)")
-            batch[row] = data
-        return batch
+                                     f"{shape}, expected {loaded.shape} (channels, window_length)")
+        return np.stack([windows[index].data for index in chunk]).astype(np.float32, copy=False)
 
     def _infer(self, windows: Sequence[Window]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
         """Runs in the worker thread: micro-batches per model of at most `max_batch` windows."""
@@ -250,13 +248,14 @@ class InferenceEngine:
             spec = self._models[windows[chunk[0]].model].spec
             threshold = float(spec.threshold.value)
             baseline = spec.score_baseline
-            raws = outputs["score"].tolist()
+            raws = outputs["score"].reshape(-1).tolist()
             channel_error, latent_mean, time_error = (outputs["channel_error"], outputs["latent_mean"],
                                                       outputs["time_error"])
+            all_finite = bool(np.isfinite(outputs["score"]).all())
             for row, index in enumerate(chunk):
                 window = windows[index]
                 raw = raws[row]
-                if not math.isfinite(raw):
+                if not all_finite and not math.isfinite(raw):
                     self.dropped_nonfinite += 1
                     log.warning("non-finite score for asset %s, model %s (window %.3f-%.3f); dropped",
                                 window.asset, window.model, window.start_ts, window.end_ts)

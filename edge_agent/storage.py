@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent.configtools import Section
 from edge_agent.types import AlertEvent, ScoredWindow
 
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
     created_ts REAL NOT NULL,
-    delivered_ts REAL
+    delivered_ts REAL,
+    rejected TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (delivered_ts, seq);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -132,8 +135,111 @@ class BaselineRecord:
     baseline: float | None
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _json_vector(values: Iterable[float]) -> str:
-    return json.dumps([round(float(v), 7) for v in values], separators=(",", ":"))
+    return _ENCODE([round(float(v), 7) for v in values])
+
+
+def _json_vectors(vectors: Sequence[Any]) -> list[str]:
+    """`_json_vector` of each vector; vectors of one length are rounded in one numpy call.
+
+    `np.round(x, 7)` divides an exact integer by 1e7, so it gives the same double as `round(x, 7)` (up
+    to how a tie at the 8th decimal is broken), and the text is the same shortest repr."""
+    try:
+        matrix = np.asarray(vectors, dtype=np.float64)
+    except ValueError:  # vectors of different lengths (several models)
+        return [_json_vector(v) for v in vectors]
+    if matrix.ndim != 2:
+        return [_json_vector(np.asarray(v).reshape(-1)) for v in vectors]
+    return [_ENCODE(row) for row in np.round(matrix, 7).tolist()]
+
+
+class WindowRecorder:
+    """Writes scored windows to the ring buffer from one background thread, in batched transactions.
+
+    The detector hands each scored batch over with `submit` (no waiting) and goes on; the thread writes
+    everything submitted since its last transaction in one transaction, through the same `Store` (one
+    connection, one lock: still one writer). Alerts do not go this way: they are written to the outbox on
+    the event loop before the sink is woken. A write error is raised by the next `submit`, so the
+    detector fails and is restarted as before. At most `max_pending` windows wait (`submit` then blocks
+    until the thread has caught up: back-pressure)."""
+
+    def __init__(self, store: Store, max_pending: int = 4096) -> None:
+        self._store = store
+        self._max_pending = max_pending
+        self._pending: list[ScoredWindow] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="storage[windows]", daemon=True)
+        self._thread.start()
+
+    def submit(self, scored: Sequence[ScoredWindow]) -> None:
+        """Queue windows for the ring buffer; raises the error of an earlier failed write."""
+        with self._cond:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise StorageError(f"{self._store.path}: writing scored windows failed: {error}") from error
+            if self._closed:
+                raise StorageError(f"{self._store.path}: window recorder is closed")
+            if scored:
+                self._pending.extend(scored)
+                self._cond.notify_all()
+            while len(self._pending) > self._max_pending and self._error is None:
+                self._cond.wait()
+
+    @property
+    def pending(self) -> int:
+        """Windows submitted but not yet committed."""
+        with self._cond:
+            return len(self._pending) + (1 if self._busy else 0)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is committed (or failed); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._pending or self._busy), timeout)
+
+    def close(self) -> None:
+        """Write what is pending, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            log.error("%s: scored windows lost at shutdown: %s", self._store.path, self._error)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                self._busy = True
+                self._cond.notify_all()
+            try:
+                self._store.record_windows(batch)
+            except Exception as exc:  # reported to the detector by the next submit  # noqa: BLE001
+                log.error("%s: writing %d scored windows failed: %s", self._store.path, len(batch), exc)
+                with self._cond:
+                    self._error = exc
+            else:
+                self.written += len(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
+def _add_outbox_rejected(conn: sqlite3.Connection) -> None:
+    """Databases made before the `rejected` column get it (NULL: not rejected; no data to migrate)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "rejected" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN rejected TEXT")
 
 
 class Store:
@@ -159,6 +265,7 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
+            _add_outbox_rejected(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -193,9 +300,12 @@ class Store:
         """Append scored windows to the ring buffer (one transaction)."""
         if not scored:
             return
+        latents = _json_vectors([s.latent_mean for s in scored])
+        errors = _json_vectors([s.channel_error for s in scored])
         rows = [(s.window.asset, s.window.model, s.bundle_name, s.bundle_version, s.window.start_ts,
-                 s.window.end_ts, float(s.score), float(s.raw_score), float(s.threshold), int(s.is_above),
-                 _json_vector(s.latent_mean), _json_vector(s.channel_error)) for s in scored]
+                 s.window.end_ts, float(s.score), float(s.raw_score), float(s.threshold),
+                 int(s.score > s.threshold), latent, error)
+                for s, latent, error in zip(scored, latents, errors, strict=True)]
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO windows (asset, model, bundle_name, bundle_version, start_ts, end_ts, score,"
@@ -285,7 +395,7 @@ class Store:
         """Undelivered alerts, oldest first."""
         rows = self._query(
             "SELECT seq, alert_id, episode_id, state, topic, payload, created_ts FROM outbox"
-            " WHERE delivered_ts IS NULL ORDER BY seq LIMIT ?", (limit,))
+            " WHERE delivered_ts IS NULL AND rejected IS NULL ORDER BY seq LIMIT ?", (limit,))
         return [OutboxRow(seq, alert_id, episode_id, state, topic, payload.encode("utf-8"), created_ts)
                 for seq, alert_id, episode_id, state, topic, payload, created_ts in rows]
 
@@ -298,9 +408,24 @@ class Store:
             conn.executemany("UPDATE outbox SET delivered_ts = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              ids)
 
+    def mark_rejected(self, rejections: Iterable[tuple[str, str]]) -> None:
+        """Park alerts the broker refused for good (`(alert_id, reason)`): not delivered, not sent again,
+        never pruned; `UPDATE outbox SET rejected = NULL` puts them back in the queue."""
+        rows = [(reason, alert_id) for alert_id, reason in rejections]
+        if not rows:
+            return
+        with self._transaction() as conn:
+            conn.executemany("UPDATE outbox SET rejected = ? WHERE alert_id = ? AND delivered_ts IS NULL",
+                             rows)
+
+    def rejected(self) -> int:
+        """How many alerts the broker refused for good (parked in the outbox)."""
+        return int(self._query("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL")[0][0])
+
     def backlog(self) -> int:
-        """How many alerts wait for delivery."""
-        return int(self._query("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL")[0][0])
+        """How many alerts wait for delivery (rejected ones do not wait)."""
+        return int(self._query("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL AND rejected IS NULL")
+                   [0][0])
 
     # baselines ---------------------------------------------------------------------------------------------
     def get_baseline(self, asset: str, model: str, bundle_version: str) -> BaselineRecord | None:

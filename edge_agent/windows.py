@@ -88,8 +88,19 @@ class AssetAligner:
             self._prev[channel] = value
             self._prev_ts[channel] = ts
 
-    def hold_many(self, index: np.ndarray, ts: float, values: np.ndarray) -> None:
-        """`hold` for several channels sampled at the same time (one reading), vectorised."""
+    def hold_many(self, index: np.ndarray | None, ts: float, values: np.ndarray) -> None:
+        """`hold` for several channels sampled at the same time (one reading), vectorised.
+
+        `index=None` means every channel, in order (one payload carrying the whole asset)."""
+        if index is None:
+            if self._latest_held <= ts:  # no channel holds a newer sample: the held values become prev
+                self._prev, self._held = self._held, self._prev
+                self._prev_ts, self._held_ts = self._held_ts, self._prev_ts
+                self._held[:] = values
+                self._held_ts.fill(ts)
+                self._latest_held = ts
+                return
+            index = np.arange(len(self._held))
         newer = self._held_ts[index] <= ts
         if newer.all():
             self._prev[index] = self._held[index]
@@ -191,7 +202,8 @@ class AssetAligner:
                       timestamps=self._times[first:first + length].copy())
 
 
-_Plan = list[tuple[AssetAligner, np.ndarray, np.ndarray]]  # (aligner, its channels, positions in the reading)
+# (aligner, its channels (None: all, in order), positions in the reading (None: all its values, in order))
+_Plan = list[tuple[AssetAligner, np.ndarray | None, np.ndarray | None]]
 
 
 class Windower:
@@ -218,7 +230,7 @@ class Windower:
         values = np.fromiter(reading.values.values(), dtype=np.float64, count=len(reading.values))
         windows: list[Window] = []
         for aligner, channels, positions in plan:
-            aligner.hold_many(channels, reading.ts, values[positions])
+            aligner.hold_many(channels, reading.ts, values if positions is None else values[positions])
             windows.extend(aligner.advance(reading.ts))
         return windows
 
@@ -230,8 +242,11 @@ class Windower:
                 channels, positions = grouped.setdefault(aligner, ([], []))
                 channels.append(channel)
                 positions.append(position)
-        plan = [(aligner, np.asarray(channels), np.asarray(positions))
-                for aligner, (channels, positions) in grouped.items()]
+        plan: _Plan = []
+        for aligner, (channels, positions) in grouped.items():
+            every = channels == list(range(len(aligner.spec.inputs)))
+            plan.append((aligner, None if every else np.asarray(channels),
+                         None if every and positions == list(range(len(fields))) else np.asarray(positions)))
         if len(self._plans) < 4096:  # readings of a few shapes per source; never unbounded
             self._plans[(source, fields)] = plan
         return plan

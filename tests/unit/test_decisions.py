@@ -167,3 +167,20 @@ def test_messages_after_a_bundle_swap_name_the_bundle_that_scored_the_window() -
     (rise,) = f.feed(5.0)
     assert rise.episode_id == opened.episode_id
     assert (opened.bundle_version, rise.bundle_version) == ("1.0.0", "2.0.0")
+
+
+
+def test_process_batch_equals_processing_one_by_one() -> None:
+    rng = np.random.default_rng(5)
+    items = []
+    for step, score in enumerate([0.5, 2.0, 2.5, 0.4, 0.3, 0.2, 3.0, 0.2, 0.1, 0.1]):
+        window = Window("pump-1", "pump", step, step + 4.0, np.zeros((3, 5), np.float32))
+        errors, time_error = rng.random(3).astype(np.float32), rng.random(5).astype(np.float32)
+        items.append(ScoredWindow(window, score, score, 1.0, errors, np.zeros(2, np.float32), time_error,
+                                  "pumps", "1.0.0"))
+    one = engine(k=2, n=3)
+    singly = [e for item in items for e in one.process(item, 1_800_000_000.0)]
+    together = engine(k=2, n=3).process_batch(items, 1_800_000_000.0)
+    assert [(e.state, e.score, e.peak_ts, e.root_cause) for e in together] == [
+        (e.state, e.score, e.peak_ts, e.root_cause) for e in singly]
+    assert [e.state for e in together] == ["open", "close"]
