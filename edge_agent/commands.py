@@ -172,8 +172,10 @@ def _from_database(path: Path) -> dict[str, Any]:
     except sqlite3.Error as exc:
         return {"database_error": str(exc)}
     try:
-        pending = "SELECT count(*) FROM outbox WHERE delivered_ts IS NULL"
+        pending = "SELECT count(*) FROM outbox WHERE delivered_ts IS NULL AND rejected IS NULL"
         out["outbox_backlog"] = conn.execute(pending).fetchone()[0]
+        rejected = "SELECT count(*) FROM outbox WHERE rejected IS NOT NULL"
+        out["outbox_rejected"] = conn.execute(rejected).fetchone()[0]
         out["counters_total"] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
     except sqlite3.Error as exc:
         out["database_error"] = str(exc)
@@ -210,7 +212,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
     sink = status.get("sink") or {}
     lines.append(f"upstream: {sink.get('kind', '-')} {sink.get('state', '')}; outbox backlog: "
-                 f"{status.get('outbox_backlog', '-')}")
+                 f"{status.get('outbox_backlog', '-')}"
+                 + (f"; rejected by the broker: {status['outbox_rejected']}"
+                    if status.get("outbox_rejected") else ""))
     for name, asset in sorted((status.get("assets") or {}).items()):
         score = asset.get("last_score")
         shown = f"{score:.4g}" if isinstance(score, int | float) else "-"

@@ -7,6 +7,11 @@
     edge-agent bundle remove VERSION --config ...     never the active one
 
 Exit codes: 0 done; 1 a check or store operation failed (nothing changed); 2 the config is invalid.
+
+After activating, `install` and `rollback` SIGHUP a running agent and wait (`--wait`) until it reports the new
+version. If it does not (it refused the bundle, or hangs), the previously active bundle is restored
+(atomically, recorded in the history), the agent is told again, and the command fails (check
+`agent switch`, exit 1). With no running agent, or `--wait 0`, activation alone decides.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import Any
 from edge_agent.bundle.errors import BundleError
 from edge_agent.bundle.install import (
     InstallSettings,
+    agent_alive,
     describe_versions,
     install,
+    restore_previous,
     rollback,
     running_version,
     settings_from_config,
@@ -111,20 +118,28 @@ def cmd_install(args: argparse.Namespace) -> int:
               f"{outcome.previous or 'none'})")
         if outcome.removed:
             print(f"removed old versions (keeping {settings.keep}): {', '.join(outcome.removed)}")
-        _report_agent(settings, outcome.agent, version, args.wait)
-        return 0
+        return _switch_agent(settings, outcome.agent, version, outcome.previous, args.wait)
 
     return _run(args, action)
 
 
-def _report_agent(settings: InstallSettings, agent: str, version: str, wait_s: float) -> None:
+def _switch_agent(settings: InstallSettings, agent: str, version: str, previous: str | None,
+                  wait_s: float) -> int:
+    """Wait for the notified agent to report `version`; otherwise restore `previous` and fail."""
     print(agent)
-    if "notified" in agent and wait_s > 0:
-        if wait_for_agent(settings, version, wait_s):
-            print(f"the running agent now scores with {version}")
-        else:
-            print(f"the agent has not reported {version} within {wait_s:g} s; check `edge-agent status` and "
-                  "its log (it keeps the old bundle if the new one fails to load)")
+    if "notified" not in agent or wait_s <= 0:
+        return 0
+    if wait_for_agent(settings, version, wait_s):
+        print(f"the running agent now scores with {version}")
+        return 0
+    why = (f"the running agent did not report {version} within {wait_s:g} s (it keeps its bundle when the "
+           "new one fails to load: see its log)" if agent_alive(settings) else
+           f"the agent exited before reporting {version}")
+    told = restore_previous(settings, version, previous)
+    restored = previous or "none (the config's [bundle] path)"
+    print(f"FAILED check 'agent switch' failed: {why}\nrestored the previously active bundle: {restored}; "
+          f"{told}\n{version} stays installed but inactive (`edge-agent bundle list`)", file=sys.stderr)
+    return 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -158,8 +173,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     def action(settings: InstallSettings) -> int:
         outcome = rollback(settings, args.version)
         print(f"rolled back to {outcome.installed.name} {outcome.installed.version} (was {outcome.previous})")
-        _report_agent(settings, outcome.agent, outcome.installed.version, args.wait)
-        return 0
+        return _switch_agent(settings, outcome.agent, outcome.installed.version, outcome.previous, args.wait)
 
     return _run(args, action)
 

@@ -43,15 +43,22 @@ from edge_agent.bundle.errors import (
     UnsafeArchiveError,
     UnsupportedSchemaError,
 )
-from edge_agent.bundle.manifest import Manifest
-from edge_agent.bundle.store import BundleStore, InstalledBundle
+from edge_agent.bundle.manifest import PRECISIONS, Manifest
+from edge_agent.bundle.store import ACTIVE_LINK, HISTORY_FILE, BundleStore, InstalledBundle
 from edge_agent.configtools import ConfigError
 from edge_agent.doctor import version_tuple
-from edge_agent.profiles import DeviceProfile
+from edge_agent.profiles import AudioDefaults, CameraDefaults, DeviceProfile, ProviderSpec
 
 log = logging.getLogger(__name__)
 
 ANY_PROFILE = ("generic", "any")
+# What the agent runs without `device_profile` (supervisor.provider_settings: ONNX Runtime's CPU provider on
+# one thread): the install checks use the same, with every precision accepted and no memory budget.
+NO_PROFILE = DeviceProfile(
+    name="(none)", description="no device profile configured", arch=(),
+    providers=(ProviderSpec("CPUExecutionProvider"),), intra_op_threads=1, inter_op_threads=1,
+    preferred_precision=PRECISIONS, memory_budget_mb=0, min_cpus=1, camera=CameraDefaults(),
+    audio=AudioDefaults())
 OUTPUT_ROLES = ("score", "channel_error", "latent_mean", "time_error")
 MODEL_SHARE_OF_BUDGET = 4  # model files may use at most 1/4 of the memory budget (sessions, arenas, the rest)
 
@@ -103,7 +110,7 @@ def settings_from_config(config: Any) -> InstallSettings:
     def check_assets(manifest: Manifest) -> None:
         check_against_manifest(config, manifest)
 
-    profile = load_profile(config.device_profile or "x86-64-ipc")
+    profile = load_profile(config.device_profile) if config.device_profile else NO_PROFILE
     return InstallSettings(
         state_dir=Path(config.state_dir), profile=profile,
         trusted_keys=config.bundle.trusted_keys, require_signature=config.bundle.require_signature,
@@ -115,6 +122,8 @@ def settings_from_config(config: Any) -> InstallSettings:
 def profile_member_limit(profile: DeviceProfile) -> int:
     """The largest archive member a gateway with this profile accepts: its share of the memory budget for
     model files (a bigger member could never pass the memory check, so refuse it before extracting)."""
+    if profile.memory_budget_mb <= 0:  # no budget (no device profile): the archive's own limit applies
+        return MAX_MEMBER_BYTES
     return profile.memory_budget_mb * 1024 * 1024 // MODEL_SHARE_OF_BUDGET
 
 
@@ -179,6 +188,8 @@ def _check_onnxruntime(manifest: Manifest, profile: DeviceProfile, bundle_file: 
 def _check_profile(bundle: Bundle, profile: DeviceProfile) -> str:
     manifest = bundle.manifest
     wanted = manifest.compatibility.device_profiles
+    if profile is NO_PROFILE:
+        return "no device profile configured: CPU provider, any precision, no memory budget (as the agent)"
     if wanted and profile.name not in wanted and not set(wanted) & set(ANY_PROFILE):
         raise CheckError("device profile", f"bundle is built for device profiles {', '.join(wanted)}; this "
                          f"gateway uses {profile.name}", bundle=bundle.source)
@@ -318,6 +329,41 @@ def notify_agent(settings: InstallSettings) -> str:
         return f"could not signal agent pid {pid} ({exc.strerror}); restart it to load the new bundle"
     log.info("sent SIGHUP to agent pid %d", pid)
     return f"agent pid {pid} notified (SIGHUP)"
+
+
+def restore_previous(settings: InstallSettings, failed: str, previous: str | None) -> str:
+    """Undo an activation the running agent did not take up (`agent switch` check): make `previous` active
+    again, atomically and recorded in the history (`revert`), then SIGHUP the agent once more so it stays
+    on (or returns to) that bundle. `previous` None: there was no installed bundle, so the `active` link is
+    removed and the agent goes back to `[bundle] path`. Returns what happened, in words."""
+    store = BundleStore(settings.state_dir)
+    with store.lock():
+        current = store.active_version()
+        if current != failed:  # someone activated another version meanwhile: theirs stands
+            return f"the active bundle is {current or 'none'} now (changed meanwhile); left as it is"
+        if previous is not None:
+            store.activate(previous, action="revert")
+        else:
+            (store.root / ACTIVE_LINK).unlink()
+            entry = {"ts": time.time(), "action": "revert", "version": None, "previous": failed}
+            with (store.root / HISTORY_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+    log.warning("bundle %s was not taken up by the running agent; %s is active again", failed,
+                previous or "the config's [bundle] path")
+    return notify_agent(settings)
+
+
+def agent_alive(settings: InstallSettings) -> bool:
+    """The pid file names a running edge-agent process."""
+    if settings.pid_path is None:
+        return False
+    try:
+        pid = int(settings.pid_path.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _is_agent(pid)
 
 
 def _is_agent(pid: int) -> bool:

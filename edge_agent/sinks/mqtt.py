@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
 from edge_agent.sinks.payload import alert_payload, alert_topic, status_payload
+from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
@@ -39,6 +40,10 @@ DEFAULT_ALERT_TOPIC = "{site}/{area}/{line}/{asset}/anomaly/alert"
 DEFAULT_STATUS_TOPIC = "{site}/{area}/{line}/{gateway_id}/status"
 _ALERT_FIELDS = {"site": "s", "area": "a", "line": "l", "gateway_id": "g", "asset": "x", "model": "m"}
 _STATUS_FIELDS = {"site": "s", "area": "a", "line": "l", "gateway_id": "g"}
+# PUBACK reason codes that sending again cannot fix: 0x87 not authorized, 0x90 topic name invalid,
+# 0x99 payload format invalid. Other failure codes (0x80, 0x83, 0x91, 0x97 quota exceeded) are retried.
+PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x99})
+MARK_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class MqttUpstreamConfig:
     port: int = 1883
     tls: TlsConfig | None = None
     username: str | None = None
-    password_file: Path | None = field(default=None, repr=False)
+    password_file: Path | SecretRef | None = field(default=None, repr=False)
     client_id: str = ""
     keepalive: int = 30
     protocol: str = "3.1.1"
@@ -71,7 +76,8 @@ class MqttUpstreamConfig:
     @classmethod
     def from_section(cls, section: Section, base_dir: Path) -> MqttUpstreamConfig:
         """Parse `[mqtt]`; relative paths are resolved against `base_dir` (the config file's folder) and
-        `${VAR}` is expanded (e.g. `${CREDENTIALS_DIRECTORY}/mqtt-password` under systemd)."""
+        `${VAR}` is expanded. `password_file` also takes `credential:NAME` (systemd `LoadCredential=`), as
+        sources do (`edge_agent.sources.base.secret_file`)."""
 
         def path_of(sec: Section, key: str) -> Path | None:
             value = sec.optional(key, str)
@@ -97,7 +103,14 @@ class MqttUpstreamConfig:
                 raise ConfigError(tls_section.path, "cert and key must be given together")
             tls_section.finish()
         username = section.optional("username", str)
-        password_file = path_of(section, "password_file")
+        password_file: Path | SecretRef | None = None
+        if (password_ref := section.optional("password_file", str)) is not None:
+            # `credential:NAME` or a path; under `${CREDENTIALS_DIRECTORY}` it is located when connecting
+            # if that variable is unset now (status, doctor, bundle install run from a shell)
+            password_file = secret_file(password_ref, section.key_path("password_file"), base_dir)
+            if isinstance(password_file, Path) and not password_file.is_file():
+                raise ConfigError(section.key_path("password_file"), f"file not found: {password_file}",
+                                  password_ref)
         if password_file is not None and username is None:
             raise ConfigError(section.key_path("password_file"), "needs `username` as well")
         config = cls(
@@ -156,7 +169,10 @@ class MqttUpstream:
         self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id)
         self._order: list[int] = []  # mids in publish order
         self._acked: set[int] = set()
-        self._rejected: list[str] = []
+        self._rejected: dict[int, str] = {}  # mid -> why the broker refused it for good
+        self._reject_delays: Iterator[float] | None = None  # backoff while the broker refuses alerts
+        self._hold_s = 0.0  # pause before reconnecting after a transient refusal
+        self._mark_retry_at = 0.0  # after a failed outbox write
         self.delivered = 0
         self.connects = 0
         self.status_topic = config.status_topic_template.format(
@@ -178,7 +194,10 @@ class MqttUpstream:
         return self._state
 
     def wake(self) -> None:
-        """New alerts are in the outbox."""
+        """New alerts are in the outbox: publish them now when connected (an event alone costs a few loop
+        turns of latency), and let the serve loop take over the rest."""
+        if self._connected and not self._closing and self._client is not None:
+            self._fill()
         self._kick.set()
 
     # lifecycle ------------------------------------------------------------------------------------------
@@ -192,7 +211,7 @@ class MqttUpstream:
                 self._state = "connecting"
                 try:
                     await self._connect()
-                except (OSError, ConnectRefusedError, asyncio.TimeoutError) as exc:
+                except (OSError, ConnectRefusedError, ConfigError, asyncio.TimeoutError) as exc:
                     await self._teardown()
                     self._state = "disconnected"
                     delay = next(delays)
@@ -209,6 +228,9 @@ class MqttUpstream:
                         self._state = "disconnected"
                         log.warning("upstream broker connection lost; %d alerts waiting",
                                     self._store.backlog())
+                hold, self._hold_s = self._hold_s, 0.0
+                if hold > 0:  # the broker refused an alert for now (quota, ...): back off, then resend
+                    await self._pause(hold)
         finally:
             self._state = "closed"
             self._running = False
@@ -241,7 +263,7 @@ class MqttUpstream:
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
-                password = cfg.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+                password = read_secret(cfg.password_file, "mqtt -> password_file").rstrip("\r\n")
             client.username_pw_set(cfg.username, password)
         if cfg.tls is not None:
             client.tls_set(ca_certs=str(cfg.tls.ca) if cfg.tls.ca else None,
@@ -263,12 +285,16 @@ class MqttUpstream:
         self._inflight.clear()
         self._order.clear()
         self._acked.clear()
+        self._rejected.clear()
         kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
         await asyncio.to_thread(client.connect, self.config.host, self.config.port, self.config.keepalive,
                                 **kwargs)
         client.loop_start()
         await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
-        self._connected = True
+        # `_connected` was set by the CONNACK handler; a loss handled between CONNACK and this point has
+        # cleared it again (and paho knows): do not report a dead client as connected.
+        if not self._connected or not client.is_connected():
+            raise ConnectRefusedError("connection lost right after CONNACK")
         self._state = "connected"
         self.connects += 1
         log.info("connected to upstream broker %s:%d (%s)", self.config.host, self.config.port,
@@ -306,6 +332,7 @@ class MqttUpstream:
         if getattr(reason, "is_failure", False):
             fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
         else:
+            self._connected = True  # here, so a `_lost` queued right behind this CONNACK clears it
             fut.set_result(None)
 
     def _lost(self, client: mqtt.Client, reason: Any) -> None:
@@ -319,23 +346,63 @@ class MqttUpstream:
     def _ack(self, client: mqtt.Client, mid: int, reason: Any) -> None:
         if client is not self._client or mid not in self._inflight:
             return  # status messages, or a message of an earlier connection
-        if getattr(reason, "is_failure", False):
-            _seq, alert_id = self._inflight[mid]
-            log.error("broker rejected alert %s (%s); dropping it from the outbox", alert_id, reason)
-            self._rejected.append(alert_id)
-        self._acked.add(mid)
-        done: list[str] = []
-        while self._order and self._order[0] in self._acked:  # ordered marking
-            first = self._order.pop(0)
-            self._acked.discard(first)
-            done.append(self._inflight.pop(first)[1])
-        if done:
-            self._store.mark_delivered(done)
-            self.delivered += len(done)
-            if self._rejected:
-                self._store.incr_counters({"alerts_rejected": len(self._rejected)})
-                self._rejected.clear()
-        self._kick.set()
+        try:
+            if getattr(reason, "is_failure", False) and not self._refused(mid, reason):
+                return
+            self._acked.add(mid)
+            self._mark_acked()
+        finally:
+            self._kick.set()
+
+    def _refused(self, mid: int, reason: Any) -> bool:
+        """A PUBACK with a failure code. Permanent (not authorised, bad topic, bad payload): the alert is
+        parked as `rejected` in the outbox (True: treat as acknowledged). Anything else (quota exceeded,
+        unspecified, ...) is transient: drop the connection, pause with backoff, send again (False)."""
+        _seq, alert_id = self._inflight[mid]
+        code = getattr(reason, "value", None)
+        if code in PERMANENT_PUBACK_CODES:
+            log.error("broker rejected alert %s (%s); parked as rejected in the outbox", alert_id, reason)
+            self._rejected[mid] = f"0x{code:02X} {reason}"
+            return True
+        if self._reject_delays is None:
+            self._reject_delays = self._delays()
+        self._hold_s = next(self._reject_delays)
+        log.warning("broker refused alert %s for now (%s); sending it again in %.1f s", alert_id, reason,
+                    self._hold_s)
+        self._connected = False
+        return False
+
+    def _mark_acked(self) -> None:
+        """Write the acknowledged prefix of the rows in flight to the outbox (ordered marking). On a database
+        error the rows stay acknowledged in flight (not sent again) and the write is retried later."""
+        count = 0
+        while count < len(self._order) and self._order[count] in self._acked:
+            count += 1
+        if count == 0 or time.monotonic() < self._mark_retry_at:
+            return
+        mids = self._order[:count]
+        delivered = [self._inflight[m][1] for m in mids if m not in self._rejected]
+        rejected = [(self._inflight[m][1], self._rejected[m]) for m in mids if m in self._rejected]
+        try:
+            self._store.mark_delivered(delivered)
+            if rejected:
+                self._store.mark_rejected(rejected)
+                self._store.incr_counters({"alerts_rejected": len(rejected)})
+        except Exception:
+            log.exception("cannot mark %d acknowledged alerts in the outbox; retrying in %.0f s", count,
+                          MARK_RETRY_S)
+            self._mark_retry_at = time.monotonic() + MARK_RETRY_S
+            if self._loop is not None:
+                self._loop.call_later(MARK_RETRY_S, self._kick.set)
+            return
+        del self._order[:count]
+        for mid in mids:
+            self._acked.discard(mid)
+            self._rejected.pop(mid, None)
+            del self._inflight[mid]
+        self.delivered += len(delivered)
+        if delivered:
+            self._reject_delays = None
 
     # serving --------------------------------------------------------------------------------------------
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
@@ -349,6 +416,7 @@ class MqttUpstream:
                 log.exception("health summary failed; publishing status without it")
                 health = {}
             health.setdefault("outbox_backlog", self._store.backlog())
+            health.setdefault("outbox_rejected", self._store.rejected())
         payload = status_payload(self.identity, state, time.time(), health)
         return self._client.publish(self.status_topic, payload, qos=1, retain=True)
 
@@ -381,6 +449,7 @@ class MqttUpstream:
                     await self._say_goodbye()
                     return
             else:
+                self._mark_acked()
                 self._fill()
                 if time.monotonic() >= next_health:
                     self._publish_status("online")

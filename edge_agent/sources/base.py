@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -214,21 +215,70 @@ class Source:
                                   self.stats.invalid)
 
 
-def secret_file(value: str, key_path: str, base_dir: Path) -> Path:
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret file the config names that can only be located under systemd: `credential:NAME` or a path
+    through `${CREDENTIALS_DIRECTORY}` while that variable is unset (`edge-agent status`, `doctor`,
+    `bundle install` run from a shell). Only `run` needs the secret: `read_secret` resolves it then."""
+
+    value: str
+    key_path: str
+    base_dir: Path
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def secret_file(value: str, key_path: str, base_dir: Path) -> Path | SecretRef:
     """Where a secret lives: `credential:NAME` is `$CREDENTIALS_DIRECTORY/NAME` (systemd `LoadCredential=`),
     anything else a file path (relative to the config file, `${VAR}` expanded, as for `[mqtt]`). Secrets
-    never sit in the config text."""
+    never sit in the config text. While `$CREDENTIALS_DIRECTORY` is unset a reference to it is checked for
+    syntax only and kept as a `SecretRef`; when it is set, the credential file must exist."""
+    return _locate_secret(value, key_path, base_dir, defer=True)
+
+
+def _locate_secret(value: str, key_path: str, base_dir: Path, *, defer: bool) -> Path | SecretRef:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if value.startswith("credential:"):
         name = value.removeprefix("credential:")
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not name or "/" in name:
+        if not name or "/" in name or name in (".", ".."):
             raise ConfigError(key_path, "credential name must be a plain file name", value)
         if not directory:
-            raise ConfigError(key_path, "names a systemd credential but $CREDENTIALS_DIRECTORY is not set",
-                              value)
-        return Path(directory) / name
+            if defer:
+                return SecretRef(value, key_path, base_dir)
+            raise ConfigError(key_path, "names a systemd credential but $CREDENTIALS_DIRECTORY is not set"
+                              " (only `edge-agent run` under systemd with LoadCredential= has it)", value)
+        path = Path(directory) / name
+        if not path.is_file():
+            raise ConfigError(key_path, f"credential not found: {path} (is there a LoadCredential={name}:"
+                              "... line in the unit?)", value)
+        return path
+    if defer and not directory and _CREDENTIALS_VAR.search(value):
+        return SecretRef(value, key_path, base_dir)
     expanded = os.path.expandvars(value)
     if "$" in expanded:
         raise ConfigError(key_path, "names an environment variable that is not set", value)
     path = Path(expanded)
     return path if path.is_absolute() else base_dir / path
+
+
+_CREDENTIALS_VAR = re.compile(r"\$\{?CREDENTIALS_DIRECTORY\b")
+
+
+def secret_path(secret: Path | SecretRef) -> Path:
+    """Where a secret file is, located now (a `ConfigError` when a `SecretRef` still cannot be located)."""
+    if isinstance(secret, Path):
+        return secret
+    located = _locate_secret(secret.value, secret.key_path, secret.base_dir, defer=False)
+    assert isinstance(located, Path)
+    return located
+
+
+def read_secret(secret: Path | SecretRef, key_path: str) -> str:
+    """The text of a secret file, located now (see `secret_file`); a `ConfigError` naming `key_path` when it
+    cannot be located or read. The text is never logged."""
+    path = secret_path(secret)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(key_path, f"cannot read: {exc.strerror}", str(path)) from exc

@@ -75,12 +75,15 @@ def to_number(raw: object, name: str) -> float:
     if isinstance(raw, bool):
         raise LineFormatError(f"field {name!r}: expected a number, got {raw!r}")
     if isinstance(raw, int | float):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError as exc:  # an int beyond the float range, e.g. 10**400
+            raise LineFormatError(f"field {name!r}: {str(raw)[:40]!r} is out of range") from exc
     elif isinstance(raw, str):
         try:
             value = float(raw.strip())
         except ValueError as exc:
-            raise LineFormatError(f"field {name!r}: {raw!r} is not a number") from exc
+            raise LineFormatError(f"field {name!r}: {raw[:60]!r} is not a number") from exc
     else:
         raise LineFormatError(f"field {name!r}: expected a number, got {raw!r}")
     if not math.isfinite(value):

@@ -9,14 +9,17 @@ Two payload shapes:
 
 Timestamps come from `timestamp_field` of a JSON payload, else arrival time. paho runs its network loop in its
 own thread (with its own reconnect; the first connect may fail while the broker is down and is retried);
-messages are handed to the event loop with `call_soon_threadsafe`, parsed there, and queued (bounded).
+messages wait in an inbox and one `call_soon_threadsafe` per burst hands them all to the event loop, where
+they are parsed and queued (bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+import math
 import socket
 import ssl
 import time
@@ -28,7 +31,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_agent.configtools import ConfigError, Section, join
-from edge_agent.sources.base import Source, secret_file
+from edge_agent.sources.base import SecretRef, Source, read_secret, secret_file, secret_path
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
     LineFormatError,
@@ -54,10 +57,11 @@ class MqttSourceConfig:
     port: int = 1883
     client_id: str = ""
     username: str | None = None
-    password_file: Path | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    password_file: Path | SecretRef | None = None
+    tls: bool = False  # a [sources.NAME.tls] table is present: TLS (system CAs unless `ca`)
+    tls_ca: Path | SecretRef | None = None
+    tls_cert: Path | SecretRef | None = None
+    tls_key: Path | SecretRef | None = None
     keepalive: int = 30
     qos: int = 0
     timestamp_field: str | None = None
@@ -100,11 +104,14 @@ class MqttSourceConfig:
             if not fields:
                 raise ConfigError(section.key_path("fields"), "must name at least one field", raw_fields)
         password = section.optional("password_file", str)
+        use_tls = "tls" in section
         tls = section.section("tls", None)
         ca, cert, key = (tls.optional(name, str) for name in ("ca", "cert", "key"))
         tls.finish()
+        if (cert is None) != (key is None):
+            raise ConfigError(tls.path, "cert and key must be given together")
 
-        def resolve(value: str | None, path: str) -> Path | None:
+        def resolve(value: str | None, path: str) -> Path | SecretRef | None:
             return None if value is None else secret_file(value, path, base_dir)
 
         return cls(
@@ -112,7 +119,8 @@ class MqttSourceConfig:
             port=section.integer("port", 1883, minimum=1, maximum=65535),
             client_id=section.get("client_id", str, ""), username=section.optional("username", str),
             password_file=resolve(password, section.key_path("password_file")),
-            tls_ca=resolve(ca, join(tls.path, "ca")), tls_cert=resolve(cert, join(tls.path, "cert")),
+            tls=use_tls, tls_ca=resolve(ca, join(tls.path, "ca")),
+            tls_cert=resolve(cert, join(tls.path, "cert")),
             tls_key=resolve(key, join(tls.path, "key")),
             keepalive=section.integer("keepalive", 30, minimum=5, maximum=3600),
             qos=section.integer("qos", 0, minimum=0, maximum=1),
@@ -140,7 +148,15 @@ class MqttSource(Source):
         self.config = config
         self._client: mqtt.Client | None = None
         self._route_cache: dict[str, str | None] = {}
+        self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # prefix -> (output name, JSON key)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # messages from paho's thread wait here; one loop callback drains all that arrived meanwhile
+        # bounded like the reading queue: under overload the oldest messages are dropped and counted
+        self._inbox: collections.deque[tuple[str, bytes, float]] = collections.deque(
+            maxlen=config.queue_size)
+        self._inbox_overflow = 0  # written by paho's thread only
+        self._inbox_overflow_seen = 0  # written by the event loop only
+        self._drain_scheduled = False
 
     @property
     def task_name(self) -> str:
@@ -152,16 +168,13 @@ class MqttSource(Source):
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
-                try:
-                    password = cfg.password_file.read_text().strip()
-                except OSError as exc:
-                    raise ConfigError(f"sources -> {self.name} -> password_file",
-                                      f"cannot read: {exc.strerror}", str(cfg.password_file)) from exc
+                password = read_secret(cfg.password_file,
+                                       f"sources -> {self.name} -> password_file").strip()
             client.username_pw_set(cfg.username, password)
-        if cfg.tls_ca is not None:
-            client.tls_set(ca_certs=str(cfg.tls_ca),
-                           certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
-                           keyfile=str(cfg.tls_key) if cfg.tls_key else None,
+        if cfg.tls or cfg.tls_ca is not None:  # no `ca`: the system's CAs verify the broker
+            client.tls_set(ca_certs=str(secret_path(cfg.tls_ca)) if cfg.tls_ca else None,
+                           certfile=str(secret_path(cfg.tls_cert)) if cfg.tls_cert else None,
+                           keyfile=str(secret_path(cfg.tls_key)) if cfg.tls_key else None,
                            cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
@@ -201,12 +214,24 @@ class MqttSource(Source):
         self._call(self._set_state, "disconnected")
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self.handle_message, msg.topic, msg.payload, time.time())
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        if len(self._inbox) == self._inbox.maxlen:
+            self._inbox_overflow += 1  # the append below drops the oldest message
+        self._inbox.append((msg.topic, payload, time.time()))
+        if not self._drain_scheduled:  # one hand-off per burst of messages, not one per message
+            self._drain_scheduled = True
+            if not self._call(self._drain):
+                self._drain_scheduled = False
 
-    def _call(self, func: Any, *args: Any) -> None:
+    def _call(self, func: Any, *args: Any) -> bool:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(func, *args)
+            try:
+                loop.call_soon_threadsafe(func, *args)
+            except RuntimeError:  # the loop closed meanwhile
+                return False
+            return True
+        return False
 
     def _set_state(self, state: str) -> None:
         if state == "connected" and self.stats.state == "disconnected" and self.stats.received:
@@ -216,6 +241,16 @@ class MqttSource(Source):
         self.stats.state = state
 
     # on the event loop
+    def _drain(self) -> None:
+        self._drain_scheduled = False  # first: a message appended from now on schedules a new drain
+        overflow = self._inbox_overflow
+        if overflow != self._inbox_overflow_seen:
+            self.stats.dropped += overflow - self._inbox_overflow_seen
+            self._inbox_overflow_seen = overflow
+        inbox = self._inbox
+        while inbox:
+            self.handle_message(*inbox.popleft())
+
     def route(self, topic: str) -> str | None:
         """The prefix (json) or field (number) for a topic, None when no configured topic matches."""
         if topic in self._route_cache:
@@ -245,6 +280,9 @@ class MqttSource(Source):
         except (LineFormatError, UnicodeDecodeError) as exc:
             self._invalid(f"payload on {topic}", exc)
             return
+        except Exception as exc:  # noqa: BLE001 - one bad message must never stop the others
+            self._invalid(f"payload on {topic}", LineFormatError(f"{type(exc).__name__}: {exc}"))
+            return
         self._emit(Reading(self.name, ts if ts is not None else arrival, values))
 
     def _parse_json(self, payload: bytes, prefix: str) -> tuple[float | None, dict[str, float]]:
@@ -254,6 +292,9 @@ class MqttSource(Source):
             raise LineFormatError(f"not valid JSON: {payload[:60]!r}") from exc
         if not isinstance(obj, dict):
             raise LineFormatError(f"expected a JSON object, got {type(obj).__name__}")
+        fast = self._parse_plain(obj, prefix)
+        if fast is not None:
+            return fast
         ts = None
         if self.config.timestamp_field is not None:
             if self.config.timestamp_field not in obj:
@@ -265,6 +306,30 @@ class MqttSource(Source):
                 raise LineFormatError(f"field {key!r} missing")
             values[f"{prefix}.{name}" if prefix else name] = to_number(obj[key], key)
         return ts, values
+
+    def _parse_plain(self, obj: dict[str, Any], prefix: str) -> tuple[float | None, dict[str, float]] | None:
+        """The common case cheaply: every field a finite JSON float and the timestamp a number. None for
+        anything else, which `_parse_json` then checks field by field for a precise error."""
+        keys = self._keys.get(prefix)
+        if keys is None:
+            keys = self._keys[prefix] = tuple((f"{prefix}.{name}" if prefix else name, key)
+                                              for name, key in self.config.fields.items())
+        try:
+            values = {name: obj[key] for name, key in keys}
+        except KeyError:
+            return None
+        if not all(type(v) is float and math.isfinite(v) for v in values.values()):
+            return None
+        ts_field = self.config.timestamp_field
+        if ts_field is None:
+            return None, values
+        raw = obj.get(ts_field)
+        if self.config.timestamp_format == "iso8601" or type(raw) not in (float, int):
+            return None
+        try:
+            return parse_timestamp(raw, self.config.timestamp_format), values
+        except LineFormatError:
+            return None
 
     def describe(self) -> dict[str, Any]:
         return {"type": "mqtt", "broker": f"{self.config.host}:{self.config.port}", **self.stats.as_dict()}

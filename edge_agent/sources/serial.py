@@ -168,6 +168,9 @@ class SerialSource(Source):
         except LineFormatError as exc:
             self._invalid("line", exc)
             return
+        except Exception as exc:  # noqa: BLE001 - one bad line must never stop the rest of the chunk
+            self._invalid("line", LineFormatError(f"{type(exc).__name__}: {exc}"))
+            return
         if parsed is None:
             return
         ts, values = parsed

@@ -248,3 +248,34 @@ def test_install_and_rollback_while_the_agent_runs_with_an_open_episode(
     # scoring went on across both switches: windows from 1.0.0, then 2.0.0, then 1.0.0 again
     runs = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
     assert runs == ["1.0.0", "2.0.0", "1.0.0"]
+
+
+def test_an_agent_that_does_not_take_up_the_new_bundle_gets_the_previous_one_back(
+        agent_env: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 6: any failure leaves the active bundle and the running agent untouched. The agent here is
+    real but hung (SIGSTOP), so it never reports 2.0.0: the install must restore 1.0.0 and fail."""
+    from edge_agent.bundle.store import BundleStore
+
+    env = agent_env
+    agent, settings = env["agent"], env["settings"]
+    _wait_running(env, "1.0.0")
+    store = BundleStore(settings.state_dir)
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        code = main(["bundle", "install", str(env["bundles"]["2.0.0"]), "--config", str(env["config"]),
+                     "--wait", "1"])
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "FAILED check 'agent switch' failed: the running agent did not report 2.0.0" in captured.err
+    assert "restored the previously active bundle: 1.0.0" in captured.err
+    assert store.active_version() == "1.0.0"
+    last = store.history()[-1]
+    assert (last["action"], last["version"], last["previous"]) == ("revert", "1.0.0", "2.0.0")
+    assert {b.version for b in store.versions()} == {"1.0.0", "2.0.0"}  # 2.0.0 stays installed, inactive
+    # the resumed agent handles the (coalesced) SIGHUPs with 1.0.0 active: it keeps its bundle, same process
+    wait_until(lambda: "reload: config and bundle unchanged" in env["log"].read_text(), timeout=30,
+               what="the agent handling the reload")
+    assert agent.poll() is None
+    assert running_version(settings.status_path) == "1.0.0"

@@ -312,3 +312,26 @@ def test_profile_requiring_a_missing_provider_refuses(tmp_path: Path, gateway: t
                        "CUDAExecutionProvider, which this onnxruntime does not provide"):
         install(_bundle(tmp_path, keys, "2.0.0"), _settings(config))
     assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_without_a_device_profile_install_checks_use_the_agents_cpu_default(
+        tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
+    import onnxruntime as ort
+
+    from edge_agent.bundle.archive import MAX_MEMBER_BYTES
+    from edge_agent.supervisor import provider_settings
+
+    config_path, keys = gateway
+    text = "\n".join(line for line in config_path.read_text().splitlines()
+                     if not line.startswith("device_profile"))
+    config_path.write_text(text)
+    config = AgentConfig.load(config_path)
+    assert config.device_profile is None
+    settings = settings_from_config(config)
+    # the same providers and threads the agent's sessions get without a profile
+    assert settings.profile.provider_settings(ort.get_available_providers()) == provider_settings(config)
+    assert settings.profile.accepts_precision("fp32")
+    assert settings.profile.accepts_precision("int8")
+    assert settings.max_member_bytes == MAX_MEMBER_BYTES  # no memory budget beyond the archive limit
+    outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings, notify=False)
+    assert outcome.installed.version == "1.0.0"

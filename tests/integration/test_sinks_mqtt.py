@@ -379,3 +379,29 @@ def test_config_parsing_resolves_files_and_rejects_bad_templates(tmp_path: Path,
         MqttUpstreamConfig.from_section(Section({"host": "b", "protocol": "4"}, "mqtt"), tmp_path)
     with pytest.raises(ConfigError, match=r"mqtt -> qos: unknown key"):
         MqttUpstreamConfig.from_section(Section({"host": "b", "qos": 2}, "mqtt"), tmp_path)
+
+
+def test_an_alert_the_broker_refuses_by_acl_is_parked_as_rejected_not_delivered(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite plant1/press/line2/gw-7/status\ntopic read #\n")  # alerts: no write
+    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=f"user root\nacl_file {acl}\n")
+    broker.start()
+    sub = Subscriber(broker.port, ["plant1/#"])
+    store, upstream, runner, identity = make(tmp_path, broker.port, protocol="5", health_interval_s=1.0)
+    try:
+        Episode(store, upstream, runner, identity).feed(1.5)  # one alert, PUBACK 0x87 not authorized
+        wait_until(lambda: store.rejected() == 1, what="the refused alert parked as rejected")
+        assert store.backlog() == 0
+        assert store.pending() == []
+        assert store.counters().get("alerts_rejected") == 1
+        rows = list(store._query("SELECT delivered_ts, rejected FROM outbox"))
+        assert [(r[0], r[1].split()[0]) for r in rows] == [(None, "0x87")]  # not delivered
+        assert upstream.state == "connected"
+        assert upstream.delivered == 0
+        sub.wait(lambda: any(s.get("health", {}).get("outbox_rejected") == 1 for s in sub.on("/status")),
+                 "health summary showing the rejected alert")
+        assert sub.on("/anomaly/alert") == []
+    finally:
+        runner.stop()
+        sub.close()
+        broker.stop()

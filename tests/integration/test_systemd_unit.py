@@ -43,3 +43,16 @@ def test_unit_has_the_required_settings() -> None:
     assert settings["SupplementaryGroups"] == ["dialout video audio"]
     assert "PrivateDevices" not in settings
     assert any(v.startswith("mqtt-password:") for v in settings["LoadCredential"])
+
+
+def test_unit_loads_every_credential_the_example_config_names() -> None:
+    import re
+
+    example = (UNIT.parents[1] / "docs" / "examples" / "agent.toml").read_text()
+    named = set(re.findall(r'"credential:([^"]+)"', example))
+    named |= set(re.findall(r'\$\{CREDENTIALS_DIRECTORY\}/([^"]+)"', example))
+    loaded = {line.partition("=")[2].split(":")[0] for line in UNIT.read_text().splitlines()
+              if line.startswith("LoadCredential=")}
+    assert named == {"mqtt-password", "plant-mqtt-password"}
+    assert named <= loaded
+    assert "DeviceAllow=char-ttyAMA rw" in UNIT.read_text().splitlines()  # Raspberry Pi UART

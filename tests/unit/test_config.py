@@ -37,6 +37,7 @@ def test_shipped_example_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt-password").write_text("secret")
+    (creds / "plant-mqtt-password").write_text("secret2")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     text = EXAMPLE.read_text().replace("/etc/edge-agent/", f"{etc}/")
@@ -146,3 +147,40 @@ def test_configuration_doc_embeds_the_example() -> None:
     doc = (EXAMPLE.parents[1] / "configuration.md").read_text()
     block = doc.split("```toml\n")[-1].split("```")[0]
     assert block == EXAMPLE.read_text()
+
+
+def _example_outside_systemd(tmp_path: Path) -> Path:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("scada-ca.pem", "gw-line2-01.crt", "gw-line2-01.key", "plant-ca.pem"):
+        (etc / name).write_text("x")
+    path = tmp_path / "agent.toml"
+    path.write_text(EXAMPLE.read_text().replace("/etc/edge-agent/", f"{etc}/"))
+    return path
+
+
+def test_credentials_are_resolved_when_connecting_not_at_load(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status`, `doctor` and `bundle install` load the production config from a shell, where systemd's
+    $CREDENTIALS_DIRECTORY is not set; only `run` (which connects) needs the secrets."""
+    from edge_agent.sources.base import SecretRef, read_secret
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config = AgentConfig.load(_example_outside_systemd(tmp_path))
+    source_ref = config.sources["plant-mqtt"].settings.password_file
+    assert config.mqtt is not None
+    assert isinstance(source_ref, SecretRef)
+    assert isinstance(config.mqtt.password_file, SecretRef)
+    with pytest.raises(ConfigError, match=r"sources -> plant-mqtt -> password_file: names a systemd "
+                                          r"credential but \$CREDENTIALS_DIRECTORY is not set"):
+        read_secret(source_ref, "sources -> plant-mqtt -> password_file")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "plant-mqtt-password").write_text("pw\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))  # as under systemd, at connect time
+    assert read_secret(source_ref, "x").strip() == "pw"
+    # with $CREDENTIALS_DIRECTORY set, check-config also checks that each credential exists
+    with pytest.raises(ConfigError, match=r"mqtt -> password_file: credential not found: .*mqtt-password"):
+        AgentConfig.load(tmp_path / "agent.toml")
+    with pytest.raises(ConfigError, match=r"credential name must be a plain file name"):
+        load({**MINIMAL, "mqtt": {"host": "b", "username": "u", "password_file": "credential:a/b"}}, tmp_path)

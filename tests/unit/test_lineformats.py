@@ -57,3 +57,13 @@ def test_section_errors_name_the_key() -> None:
         line_format_from_section(Section({"format": "xml"}, "src"))
     fmt = line_format_from_section(Section({"format": "kv", "fields": {"flow": "F"}}, "src"))
     assert fmt.field_names() == ("flow",)
+
+
+def test_numbers_beyond_the_float_range_are_line_errors_not_overflow() -> None:
+    from edge_agent.sources.lineformats import to_number
+
+    with pytest.raises(LineFormatError, match=r"'a': '1000.*out of range"):
+        to_number(10**400, "a")
+    parser = LineParser(LineFormat(kind="json", fields={"a": "a"}))
+    with pytest.raises(LineFormatError, match="out of range"):
+        parser.parse('{"a": 1' + "0" * 400 + "}")

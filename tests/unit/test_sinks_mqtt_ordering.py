@@ -3,26 +3,38 @@ was acknowledged (pure logic; the broker round trips are in tests/integration/te
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Iterable
 
-from edge_agent.sinks.mqtt import MqttUpstream, MqttUpstreamConfig
+import pytest
+
+from edge_agent.sinks.mqtt import ConnectRefusedError, MqttUpstream, MqttUpstreamConfig
 from edge_agent.types import GatewayIdentity
 
 
 class FakeStore:
     def __init__(self) -> None:
         self.delivered: list[str] = []
+        self.rejected: list[tuple[str, str]] = []
 
     def mark_delivered(self, alert_ids: Iterable[str]) -> None:
         self.delivered.extend(alert_ids)
+
+    def mark_rejected(self, rejections: Iterable[tuple[str, str]]) -> None:
+        self.rejected.extend(rejections)
 
     def incr_counters(self, deltas: dict[str, int]) -> None:
         pass
 
 
 class Reason:
-    def __init__(self, failure: bool) -> None:
+    def __init__(self, failure: bool, value: int = 0) -> None:
         self.is_failure = failure
+        self.value = value
+
+    def __str__(self) -> str:
+        return "refused" if self.is_failure else "Success"
 
 
 def test_out_of_order_pubacks_mark_only_the_acknowledged_prefix() -> None:
@@ -41,6 +53,103 @@ def test_out_of_order_pubacks_mark_only_the_acknowledged_prefix() -> None:
     assert store.delivered == []
     upstream._ack(client, 11, ok)
     assert store.delivered == ["alert-1", "alert-2"]
-    upstream._ack(client, 13, Reason(failure=True))  # rejected: unblocks the queue
-    assert store.delivered == ["alert-1", "alert-2", "alert-3"]
+    upstream._ack(client, 13, Reason(failure=True, value=0x87))  # rejected for good: unblocks the queue
+    assert store.delivered == ["alert-1", "alert-2"]  # ... but is parked as rejected, not delivered
+    assert store.rejected == [("alert-3", "0x87 refused")]
     assert upstream._inflight == {}
+
+
+def _upstream_with(store: object, *rows: tuple[int, int]) -> tuple[MqttUpstream, object]:
+    upstream = MqttUpstream(MqttUpstreamConfig(host="unused"), GatewayIdentity("s", "a", "l", "g"),
+                            store, health=dict)  # type: ignore[arg-type]
+    client = object()
+    upstream._client = client  # type: ignore[assignment]
+    upstream._connected = True
+    for mid, seq in rows:
+        upstream._inflight[mid] = (seq, f"alert-{seq}")
+        upstream._order.append(mid)
+    return upstream, client
+
+
+def test_a_transient_puback_failure_is_retried_not_marked() -> None:
+    store = FakeStore()
+    upstream, client = _upstream_with(store, (21, 1), (22, 2))
+    upstream._ack(client, 21, Reason(failure=True, value=0x97))  # quota exceeded: try again later
+    assert store.delivered == []
+    assert store.rejected == []
+    assert upstream._inflight[21] == (1, "alert-1")  # still owed; goes out again after the reconnect
+    assert not upstream._connected  # the connection is dropped ...
+    assert upstream._hold_s > 0  # ... and the reconnect waits (backoff)
+    assert upstream._kick.is_set()
+
+
+class FailingStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+
+    def mark_delivered(self, alert_ids: Iterable[str]) -> None:
+        ids = list(alert_ids)
+        if self.fail and ids:
+            raise sqlite3.OperationalError("database is locked")
+        super().mark_delivered(ids)
+
+
+def test_an_outbox_write_error_on_puback_keeps_the_rows_queued_and_wakes_the_sink() -> None:
+    async def scenario() -> None:
+        store = FailingStore()
+        upstream, client = _upstream_with(store, (31, 1), (32, 2))
+        upstream._loop = asyncio.get_running_loop()
+        upstream._ack(client, 31, Reason(failure=False))  # must not raise into the loop's handler
+        assert store.delivered == []
+        assert upstream._kick.is_set()
+        assert set(upstream._inflight) == {31, 32}
+        assert 31 in upstream._acked
+        store.fail = False
+        upstream._mark_retry_at = 0.0  # the retry is due (normally after MARK_RETRY_S)
+        upstream._ack(client, 32, Reason(failure=False))
+        assert store.delivered == ["alert-1", "alert-2"]
+        assert upstream._inflight == {}
+        assert upstream.delivered == 2
+
+    asyncio.run(scenario())
+
+
+class DeadClient:
+    """Stands in for paho: CONNACK (success) and the loss of the connection both arrive before the task
+    awaiting CONNACK resumes, as they can from paho's network thread."""
+
+    def __init__(self, upstream: MqttUpstream) -> None:
+        self.upstream = upstream
+
+    def connect(self, *_args: object, **_kwargs: object) -> int:
+        return 0
+
+    def loop_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.upstream._connack_result, self, Reason(failure=False))
+        loop.call_soon(self.upstream._lost, self, Reason(failure=True))
+
+    def is_connected(self) -> bool:
+        return False
+
+    def disconnect(self) -> None:
+        pass
+
+    def loop_stop(self) -> None:
+        pass
+
+
+def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> None:
+    async def scenario() -> None:
+        upstream = MqttUpstream(MqttUpstreamConfig(host="unused"), GatewayIdentity("s", "a", "l", "g"),
+                                FakeStore(), health=dict)  # type: ignore[arg-type]
+        upstream._loop = asyncio.get_running_loop()
+        upstream._make_client = lambda: DeadClient(upstream)  # type: ignore[method-assign,assignment,return-value]
+        with pytest.raises(ConnectRefusedError, match="lost right after CONNACK"):
+            await upstream._connect()
+        assert upstream.state != "connected"
+        assert not upstream._connected
+        assert upstream.connects == 0
+
+    asyncio.run(scenario())

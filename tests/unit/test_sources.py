@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 from edge_agent.configtools import Section
@@ -86,3 +87,70 @@ def test_replay_plays_file_with_rebased_time(tmp_path: Path) -> None:
     assert [r.values["flow"] for r in readings] == [1.0, 3.0, 9.0]
     assert [round(r.ts - readings[0].ts, 3) for r in readings] == [0.0, 0.5, 1.5]
     assert readings[0].ts > 1_000_000_000  # rebased to now
+
+
+def test_serial_a_line_that_breaks_parsing_is_counted_and_the_chunk_goes_on(tmp_path: Path) -> None:
+    config = SerialConfig.from_section(Section({"device": "/dev/null", "format": "json", "fields": ["a"],
+                                                "queue_size": 10}), tmp_path)
+    source = SerialSource("s", config)
+    asyncio.run(_with_queue(source))
+    huge = b'{"a": 1' + b"0" * 400 + b"}"  # an int beyond the float range
+    too_long_int = b'{"a": ' + b"9" * 5000 + b"}"  # beyond Python's int-string limit
+    source.feed(b'{"a": 1}\n' + huge + b"\n" + too_long_int + b'\n{"a": 2}\n', 5.0)
+    assert [r.values["a"] for r in drain(source)] == [1.0, 2.0]
+    assert source.stats.invalid == 2
+
+
+def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp_path: Path) -> None:
+    config = MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "json", "fields": ["a"], "topics": ["t/#"], "queue_size": 10}), tmp_path)
+    source = MqttSource("m", config)
+    asyncio.run(_with_queue(source))
+    for payload in (b'{"a": 1}', b'{"a": 1' + b"0" * 400 + b"}", b'{"a": ' + b"9" * 5000 + b"}",
+                    b'{"a": 2}'):
+        source._inbox.append(("t/x", payload, 3.0))
+    source._drain()
+    assert [r.values["a"] for r in drain(source)] == [1.0, 2.0]
+    assert source.stats.invalid == 2
+    number = MqttSource("n", MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "number", "topics": {"f/v": "v"}}), tmp_path))
+    asyncio.run(_with_queue(number))
+    number.handle_message("f/v", b"1" + b"0" * 400, 1.0)  # a float string overflows to inf: not finite
+    number.handle_message("f/v", b"1" * 5000, 1.0)
+    assert drain(number) == []
+    assert number.stats.invalid == 2
+
+
+class FakeMessage:
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic, self.payload = topic, payload
+
+
+def test_mqtt_handoff_from_the_network_thread_is_bounded_drop_oldest(tmp_path: Path) -> None:
+    config = MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "number", "topics": {"f/v": "v"}, "queue_size": 3}), tmp_path)
+    source = MqttSource("m", config)
+    asyncio.run(_with_queue(source))
+    for i in range(10):  # the event loop is not draining (no loop yet): an overloaded agent
+        source._on_message(None, None, FakeMessage("f/v", str(i).encode()))  # type: ignore[arg-type]
+    assert len(source._inbox) == 3
+    source._drain()
+    assert [r.values["v"] for r in drain(source)] == [7.0, 8.0, 9.0]
+    assert source.stats.dropped == 7
+
+
+def test_mqtt_tls_table_without_ca_still_uses_tls(tmp_path: Path) -> None:
+    (tmp_path / "c.crt").write_text("x")
+    (tmp_path / "c.key").write_text("x")
+    only_client_cert = MqttSourceConfig.from_section(Section({
+        "host": "h", "topics": ["t/#"], "fields": ["a"], "tls": {"cert": "c.crt", "key": "c.key"}}), tmp_path)
+    assert only_client_cert.tls
+    empty_table = MqttSourceConfig.from_section(Section({
+        "host": "h", "topics": ["t/#"], "fields": ["a"], "tls": {}}), tmp_path)
+    client = MqttSource("m", empty_table)._make_client()  # system CAs verify the broker
+    assert client._ssl
+    assert client._ssl_context is not None
+    assert client._ssl_context.verify_mode == ssl.CERT_REQUIRED
+    plain = MqttSource("m", MqttSourceConfig.from_section(Section({
+        "host": "h", "topics": ["t/#"], "fields": ["a"]}), tmp_path))._make_client()
+    assert not plain._ssl
