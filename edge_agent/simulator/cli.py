@@ -24,10 +24,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
+from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError
 from edge_agent.simulator.faults import FAULT_KINDS, FaultSchedule, write_ground_truth
 from edge_agent.simulator.outputs import (
@@ -122,7 +123,7 @@ def parse_start(text: str | None, live: bool) -> float:
     except ValueError:
         pass
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = parse_iso8601(text)
     except ValueError as exc:
         raise ValueError(f"--start {text!r} is not 'now', ISO 8601 or Unix seconds") from exc
     if parsed.tzinfo is None:

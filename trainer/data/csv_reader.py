@@ -29,12 +29,13 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import Section
 from trainer.data.series import Series
 
@@ -85,7 +86,7 @@ def _parse_time(text: str, path: Path, line: int, column: str) -> float:
     except ValueError:
         pass
     try:
-        stamp = datetime.fromisoformat(text.strip())
+        stamp = parse_iso8601(text)
     except ValueError as exc:
         raise CsvFormatError(
             f"{path}: line {line}, column {column!r}: not a timestamp (Unix seconds or ISO 8601): {text!r}"
