@@ -1,9 +1,12 @@
 """`export_run`: a trainer RUN_DIR -> one signed bundle.
 
 Steps: load and check the run; export the scorer to ONNX (fp32) and check parity with torch; build int8
-(unless fp32 is requested) and measure both on the evaluation set (ROC-AUC, Spearman) and for speed; decide
-the precision; recalibrate threshold, quantiles, drift reference and reference I/O on the CHOSEN graph's own
-scores of the calibration windows (what the agent will compute); write the bundle atomically.
+(unless fp32 is requested; activation ranges from TRAINING windows, `train_sample.npz`) and measure both on
+the labelled validation windows (ROC-AUC, Spearman; the test set only when validation lacks a class, and the
+manifest says which set decided) and for speed; decide the precision; measure ROC-AUC of both on the test
+(evaluation) windows for the record only; recalibrate threshold, quantiles, drift reference and reference I/O
+on the CHOSEN graph's own scores of the calibration windows (what the agent will compute); write the bundle
+atomically.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ MAX_PARITY_WINDOWS = 512
 QUANT_CALIBRATION_WINDOWS = 512
 REFERENCE_NORMAL, REFERENCE_ANOMALOUS = 4, 4
 REFERENCE_TOLERANCE = {"fp32": (1e-4, 1e-5), "int8": (5e-2, 1e-3)}  # (rtol, atol) across CPUs
-ROOT_CAUSE_READING = ("share of channel c = channel_error[c] / sum(channel_error) (mean squared "
-                      "reconstruction error per channel in standardised units); the largest share is the "
-                      "most likely cause. Condition channels (inputs only) always read 0.")
+ROOT_CAUSE_READING = ("share of channel c = channel_error[c] / sum(channel_error); channel_error is the mean "
+                      "squared reconstruction error per channel in standardised units divided by that "
+                      "channel's mean error on healthy validation windows (1 = a typical healthy channel). "
+                      "The largest share is the most likely cause. Condition channels (inputs only) always "
+                      "read 0.")
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,11 @@ def export_run(run_dir: Path | str, out: Path | str, *, precision: str = "auto",
         export_onnx(inputs.scorer, paths["fp32"], inputs.calibration.windows)
         parity = check_parity(inputs.scorer, paths["fp32"], spread(inputs.validation.windows,
                                                                      MAX_PARITY_WINDOWS))
-        measurements, decision = _measure_and_decide(inputs, paths, precision, latency_repeats)
+        measurements, decision, test_auc = _measure_and_decide(inputs, paths, precision, latency_repeats)
         chosen = paths[decision.chosen]
-        log.info("precision: %s (%s)", decision.chosen, decision.reason)
-        model = _model_entry(inputs, chosen, decision, measurements, parity, tmp=tmp,
+        log.info("precision: %s (%s; guard on the %s windows)", decision.chosen, decision.reason,
+                 inputs.guard_set)
+        model = _model_entry(inputs, chosen, decision, measurements, parity, test_auc=test_auc, tmp=tmp,
                              model_name=model_name or _safe_name(str(run.get("data_source") or "model")))
         ir_version = onnx_ir_version(chosen)
         manifest = {
@@ -108,32 +114,44 @@ def export_run(run_dir: Path | str, out: Path | str, *, precision: str = "auto",
     return ExportResult(out_path, written, decision, measurements, parity)
 
 
-def _measure_and_decide(inputs: RunInputs, paths: dict[str, Path], precision: str,
-                        repeats: int) -> tuple[PrecisionMeasurements, PrecisionDecision]:
+def _measure_and_decide(inputs: RunInputs, paths: dict[str, Path], precision: str, repeats: int
+                        ) -> tuple[PrecisionMeasurements, PrecisionDecision, dict[str, float | None]]:
+    """Guard measurements on `inputs.guard` (validation when it has both classes), the decision, and the
+    test-set ROC-AUC of each built precision (a measurement only: the test set chooses nothing)."""
     from scipy.stats import spearmanr
 
-    evaluation = inputs.evaluation
-    fp32_scores = _adjusted(inputs, evaluation, run_ort(session(paths["fp32"]), evaluation.windows)["score"])
-    auc_fp32 = _auc(evaluation.labels, fp32_scores)
+    guard = inputs.guard
+    fp32_scores = _scores(inputs, paths["fp32"], guard)
+    auc_fp32 = _auc(guard.labels, fp32_scores)
+    test_auc: dict[str, float | None] = {"fp32": _test_auc(inputs, paths["fp32"]), "int8": None}
     if precision == "fp32":
-        m = PrecisionMeasurements(auc_fp32, latency_ms_fp32=_fp32_latency(paths, evaluation.windows, repeats))
-        return m, decide_precision(precision, m)
+        m = PrecisionMeasurements(auc_fp32, latency_ms_fp32=_fp32_latency(paths, guard.windows, repeats))
+        return m, decide_precision(precision, m), test_auc
     try:
-        sample = spread(inputs.calibration.windows, QUANT_CALIBRATION_WINDOWS)
+        sample = spread(inputs.quant_calibration.windows, QUANT_CALIBRATION_WINDOWS)
         quantize_int8(paths["fp32"], paths["int8"], sample)
-    except (ValueError, RuntimeError, OSError) as exc:  # ORT's quantiser raises plain errors
+    except (ExportError, ValueError, RuntimeError, OSError) as exc:  # ORT's quantiser raises plain errors
         if precision == "int8":
             raise ExportError(f"int8 quantisation failed: {exc}") from exc
         log.warning("int8 quantisation failed, keeping fp32: %s", exc)
-        m = PrecisionMeasurements(auc_fp32, latency_ms_fp32=_fp32_latency(paths, evaluation.windows, repeats))
-        return m, PrecisionDecision(precision, "fp32", f"int8 quantisation failed: {exc}")
-    int8_scores = _adjusted(inputs, evaluation, run_ort(session(paths["int8"]), evaluation.windows)["score"])
+        m = PrecisionMeasurements(auc_fp32, latency_ms_fp32=_fp32_latency(paths, guard.windows, repeats))
+        return m, PrecisionDecision(precision, "fp32", f"int8 quantisation failed: {exc}"), test_auc
+    int8_scores = _scores(inputs, paths["int8"], guard)
     rho = float(spearmanr(fp32_scores, int8_scores).statistic) if len(fp32_scores) > 2 else None
-    latency = compare_latency(paths, evaluation.windows, repeats)
-    m = PrecisionMeasurements(auc_fp32, _auc(evaluation.labels, int8_scores),
+    latency = compare_latency(paths, guard.windows, repeats)
+    m = PrecisionMeasurements(auc_fp32, _auc(guard.labels, int8_scores),
                               None if rho is None or not np.isfinite(rho) else rho,
                               latency["fp32"], latency["int8"])
-    return m, decide_precision(precision, m)
+    test_auc["int8"] = _test_auc(inputs, paths["int8"])
+    return m, decide_precision(precision, m), test_auc
+
+
+def _scores(inputs: RunInputs, path: Path, data: WindowData) -> np.ndarray:
+    return _adjusted(inputs, data, run_ort(session(path), data.windows)["score"])
+
+
+def _test_auc(inputs: RunInputs, path: Path) -> float | None:
+    return _auc(inputs.evaluation.labels, _scores(inputs, path, inputs.evaluation))
 
 
 def _fp32_latency(paths: dict[str, Path], windows: np.ndarray, repeats: int) -> dict[str, float]:
@@ -141,7 +159,8 @@ def _fp32_latency(paths: dict[str, Path], windows: np.ndarray, repeats: int) -> 
 
 
 def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m: PrecisionMeasurements,
-                 parity: ParityReport, *, tmp: Path, model_name: str) -> dict[str, Any]:
+                 parity: ParityReport, *, test_auc: dict[str, float | None], tmp: Path,
+                 model_name: str) -> dict[str, Any]:
     from trainer.calibration import CalibrationError, calibrate, score_quantiles
 
     run, cal = inputs.run, inputs.calibration
@@ -162,9 +181,14 @@ def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m
     chosen_latency = m.latency_ms_int8 if decision.chosen == "int8" else m.latency_ms_fp32
     labels = evaluation.labels
     above = eval_scores > threshold["value"]
+    # Test-set (evaluation) ROC-AUC of each precision: measurements for the record; the guard decided on
+    # `inputs.guard_set` (see precision_decision.measurements).
     metrics: dict[str, Any] = {
-        "roc_auc_fp32": m.roc_auc_fp32, "roc_auc_int8": m.roc_auc_int8, "spearman_int8": m.spearman_int8,
-        "roc_auc": m.roc_auc_int8 if decision.chosen == "int8" else m.roc_auc_fp32,
+        "roc_auc_fp32": test_auc["fp32"], "roc_auc_int8": test_auc["int8"], "spearman_int8": m.spearman_int8,
+        "roc_auc": test_auc[decision.chosen],
+        "guard_set": inputs.guard_set, "guard_windows": len(inputs.guard),
+        "guard_roc_auc_fp32": m.roc_auc_fp32, "guard_roc_auc_int8": m.roc_auc_int8,
+        "int8_calibration_source": inputs.quant_calibration_source,
         "latency_ms_batch1": chosen_latency.get("batch1"),
         "latency_ms_batch32": chosen_latency.get("batch32"),
         "model_bytes": chosen.stat().st_size, "parity_max_rel_score_error": parity.max_rel_score_error,
@@ -183,7 +207,13 @@ def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m
         "name": model_name, "modality": "timeseries", "file": f"models/{model_name}.onnx", "sha256": None,
         "opset": OPSET, "precision": decision.chosen,
         "precision_decision": {"requested": decision.requested, "chosen": decision.chosen,
-                               "reason": decision.reason, "measurements": m.to_dict()},
+                               "reason": decision.reason,
+                               "measurements": {**m.to_dict(), "guard_set": inputs.guard_set,
+                                                "guard_windows": len(inputs.guard),
+                                                "int8_calibration": inputs.quant_calibration_source,
+                                                "int8_calibration_windows": min(
+                                                    len(inputs.quant_calibration),
+                                                    QUANT_CALIBRATION_WINDOWS)}},
         "input": {"name": "window", "layout": "NCL", "dtype": "float32", "channels": inputs.input_channels,
                   "units": _units(run), "window_length": inputs.window_length, "stride": int(run["stride"]),
                   "sample_period_s": float(run["sample_period_s"])},

@@ -1,8 +1,10 @@
 """Reading a trainer RUN_DIR for export, with errors that say which file or key is wrong.
 
 RUN_DIR (written by `trainer.run.fit_run`): `checkpoint.pt`, `run.json`, `calibration.npz`, `evaluation.npz`,
-optionally `validation.npz` (parity windows; evaluation windows are used when absent) and `config.toml`
-(the calibration method's parameters; the method and target rate in `run.json` are used when absent).
+optionally `validation.npz` (parity windows, and the int8 guard's labelled data when it holds both classes;
+evaluation windows are used when absent), `train_sample.npz` (fit windows: int8 calibration data; older runs
+lack it and fall back to `calibration.npz` with a warning) and `config.toml` (the calibration method's
+parameters; rebuilt from `run.json`'s threshold when absent).
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ class RunInputs:
     evaluation: WindowData
     validation: WindowData
     calibration_settings: CalibrationSettings
+    quant_calibration: WindowData  # training windows for int8 activation ranges
+    quant_calibration_source: str  # "train_sample.npz" or the "calibration.npz" fallback
+    guard: WindowData  # labelled windows (both classes) the int8 guard decides on
+    guard_set: str  # "validation" or the "evaluation" (test) fallback
+
+    @property
+    def calibration_scores(self) -> list[float] | None:
+        """run.json's sorted calibration-score sample (`validation_scores` in runs before the rename)."""
+        scores = self.run.get("calibration_scores", self.run.get("validation_scores"))
+        return None if scores is None else [float(v) for v in scores]
 
     @property
     def input_channels(self) -> list[str]:
@@ -103,7 +115,25 @@ def load_run(run_dir: Path | str) -> RunInputs:
     validation_path = root / "validation.npz"
     validation = _load_windows(validation_path, shape, labelled=False) if validation_path.is_file() \
         else evaluation
-    return RunInputs(root, run, scorer, calibration, evaluation, validation, _calibration_settings(root, run))
+    sample_path = root / "train_sample.npz"
+    if sample_path.is_file():
+        quant, quant_source = _load_windows(sample_path, shape, labelled=False), sample_path.name
+    else:
+        log.warning("%s: no train_sample.npz (a run from an older trainer); int8 calibration uses the "
+                    "calibration windows instead of training windows", root)
+        quant, quant_source = calibration, "calibration.npz"
+    if validation is not evaluation and _both_classes(validation.labels):
+        guard, guard_set = validation, "validation"
+    else:
+        log.warning("%s: validation windows lack labels of both classes; the int8 guard falls back to the "
+                    "evaluation (test) windows", root)
+        guard, guard_set = evaluation, "evaluation"
+    return RunInputs(root, run, scorer, calibration, evaluation, validation, _calibration_settings(root, run),
+                     quant, quant_source, guard, guard_set)
+
+
+def _both_classes(labels: np.ndarray | None) -> bool:
+    return labels is not None and 0 < int(np.sum(labels == 1)) < len(labels)
 
 
 def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict[str, Any]) -> None:
@@ -177,5 +207,25 @@ def _calibration_settings(root: Path, run: dict[str, Any]) -> CalibrationSetting
             return CalibrationSettings(c.method, c.target_far, dict(c.params))
         log.warning("config.toml calibrates with %s but run.json's threshold used %s; following run.json",
                     c.method, threshold.get("method"))
-    far = threshold.get("target_false_alarm_rate") or 0.01
-    return CalibrationSettings(str(threshold["method"]), float(far), {})
+    return settings_from_threshold(threshold)
+
+
+def settings_from_threshold(threshold: dict[str, Any]) -> CalibrationSettings:
+    """The calibration inputs behind a `ThresholdSpec.to_dict()`: its method, target rate, and those of its
+    `params` that are inputs of the method (`trainer.config.CALIBRATION_PARAMS`), not fitted values. A `k`
+    of mad/sigma or a `q` of percentile derived from the target rate is left out so that the rate drives it
+    again."""
+    from trainer.config import CALIBRATION_PARAMS
+
+    method = str(threshold.get("method"))
+    if method not in CALIBRATION_PARAMS:
+        raise ExportError(f"run.json: threshold -> method {method!r} is not one of "
+                          f"{', '.join(CALIBRATION_PARAMS)}")
+    far = threshold.get("target_false_alarm_rate")
+    fitted = threshold.get("params") or {}
+    params = {key: fitted[key] for key in CALIBRATION_PARAMS[method] if key in fitted}
+    if method in ("mad", "sigma") and far is not None:
+        params.pop("k", None)
+    if method == "percentile" and far is not None and abs(1.0 - float(params.get("q", 1.0)) - far) < 1e-12:
+        params.pop("q", None)  # q = 1 - target rate: derived, not given
+    return CalibrationSettings(method, float(far) if far is not None else 0.01, params)

@@ -6,7 +6,10 @@ Sections: `[data]` (source = cmapss | skab | csv | synthetic, plus a sub-table f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,15 @@ from edge_agent.configtools import ConfigError, Section
 SOURCES = ("cmapss", "skab", "csv", "synthetic")
 SCORE_CHOICES = ("auto", "reconstruction", "elbo", "latent")
 BASELINES = ("none", "per_asset_initial", "auto")
+# Parameters of each `trainer.calibration` method and their kind: "rate" in (0, 1), "positive" > 0, "block" an
+# integer >= 2. Kept here so parsing needs no scipy; tests check it against `trainer.calibration.METHODS`.
+CALIBRATION_PARAMS: dict[str, dict[str, str]] = {
+    "percentile": {"q": "rate"},
+    "mad": {"k": "positive"},
+    "sigma": {"k": "positive"},
+    "gev": {"block_size": "block"},
+    "pot": {"init_quantile": "rate"},
+}
 
 
 @dataclass(frozen=True)
@@ -178,14 +190,12 @@ def _parse(top: Section) -> TrainerConfig:
     )
     t.finish()
     c = top.section("calibration")
-    params = c.section("params")
+    method = c.choice("method", tuple(CALIBRATION_PARAMS), "pot")
     calibration = CalibrationConfig(
-        c.get("method", str, "pot"),
+        method,
         c.number("target_far", 0.01, minimum=0, maximum=1, exclusive_minimum=True),
-        dict(params.data),
+        _calibration_params(c.section("params"), method),
     )
-    for key in params.data:
-        params.raw(key)
     c.finish()
     e = top.section("evaluation")
     evaluation = EvaluationConfig(
@@ -202,6 +212,31 @@ def _parse(top: Section) -> TrainerConfig:
             windows.length,
         )
     return TrainerConfig(data, windows, model, training, calibration, evaluation)
+
+
+def _calibration_params(section: Section, method: str) -> dict[str, Any]:
+    """`[calibration.params]` checked against what `method` accepts (names and ranges)."""
+    allowed = CALIBRATION_PARAMS[method]
+    for key in section.data:
+        if key not in allowed:
+            raise ConfigError(
+                section.key_path(key),
+                f"not a parameter of {method!r} (allowed: {', '.join(allowed) or 'none'})",
+                section.data[key],
+            )
+    params: dict[str, Any] = {}
+    for key, kind in allowed.items():
+        if key not in section:
+            continue
+        if kind == "block":
+            params[key] = section.integer(key, minimum=2)
+            continue
+        value = section.number(key, minimum=0, exclusive_minimum=True)
+        if kind == "rate" and value >= 1:
+            raise ConfigError(section.key_path(key), "must be less than 1 (a quantile in (0, 1))", value)
+        params[key] = value
+    section.finish()
+    return params
 
 
 def _data(d: Section) -> DataConfig:
@@ -254,3 +289,68 @@ def _int_list(section: Section, key: str, default: tuple[int, ...]) -> tuple[int
         if isinstance(item, bool) or not isinstance(item, int) or item < 1:
             raise ConfigError(f"{section.key_path(key)} -> {i}", "expected a positive integer", item)
     return tuple(value)
+
+
+def config_to_toml(config: TrainerConfig) -> str:
+    """The effective config as TOML that `load_config` reads back to an equal config (the RUN_DIR's
+    `config.toml`: what the run actually used, command-line overrides included)."""
+    data: dict[str, Any] = {"source": config.data.source}
+    if config.data.cmapss is not None:
+        data["cmapss"] = asdict(config.data.cmapss)
+    elif config.data.synthetic is not None:
+        data["synthetic"] = asdict(config.data.synthetic)
+    elif config.data.generic is not None:
+        data[config.data.source] = dict(config.data.generic.options)
+    for key in ("val_fraction", "calibration_fraction", "split_seed", "split"):
+        data[key] = getattr(config.data, key)
+    model = asdict(config.model)
+    model["hidden"] = list(config.model.hidden)
+    calibration = {"method": config.calibration.method, "target_far": config.calibration.target_far,
+                   "params": dict(config.calibration.params)}
+    tables = {
+        "data": data,
+        "windows": asdict(config.windows),
+        "model": model,
+        "training": asdict(config.training),
+        "calibration": calibration,
+        "evaluation": asdict(config.evaluation),
+    }
+    header = "# Effective training config of this run (file settings plus command-line overrides)"
+    if config.source_path:
+        header += f"\n# from {_toml_value(config.source_path)}"
+    lines = [header]
+    for name, table in tables.items():
+        _toml_table(lines, name, table)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_table(lines: list[str], name: str, table: dict[str, Any]) -> None:
+    lines += ["", f"[{name}]"]
+    nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
+    for key, value in nested.items():
+        _toml_table(lines, f"{name}.{_toml_key(key)}", value)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")

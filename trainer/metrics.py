@@ -91,9 +91,9 @@ class UnitAlarms:
     """Alarms on one run-to-failure unit.
 
     `first_alarm_rul`: RUL (cycles before failure) at the unit's first alarm of any kind, None without
-    alarms. `lead_time`: RUL at the first alarm inside the degraded part (``rul <= healthy_rul``), None when
-    the degradation went unnoticed. `false_alarms`: alarms in the healthy part (``rul > healthy_rul``);
-    `healthy_steps`: how many steps that part has.
+    alarms. `lead_time`: RUL at the first alarm inside the degraded part (``rul < healthy_rul``), None when
+    the degradation went unnoticed. `false_alarms`: alarms in the healthy part (``rul >= healthy_rul``, the
+    same cut as the trainer's healthy training rows); `healthy_steps`: how many steps that part has.
     """
 
     unit: str
@@ -111,7 +111,7 @@ def first_alarm_lead_time(
     remaining = np.asarray(rul, dtype=np.float64)
     if remaining.shape != flags.shape:
         raise ValueError(f"unit {unit}: {flags.size} alarm flags but {remaining.size} RUL values")
-    healthy = remaining > healthy_rul
+    healthy = remaining >= healthy_rul
     fired = np.flatnonzero(flags)
     degraded_fired = np.flatnonzero(flags & ~healthy)
     return UnitAlarms(

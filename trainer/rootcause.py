@@ -7,7 +7,8 @@ half to its end:
 
 - `step`: a constant offset of +-size sigma.
 - `drift`: a ramp from 0 to +-size sigma.
-- `stuck`: the reading freezes at its value at the onset, offset by +-size sigma.
+- `stuck`: the reading freezes at its value at the onset (a pure frozen value: no offset, so `size` does not
+  apply; it is evaluated once, reported under the size key "frozen" and left out of the per-size totals).
 - `spikes`: a burst of 5 single-sample spikes of +-size sigma at random steps.
 - `noise`: added Gaussian noise of standard deviation size sigma.
 """
@@ -24,7 +25,10 @@ from trainer.scoring import score_windows
 from trainer.torch_model import ExportableScorer
 
 FAULTS = ("step", "drift", "stuck", "spikes", "noise")
+UNSIZED_FAULTS = ("stuck",)  # no size: the fault is the frozen value itself
+UNSIZED_KEY = "frozen"
 DEFAULT_SIZES = (1.0, 2.0, 3.0, 5.0)
+TARGET_TOP1, TARGET_FROM_SIZE = 0.90, 3.0  # issue target: top-1 >= 0.90 for faults of 3 sigma and more
 
 
 def channel_sigma(scaler: StandardScaler | RegimeScaler, windows: np.ndarray, n_model: int) -> np.ndarray:
@@ -57,7 +61,7 @@ def inject(
     elif fault == "drift":
         out[channel, onset:] += sign * size * s * np.linspace(1.0 / span, 1.0, span)
     elif fault == "stuck":
-        out[channel, onset:] = out[channel, onset] + sign * size * s
+        out[channel, onset:] = out[channel, onset]
     elif fault == "spikes":
         steps = rng.choice(span, size=min(5, span), replace=False)
         out[channel, onset + steps] += rng.choice((-1.0, 1.0), size=len(steps)) * size * s[steps]
@@ -81,8 +85,10 @@ def evaluate_root_cause(
 ) -> dict[str, Any]:
     """Top-1 / top-3 attribution accuracy per fault and size on `n_trials` faulted healthy windows each.
 
-    Returns `{"per_fault": {fault: {size: {"top1", "top3", "n"}}}, "by_size": {size: {"top1", "top3"}}}`
-    (sizes keyed as written, e.g. "3").
+    Returns `{"per_fault": {fault: {size: {"top1", "top3", "n"}}}, "by_size": {size: {"top1", "top3", "n"}},
+    "target": {...}}` (sizes keyed as written, e.g. "3"; an unsized fault such as `stuck` under "frozen" only,
+    not in `by_size`). `target` checks every fault at sizes >= 3 sigma (and every unsized fault) against
+    top-1 >= 0.90 and lists those below.
     """
     if len(healthy) == 0:
         raise ValueError("no healthy windows to inject faults into")
@@ -92,9 +98,12 @@ def evaluate_root_cause(
     length = healthy.shape[2]
     per_fault: dict[str, dict[str, dict[str, float]]] = {}
     totals: dict[str, list[int]] = {f"{size:g}": [0, 0, 0] for size in sizes}
+    below: list[str] = []
     for fault in faults:
         per_fault[fault] = {}
-        for size in sizes:
+        unsized = fault in UNSIZED_FAULTS
+        for size in sizes[:1] if unsized else sizes:
+            key = UNSIZED_KEY if unsized else f"{size:g}"
             picks = rng.integers(0, len(healthy), n_trials)
             base = healthy[picks]
             sigma = channel_sigma(fitted, base, n_model)
@@ -110,15 +119,21 @@ def evaluate_root_cause(
             order = np.argsort(-error, axis=1)
             top1 = int(np.sum(order[:, 0] == channels))
             top3 = int(np.sum(np.any(order[:, :3] == channels[:, None], axis=1)))
-            per_fault[fault][f"{size:g}"] = {"top1": top1 / n_trials, "top3": top3 / n_trials, "n": n_trials}
-            bucket = totals[f"{size:g}"]
-            bucket[0] += top1
-            bucket[1] += top3
-            bucket[2] += n_trials
+            per_fault[fault][key] = {"top1": top1 / n_trials, "top3": top3 / n_trials, "n": n_trials}
+            if (unsized or size >= TARGET_FROM_SIZE) and top1 / n_trials < TARGET_TOP1:
+                below.append(f"{fault} {key}{'' if unsized else ' sigma'}: top-1 {top1 / n_trials:.2f}")
+            if not unsized:
+                bucket = totals[key]
+                bucket[0] += top1
+                bucket[1] += top3
+                bucket[2] += n_trials
             if progress:
                 progress(
-                    f"root cause {fault} {size:g} sigma: top-1 {top1 / n_trials:.2f}, "
+                    f"root cause {fault} {key}{'' if unsized else ' sigma'}: top-1 {top1 / n_trials:.2f}, "
                     f"top-3 {top3 / n_trials:.2f}"
                 )
-    by_size = {size: {"top1": t1 / n, "top3": t3 / n, "n": n} for size, (t1, t3, n) in totals.items()}
-    return {"per_fault": per_fault, "by_size": by_size, "n_channels": n_model, "faults": list(faults)}
+    by_size = {size: {"top1": t1 / n, "top3": t3 / n, "n": n} for size, (t1, t3, n) in totals.items() if n}
+    target = {"top1_at_least": TARGET_TOP1, "from_size_sigma": TARGET_FROM_SIZE, "met": not below,
+              "below": below}
+    return {"per_fault": per_fault, "by_size": by_size, "target": target, "n_channels": n_model,
+            "faults": list(faults)}

@@ -2,27 +2,30 @@
 
 RUN_DIR/
   checkpoint.pt     weights + metadata (`trainer.train.save_checkpoint`; load with `load_checkpoint`)
-  config.toml       a copy of the training config
+  config.toml       the effective training config (the file's settings plus command-line overrides, e.g. the
+                    benchmark's --data-dir/--epochs/--max-units; `trainer.config.config_to_toml`)
   run.json          everything export needs besides weights:
                     channels (model channels), input_channels (graph input order: model channels, then
                     condition channels for regime scaling), condition_channels, window_length, stride,
                     sample_period_s, scaler (`StandardScaler`/`RegimeScaler.to_dict()`), scoring (score kind),
                     latent_stats, score_baseline (null, or {"kind": "per_asset_initial", "windows": N,
                     "statistic": "median"}), threshold (`ThresholdSpec.to_dict()`, on adjusted scores when a
-                    baseline is used), score_quantiles, validation_scores (calibration-score sample for
-                    recalibration), metrics (validation), history, model_shape, trainer_version, git_commit
+                    baseline is used), score_quantiles, calibration_scores (a sorted sample of the calibration
+                    windows' scores; older runs call it validation_scores), metrics (validation), history,
+                    model_shape, trainer_version, git_commit (HEAD, "-dirty" when tracked files differ)
   calibration.npz   `windows` float32 [N, C_in, L] raw normal windows training never saw (calibration units),
                     `series` [N] str, `end_row` [N]
   evaluation.npz    `windows` [N, C_in, L] raw labelled test windows, `labels` [N], `series`, `end_time`,
                     `rul`
-  validation.npz    the same for the whole validation series (score choice; lead time on run-to-failure units)
+  validation.npz    the same for the whole validation series (score choice; lead time on run-to-failure units;
+                    export's int8 guard)
+  train_sample.npz  up to TRAIN_SAMPLE_WINDOWS raw fit windows, evenly spread (export's int8 calibration data)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ import torch
 
 import trainer
 from trainer.calibration import calibrate, score_quantiles
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, config_to_toml
 from trainer.data.cmapss import informative_channels
 from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_scaler, make_windows
 from trainer.datasets import Splits, load_splits
@@ -133,6 +136,7 @@ def adjusted_scores(score: np.ndarray, series: np.ndarray, baseline: dict[str, A
     return per_asset_baseline(score, series, int(baseline["windows"]))
 
 
+TRAIN_SAMPLE_WINDOWS = 1024  # fit windows kept in RUN_DIR/train_sample.npz (int8 calibration at export)
 BASELINE_MARGIN = 0.005  # a per-asset baseline must beat the plain score by this much validation ROC-AUC
 
 
@@ -247,7 +251,7 @@ def fit_run(
         "score_baseline": chosen["score_baseline"],
         "threshold": threshold.to_dict(),
         "score_quantiles": score_quantiles(cal_scores),
-        "validation_scores": sorted(sample.tolist()),
+        "calibration_scores": sorted(sample.tolist()),
         "metrics": metrics,
         "history": history.to_dict(),
         "model_shape": vae.shape.to_dict(),
@@ -276,9 +280,9 @@ def fit_run(
         },
     )
     (out / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
-    if config.source_path:
-        shutil.copyfile(config.source_path, out / "config.toml")
+    (out / "config.toml").write_text(config_to_toml(config), encoding="utf-8")
     save_windows(out / "calibration.npz", data.calibration)
+    save_windows(out / "train_sample.npz", train_sample(data.fit))
     save_windows(out / "evaluation.npz", data.test)
     save_windows(out / "validation.npz", data.val_labelled)
     log.info(
@@ -320,17 +324,31 @@ def load_windows(path: Path, channels: list[str]) -> WindowSet:
         )
 
 
-def git_commit() -> str | None:
-    """The checkout's HEAD commit, or None outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+def train_sample(fit: WindowSet, limit: int = TRAIN_SAMPLE_WINDOWS) -> WindowSet:
+    """Up to `limit` fit windows evenly spread over the set (deterministic): int8 calibration data."""
+    if len(fit) <= limit:
+        return fit
+    return fit.subset(np.unique(np.linspace(0, len(fit) - 1, limit).round().astype(int)))
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD of the training code's checkout, with "-dirty" appended when tracked files differ from it (as
+    `git describe --always --dirty` marks it); None outside a git checkout."""
+    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, timeout=10, cwd=where, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    commit = head.stdout.strip() if head is not None and head.returncode == 0 else ""
+    if not commit:
         return None
-    return result.stdout.strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is None or status.returncode != 0:
+        return commit
+    return f"{commit}-dirty" if status.stdout.strip() else commit

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -166,6 +168,19 @@ def save_checkpoint(path: str | Path, model: ConvVAE, metadata: dict[str, Any]) 
     )
 
 
+CHECKPOINT_ERRORS: tuple[type[BaseException], ...] = (
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
+
+
 def load_checkpoint(path: str | Path) -> tuple[ConvVAE, dict[str, Any]]:
     """The model (eval mode) and metadata from `save_checkpoint`, loaded with `weights_only=True`."""
     path = Path(path)
@@ -173,9 +188,15 @@ def load_checkpoint(path: str | Path) -> tuple[ConvVAE, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict):
+            raise TypeError(f"expected a dict of weights and metadata, got {type(blob).__name__}")
         model = ConvVAE(VaeShape.from_dict(json.loads(blob["shape"])))
         model.load_state_dict(blob["state_dict"])
         metadata = json.loads(blob["metadata"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a valid trainer checkpoint: {exc}") from exc
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a JSON object, got {type(metadata).__name__}")
+    except CHECKPOINT_ERRORS as exc:
+        # A garbage or hostile file: pickle refuses it under weights_only, a truncated zip, wrong contents.
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a valid trainer checkpoint ({type(exc).__name__}: {detail})") from exc
     return model.eval(), metadata

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tarfile
@@ -119,10 +120,7 @@ def read_bundle(path: Path | str, trusted_keys: TrustedKeys | None = None,
         if MANIFEST_NAME not in members:
             raise BundleFormatError(f"archive has no {MANIFEST_NAME}", bundle=source)
         raw_manifest = _read_member(archive, members[MANIFEST_NAME], source, MAX_MANIFEST_BYTES)
-        try:
-            manifest_dict = json.loads(raw_manifest)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundleFormatError(f"{MANIFEST_NAME} is not valid JSON ({exc})", bundle=source) from exc
+        manifest_dict = parse_manifest_json(raw_manifest, source)
         key_id = None
         if trusted is not None:
             if SIGNATURE_NAME not in members:
@@ -143,6 +141,37 @@ def read_bundle(path: Path | str, trusted_keys: TrustedKeys | None = None,
     log.info("read bundle %s %s from %s (%d models, signed by %s)", manifest.name, manifest.version, source,
              len(manifest.models), key_id or "nobody checked")
     return Bundle(manifest, root, source, key_id)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (NaN and Infinity are not allowed)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range (it would be {value})")
+    return value
+
+
+def parse_manifest_json(raw: bytes, source: Path | None = None) -> Any:
+    """Strict JSON for manifests: invalid JSON, NaN, Infinity and numbers that overflow to infinity are a
+    `BundleFormatError` (they cannot be signed canonically nor compared)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleFormatError(f"{MANIFEST_NAME} is not valid JSON ({exc})", bundle=source) from exc
+
+
+def _check_prefix_clashes(members: Mapping[str, tarfile.TarInfo], source: Path) -> None:
+    """A member `a` and a member `a/b` cannot both be extracted (one would be a file and a directory)."""
+    for name in members:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in members:
+                raise UnsafeArchiveError(f"clashes with member {prefix!r}, which would have to be both a "
+                                         "file and a directory", bundle=source, member=name)
 
 
 def _checked_members(archive: tarfile.TarFile, source: Path, max_members: int, max_member_bytes: int,
@@ -171,6 +200,7 @@ def _checked_members(archive: tarfile.TarFile, source: Path, max_members: int, m
             members[name] = member
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleFormatError(f"corrupt tar archive ({exc})", bundle=source) from exc
+    _check_prefix_clashes(members, source)
     return members
 
 

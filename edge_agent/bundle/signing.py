@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.bundle.errors import BundleSignatureError, SigningKeyError
+from edge_agent.bundle.errors import BundleFormatError, BundleSignatureError, SigningKeyError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,11 @@ def verify_manifest(manifest: Mapping[str, Any], signature_file: bytes,
     except (binascii.Error, ValueError) as exc:
         raise BundleSignatureError("signature is not valid base64", bundle=bundle, key_id=signer) from exc
     try:
-        trusted[signer].verify(raw, canonical_manifest_bytes(manifest))
+        message = canonical_manifest_bytes(manifest)
+    except (ValueError, TypeError) as exc:  # NaN/Infinity or a non-JSON value: nothing canonical to verify
+        raise BundleFormatError(f"manifest cannot be serialised canonically ({exc})", bundle=bundle) from exc
+    try:
+        trusted[signer].verify(raw, message)
     except InvalidSignature as exc:
         raise BundleSignatureError(f"signature does not verify with trusted key {signer} (the manifest "
                                    "was changed or signed with another key)", bundle=bundle,

@@ -251,3 +251,93 @@ def test_cli_keygen_and_export(run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert (bundle.manifest.name, bundle.manifest.version) == ("cli", "2")
     assert _cli("export", "--run", str(run_dir), "--out", str(out)) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+
+def test_guard_decides_on_validation_and_test_auc_is_only_measured(exported: ExportResult,
+                                                                   run_dir: Path) -> None:
+    from export.run_dir import load_run
+    from trainer.run import adjusted_scores, auc_or_none
+    from trainer.scoring import score_windows
+
+    model = exported.manifest.model("pump")
+    measured = model.precision_decision.measurements
+    assert measured["guard_set"] == "validation"  # the synthetic validation series hold both classes
+    assert measured["int8_calibration"] == "train_sample.npz"
+    inputs = load_run(run_dir)
+    assert inputs.guard is inputs.validation
+    with np.load(run_dir / "validation.npz") as blob:
+        assert measured["guard_windows"] == len(blob["windows"])
+    assert model.metrics["guard_set"] == "validation"
+    assert model.metrics["guard_roc_auc_fp32"] == measured["roc_auc_fp32"]
+
+    def torch_auc(data) -> float | None:  # type: ignore[no-untyped-def]
+        raw = score_windows(inputs.scorer, data.windows).score
+        return auc_or_none(data.labels, adjusted_scores(raw, data.series, inputs.run["score_baseline"]))
+
+    # the guard measured validation; the metrics' roc_auc_fp32 is the test set's, for the record
+    assert measured["roc_auc_fp32"] == pytest.approx(torch_auc(inputs.validation), abs=1e-3)
+    assert model.metrics["roc_auc_fp32"] == pytest.approx(torch_auc(inputs.evaluation), abs=1e-3)
+    assert model.metrics["roc_auc"] == model.metrics[f"roc_auc_{model.precision}"]
+
+
+def test_old_run_dirs_fall_back_with_a_warning(run_dir: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    from export.run_dir import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for name in ("train_sample.npz", "validation.npz", "config.toml"):
+        (old / name).unlink()
+    run = json.loads((old / "run.json").read_text())
+    run["validation_scores"] = run.pop("calibration_scores")  # the key's name before the rename
+    (old / "run.json").write_text(json.dumps(run))
+    with caplog.at_level("WARNING", logger="export.run_dir"):
+        inputs = load_run(old)
+    assert inputs.quant_calibration_source == "calibration.npz"
+    assert inputs.quant_calibration is inputs.calibration
+    assert inputs.guard_set == "evaluation"
+    assert inputs.calibration_scores == run["validation_scores"]
+    assert "no train_sample.npz" in caplog.text
+    assert "falls back to the evaluation (test) windows" in caplog.text
+    # without config.toml the method's inputs come back from run.json's threshold params
+    assert inputs.calibration_settings.method == "percentile"
+    assert inputs.calibration_settings.target_far == pytest.approx(0.05)
+    assert inputs.calibration_settings.params == {}  # q = 1 - target rate: derived, not a given parameter
+    result = export_run(old, tmp_path / "old.bundle", precision="fp32", latency_repeats=REPEATS)
+    model = result.manifest.model(result.manifest.models[0].name)
+    assert model.precision_decision.measurements["guard_set"] == "evaluation"
+    assert model.threshold.method == "percentile"
+
+
+def test_int8_with_nothing_to_quantise_falls_back_to_fp32(run_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.pipeline
+
+    def nothing_to_quantise(fp32_path: Path, out_path: Path, windows: np.ndarray) -> None:
+        raise ExportError(f"{fp32_path}: no Conv/ConvTranspose/Gemm/MatMul nodes inside the network")
+
+    monkeypatch.setattr(export.pipeline, "quantize_int8", nothing_to_quantise)
+    auto = export_run(run_dir, tmp_path / "auto.bundle", precision="auto", latency_repeats=REPEATS)
+    assert auto.decision.chosen == "fp32"
+    assert auto.decision.reason.startswith("int8 quantisation failed:")
+    assert "no Conv" in auto.manifest.model(auto.manifest.models[0].name).precision_decision.reason
+    with pytest.raises(ExportError, match=r"int8 quantisation failed: .*no Conv"):
+        export_run(run_dir, tmp_path / "forced.bundle", precision="int8", latency_repeats=REPEATS)
+    _no_output(tmp_path / "forced.bundle")
+
+
+def test_garbage_checkpoint_is_a_clean_export_error(run_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.integration.test_trainer_cli import garbage_checkpoint
+
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    for kind in ("empty", "text", "hostile"):
+        (broken / "checkpoint.pt").write_bytes(garbage_checkpoint(kind))
+        out = tmp_path / f"{kind}.bundle"
+        assert _cli("export", "--run", str(broken), "--out", str(out)) == 1
+        err = capsys.readouterr().err
+        assert f"{broken / 'checkpoint.pt'}: cannot load checkpoint" in err
+        assert "not a valid trainer checkpoint" in err
+        _no_output(out)

@@ -60,9 +60,24 @@ def test_fit_then_evaluate_through_the_cli(tmp_path: Path, capsys: pytest.Captur
         "calibration.npz",
         "evaluation.npz",
         "validation.npz",
+        "train_sample.npz",
     ):
         assert (run_dir / name).is_file(), name
     run = json.loads((run_dir / "run.json").read_text())
+    from trainer.config import load_config
+
+    written, given = load_config(run_dir / "config.toml"), load_config(config)
+    assert (written.model, written.training, written.calibration) == (
+        given.model,
+        given.training,
+        given.calibration,
+    )
+    with np.load(run_dir / "train_sample.npz") as blob:
+        # int8 calibration data for export: training (fit) windows only, capped
+        assert 0 < len(blob["windows"]) <= 1024
+        assert set(blob["series"].tolist()) <= set(run["splits"]["fit"])
+    assert len(run["calibration_scores"]) > 0
+    assert "validation_scores" not in run
     assert run["channels"] == ["ch_0", "ch_1", "ch_2"]
     assert run["window_length"] == 24
     assert run["threshold"]["value"] == pytest.approx(fitted["threshold"])
@@ -141,6 +156,17 @@ def test_cmapss_benchmark_on_a_slice(
     assert summary["vae"]["roc_auc"] is not None
     assert 0 <= summary["vae"]["roc_auc"] <= 1
     assert set(summary["root_cause"]["by_size"]) == {"1", "2", "3", "5"}
+    assert set(summary["root_cause"]["per_fault"]["stuck"]) == {"frozen"}
+    assert set(summary["root_cause"]["per_fault"]["step"]) == {"1", "2", "3", "5"}
+    assert summary["protocol_warning"] is None
+    # the run's config.toml is the effective config: the command-line overrides are in it
+    from trainer.config import load_config
+
+    effective = load_config(out / "run" / "config.toml")
+    assert effective.training.epochs == 2
+    assert effective.data.cmapss is not None
+    assert effective.data.cmapss.max_units == 24
+    assert effective.data.cmapss.data_dir == str(data_dir / "cmapss")
     with (out / "scores.csv").open() as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == [
@@ -192,3 +218,58 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["test"]["roc_auc"] is not None
     capsys.readouterr()
+
+
+
+class _Hostile:
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        import os
+
+        return (os.getcwd, ())  # harmless, but `weights_only=True` must refuse any callable
+
+
+def garbage_checkpoint(kind: str) -> bytes:
+    """Bytes of a broken or hostile checkpoint file."""
+    import pickle
+
+    if kind == "hostile":
+        return pickle.dumps(_Hostile(), protocol=2)
+    return {"empty": b"", "text": b"not a checkpoint\n" * 10}[kind]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["empty", "text", "hostile"])
+def test_evaluate_refuses_a_garbage_checkpoint_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    (run_dir / "checkpoint.pt").write_bytes(garbage_checkpoint(kind))
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'checkpoint.pt'}: not a valid trainer checkpoint" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_benchmark_warns_when_the_protocol_is_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "cmapss_fd001.toml"
+    config = tmp_path / "changed.toml"
+    config.write_text(shipped.read_text().replace("length = 50", "length = 40"))
+    code = main(
+        [
+            "benchmark",
+            "cmapss",
+            "--data-dir",
+            str(tmp_path / "no-data"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2  # no data here: the warning comes before any work
+    assert "protocol changed: window_length = 40 (protocol: 50)" in capsys.readouterr().err

@@ -228,3 +228,31 @@ def test_write_is_deterministic(bundle_path: Path, tmp_path: Path) -> None:
     assert (tmp_path / "a.bundle").read_bytes() == (tmp_path / "c.bundle").read_bytes()
     assert read_bundle(tmp_path / "a.bundle", trusted_keys=tmp_path / "k", extract_to=tmp_path / "y").key_id \
         == keys.key_id
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_in_the_manifest_are_a_format_error(bundle_path: Path, trusted: Path,
+                                                               tmp_path: Path, literal: str) -> None:
+    members = members_of(bundle_path)
+    text = members["manifest.json"].decode()
+    manifest = json.loads(text)
+    value = manifest["models"][0]["threshold"]["value"]
+    members["manifest.json"] = text.replace(json.dumps(value), literal, 1).encode()
+    assert literal.encode() in members["manifest.json"]
+    repack(bundle_path, members)
+    for keys in (trusted, None):
+        with pytest.raises(BundleFormatError, match=r"manifest\.json is not valid JSON"):
+            read_bundle(bundle_path, trusted_keys=keys, extract_to=tmp_path / "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
+
+
+def test_member_that_is_also_a_directory_prefix_is_refused(bundle_path: Path, trusted: Path,
+                                                           tmp_path: Path) -> None:
+    clash = tarfile.TarInfo("models")  # a regular file named like the directory of models/pump.onnx
+    clash.size = 1
+    repack(bundle_path, members_of(bundle_path), extra=[clash])
+    with pytest.raises(UnsafeArchiveError, match="both a file and a directory") as info:
+        read_bundle(bundle_path, trusted_keys=trusted, extract_to=tmp_path / "x")
+    assert info.value.member is not None
+    assert "models" in info.value.member
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]

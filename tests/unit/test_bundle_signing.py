@@ -121,3 +121,14 @@ def test_malformed_signature_files(tmp_path: Path, mutate, message: str) -> None
         verify_manifest(MANIFEST, json.dumps(document).encode(), load_public_keys(tmp_path))
     with pytest.raises(BundleSignatureError, match="not valid JSON"):
         verify_manifest(MANIFEST, b"\xff{", load_public_keys(tmp_path))
+
+
+def test_verifying_a_manifest_with_nan_is_a_format_error(tmp_path: Path) -> None:
+    from edge_agent.bundle import BundleFormatError
+
+    keys = make_keypair(tmp_path)
+    signature = sign_manifest(MANIFEST, keys.private_key)
+    changed = json.loads(json.dumps(MANIFEST))
+    changed["models"][0]["threshold"]["value"] = float("nan")
+    with pytest.raises(BundleFormatError, match="cannot be serialised canonically"):
+        verify_manifest(changed, signature, load_public_keys(tmp_path), bundle="b.bundle")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from export.quantize import MAX_AUC_DROP, PrecisionMeasurements, decide_precision
@@ -58,3 +60,25 @@ def test_measurements_record_the_drop_and_limits() -> None:
     data = measured(auc_int8=0.85).to_dict()
     assert data["roc_auc_drop"] == pytest.approx(0.05)
     assert data["limits"] == {"max_roc_auc_drop": 0.003, "min_spearman": 0.99}
+
+
+def test_quantize_int8_without_network_nodes_is_an_export_error(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.onnx_graph import INPUT_NAME
+    from export.quantize import quantize_int8
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [INPUT_NAME], ["score"], axes=[1, 2], keepdims=0,
+                          name="/ReduceMean")],
+        "no_network",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 2, 8])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+    )
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ExportError, match="no Conv/ConvTranspose/Gemm/MatMul nodes inside the network"):
+        quantize_int8(path, tmp_path / "int8.onnx", np.zeros((4, 2, 8), dtype=np.float32))
+    assert not (tmp_path / "int8.onnx").exists()

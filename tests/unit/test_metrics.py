@@ -63,9 +63,9 @@ def test_bad_inputs_are_named() -> None:
 
 
 def test_first_alarm_lead_time() -> None:
-    rul = np.arange(9, -1, -1)  # 9..0, healthy while rul > 4
+    rul = np.arange(9, -1, -1)  # 9..0, healthy while rul >= 5 (the trainer's cut: RUL >= healthy_min_rul)
     alarms = np.array([0, 1, 0, 0, 0, 0, 1, 1, 1, 1])
-    unit = first_alarm_lead_time("u1", alarms, rul, healthy_rul=4)
+    unit = first_alarm_lead_time("u1", alarms, rul, healthy_rul=5)
     assert unit.first_alarm_rul == 8.0
     assert unit.lead_time == 3.0
     assert unit.false_alarms == 1
@@ -84,3 +84,11 @@ def test_lead_time_summary_counts_missed_units() -> None:
     assert missed.first_alarm_rul is None
     with pytest.raises(ValueError, match="unit x: 2 alarm flags but 3 RUL values"):
         first_alarm_lead_time("x", [0, 1], [3, 2, 1], healthy_rul=1)
+
+
+def test_healthy_cut_includes_the_boundary() -> None:
+    # rul == healthy_rul is healthy, as in training (rows with RUL >= healthy_min_rul are the normal data)
+    unit = first_alarm_lead_time("b", [1, 0, 0], [4, 3, 2], healthy_rul=4)
+    assert (unit.false_alarms, unit.healthy_steps, unit.lead_time) == (1, 1, None)
+    unit = first_alarm_lead_time("c", [0, 1, 0], [4, 3, 2], healthy_rul=4)
+    assert (unit.false_alarms, unit.lead_time) == (0, 3.0)

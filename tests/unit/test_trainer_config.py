@@ -77,3 +77,85 @@ def test_cmapss_source_needs_a_data_dir(tmp_path: Path) -> None:
     path.write_text("[data\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "path", "message"),
+    [
+        ({"method": "magic"}, "calibration -> method", "must be one of"),
+        ({"method": "pot", "params": {"q": 0.9}}, "calibration -> params -> q", "not a parameter of 'pot'"),
+        ({"method": "mad", "params": {"kk": 3}}, "calibration -> params -> kk", "allowed: k"),
+        ({"method": "percentile", "params": {"q": 1.0}}, "calibration -> params -> q", "less than 1"),
+        ({"method": "sigma", "params": {"k": -1}}, "calibration -> params -> k", "must be"),
+        ({"method": "gev", "params": {"block_size": 1}}, "calibration -> params -> block_size", "at least 2"),
+        ({"method": "gev", "params": {"block_size": 2.5}}, "calibration -> params -> block_size", "integer"),
+    ],
+)
+def test_calibration_method_and_params_are_checked_while_parsing(
+    calibration: dict, path: str, message: str
+) -> None:
+    raw = {**_minimal(), "calibration": calibration}
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(raw, "train.toml")
+    assert info.value.path == path
+
+
+def test_calibration_params_table_matches_the_calibration_module() -> None:
+    import numpy as np
+
+    from trainer.calibration import METHODS, calibrate
+    from trainer.config import CALIBRATION_PARAMS
+
+    assert set(CALIBRATION_PARAMS) == set(METHODS)
+    scores = np.random.default_rng(0).exponential(size=2000)
+    examples = {"rate": 0.9, "positive": 3.0, "block": 20}
+    for method, allowed in CALIBRATION_PARAMS.items():
+        params = {key: examples[kind] for key, kind in allowed.items()}
+        config = parse_config({**_minimal(), "calibration": {"method": method, "params": params}})
+        assert config.calibration.params == params
+        # every parameter the parser accepts is one the method accepts
+        assert calibrate(scores, method, 0.01, **config.calibration.params).method == method
+
+
+@pytest.mark.parametrize("name", ["cmapss_fd001.toml", "cmapss_fd002.toml", "synthetic.toml", "skab.toml"])
+def test_effective_config_toml_reads_back_equal(name: str) -> None:
+    import dataclasses
+
+    from edge_agent.compat import tomllib
+    from trainer.config import config_to_toml
+
+    config = load_config(CONFIGS / name)
+    again = parse_config(tomllib.loads(config_to_toml(config)))
+    assert dataclasses.replace(again, source_path=config.source_path) == config
+
+
+def test_benchmark_overrides_reach_the_run_config_and_protocol_changes_are_named(tmp_path: Path) -> None:
+    import argparse
+
+    from edge_agent.compat import tomllib
+    from trainer.benchmarks.cmapss import benchmark_config, protocol_changes
+    from trainer.config import config_to_toml
+
+    args = argparse.Namespace(
+        config=None, subset="FD001", data_dir=tmp_path / "cmapss", max_units=7, epochs=3
+    )
+    config = benchmark_config(args)
+    written = tmp_path / "config.toml"
+    written.write_text(config_to_toml(config))
+    effective = load_config(written)
+    assert effective.training.epochs == 3
+    assert effective.data.cmapss is not None
+    assert effective.data.cmapss.max_units == 7
+    assert effective.data.cmapss.data_dir == str(tmp_path / "cmapss")
+    assert tomllib.loads(written.read_text())["training"]["epochs"] == 3
+    assert protocol_changes(config) == []
+    shipped = (CONFIGS / "cmapss_fd001.toml").read_text()
+    changed = tmp_path / "changed.toml"
+    changed.write_text(
+        shipped.replace("length = 50", "length = 40").replace("label_rul = 30", "label_rul = 20")
+    )
+    args.config = changed
+    assert protocol_changes(benchmark_config(args)) == [
+        "window_length = 40 (protocol: 50)",
+        "label_rul = 20 (protocol: 30)",
+    ]

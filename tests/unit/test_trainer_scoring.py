@@ -118,3 +118,32 @@ def test_per_asset_baseline_is_causal_median_of_first_windows() -> None:
     # a: baselines 5 (median of [5]), 6 (median of [5, 7]), then fixed at 6
     np.testing.assert_allclose(adjusted[:4], [0.0, 1.0, 0.0, 4.0])
     np.testing.assert_allclose(adjusted[4:], [0.0, 0.5, 1.5])
+
+
+def test_stuck_is_a_pure_frozen_value_and_has_no_size() -> None:
+    rng = np.random.default_rng(1)
+    window = rng.normal(0, 1, (3, 20)).astype(np.float32)
+    sigma = np.full((3, 20), 2.0)
+    small = inject(window, sigma, 2, "stuck", 1.0, onset=8, rng=np.random.default_rng(0))
+    large = inject(window, sigma, 2, "stuck", 5.0, onset=8, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(small[2, 8:], np.full(12, window[2, 8]))  # held at the onset value
+    np.testing.assert_array_equal(small, large)  # no offset: size does not apply
+
+
+def test_root_cause_report_keys_stuck_as_frozen_and_checks_the_target(trained: tuple) -> None:
+    vae, scaler, windows = trained
+    scorer = build_scorer(vae, scaler, "reconstruction", None)
+    report = evaluate_root_cause(scorer, scaler, windows, sizes=(1.0, 5.0), faults=("step", "stuck"),
+                                 n_trials=20, seed=0)
+    assert set(report["per_fault"]["step"]) == {"1", "5"}
+    assert set(report["per_fault"]["stuck"]) == {"frozen"}
+    assert report["by_size"]["5"]["n"] == 20  # step only: the unsized fault is not in the size totals
+    assert report["by_size"]["5"]["top1"] == report["per_fault"]["step"]["5"]["top1"]
+    target = report["target"]
+    checked = {
+        "step 5 sigma": report["per_fault"]["step"]["5"]["top1"],  # 1 sigma is below the target's 3 sigma
+        "stuck frozen": report["per_fault"]["stuck"]["frozen"]["top1"],
+    }
+    expected_below = [name for name, top1 in checked.items() if top1 < 0.9]
+    assert [entry.split(":")[0] for entry in target["below"]] == expected_below
+    assert target["met"] == (not expected_below)

@@ -90,6 +90,23 @@ def benchmark_config(args: argparse.Namespace) -> TrainerConfig:
     )
 
 
+PROTOCOL = {"window_length": 50, "stride": 1, "label_rul": 30}  # docs/evaluation.md (the seed's rule)
+
+
+def protocol_changes(config: TrainerConfig) -> list[str]:
+    """How `config` departs from the published C-MAPSS test protocol (empty when it follows it)."""
+    actual = {
+        "window_length": config.windows.length,
+        "stride": config.windows.stride,
+        "label_rul": config.data.cmapss.label_rul if config.data.cmapss else None,
+    }
+    return [
+        f"{key} = {actual[key]} (protocol: {expected})"
+        for key, expected in PROTOCOL.items()
+        if actual[key] != expected
+    ]
+
+
 def run_baselines(data: PreparedData, config: TrainerConfig) -> dict[str, Any]:
     """PCA T2+Q and Isolation Forest on flattened standardised windows of the same split."""
     n_model = len(data.channels)
@@ -143,8 +160,13 @@ def run_benchmark(config: TrainerConfig, out: Path, rootcause_trials: int = 200)
     evaluation = evaluate_run(out / "run", out)
     evaluated = time.monotonic()
     baselines = run_baselines(data, config)
+    changes = protocol_changes(config)
     summary: dict[str, Any] = {
         "subset": config.data.cmapss.subset if config.data.cmapss else None,
+        "protocol_warning": f"protocol changed: {'; '.join(changes)}; these numbers are not comparable "
+        "with the published C-MAPSS protocol"
+        if changes
+        else None,
         "protocol": {
             "window_length": config.windows.length,
             "stride": config.windows.stride,
@@ -204,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = benchmark_config(args)
+        changes = protocol_changes(config)
+        if changes:
+            print(f"warning: protocol changed: {'; '.join(changes)}", file=sys.stderr)
         summary = run_benchmark(config, args.out, args.rootcause_trials)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         log.error("benchmark cmapss: %s", exc)
