@@ -12,6 +12,7 @@ import pytest
 
 from trainer.benchmarks import skab
 from trainer.data.skab import CHANNELS
+from trainer.train import load_checkpoint
 
 TINY_CONFIG = """
 [data]
@@ -20,6 +21,8 @@ source = "skab"
 train_rows = {train_rows}
 row_score = "{row_score}"
 threshold_margin = 1.5
+detrend_channels = ["Temperature", "Thermocouple"]
+anomaly_free_rows = {anomaly_free_rows}
 [windows]
 length = {length}
 [model]
@@ -41,12 +44,23 @@ q = 0.99
 
 
 def write_config(
-    tmp_path: Path, epochs: int = 4, row_score: str = "min", train_rows: int = 150, length: int = 20
+    tmp_path: Path,
+    epochs: int = 4,
+    row_score: str = "min",
+    train_rows: int = 150,
+    length: int = 20,
+    anomaly_free_rows: int = 0,
 ) -> Path:
     """A tiny config; the real protocol (400 training rows, windows of 60) is `trainer/configs/skab.toml`."""
     path = tmp_path / "skab.toml"
     path.write_text(
-        TINY_CONFIG.format(epochs=epochs, row_score=row_score, train_rows=train_rows, length=length),
+        TINY_CONFIG.format(
+            epochs=epochs,
+            row_score=row_score,
+            train_rows=train_rows,
+            length=length,
+            anomaly_free_rows=anomaly_free_rows,
+        ),
         encoding="utf-8",
     )
     return path
@@ -74,8 +88,29 @@ def write_synthetic_skab(root: Path, n_files: int = 2, rows: int = 250, anomaly_
             for s in range(rows)
         ]
         (folder / f"{i}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    for folder in ("valve1", "valve2", "other"):
-        (root / "data" / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("valve1", "valve2", "other"):
+        (root / "data" / name).mkdir(parents=True, exist_ok=True)
+    t = np.arange(2 * rows)  # the anomaly-free run: the same process, no fault, no label columns
+    values = np.stack(
+        [
+            np.sin(2 * np.pi * t / 37.0) * (1 + 0.1 * c) + 0.05 * rng.normal(size=len(t))
+            for c in range(len(CHANNELS))
+        ],
+        1,
+    )
+    free = root / "data" / "anomaly-free"
+    free.mkdir(parents=True, exist_ok=True)
+    (free / "anomaly-free.csv").write_text(
+        "\n".join(
+            ["datetime;" + ";".join(CHANNELS)]
+            + [
+                f"2020-03-08 10:{(s // 60) % 60:02d}:{s % 60:02d};" + ";".join(f"{v:.5f}" for v in values[s])
+                for s in range(len(t))
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     (root / "LEADERBOARD.md").write_text(
         "### Outlier detection problem\n| Algorithm | F1 | FAR, % | MAR, %\n|---|---|---|---\n"
         "|Conv-AE |0.78 | 13.55 | 28.02\n\n### Changepoint detection problem\n| x | 1 | 2 | 3\n",
@@ -99,10 +134,15 @@ def read_scores(path: Path) -> list[dict[str, str]]:
 def test_synthetic_step_faults_are_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_synthetic_skab(tmp_path / "skab")
     out = tmp_path / "out"
-    assert run_cli(["--data-dir", str(data), "--out", str(out), "--config", str(write_config(tmp_path))]) == 0
+    config = write_config(tmp_path, anomaly_free_rows=250)
+    assert run_cli(["--data-dir", str(data), "--out", str(out), "--config", str(config)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["files_used"] == 2
     assert summary["test_rows"] == 2 * 100
+    # the anomaly-free run, cut into 2 pseudo-files of 250 rows, has 2 x 100 normal "test" rows
+    assert summary["anomaly_free"]["pseudo_files"] == 2
+    assert summary["anomaly_free"]["test_rows"] == 200
+    assert summary["anomaly_free"]["vae"]["far_pct"] < 15
     for name in ("vae", "pca_t2q"):
         assert summary["models"][name]["f1"] > 0.8, name
         assert summary["models"][name]["far_pct"] < 15, name
@@ -119,6 +159,10 @@ def test_synthetic_step_faults_are_found(tmp_path: Path, capsys: pytest.CaptureF
     assert all(row["is_anomaly"] == str(int(float(row["score"]) > 1.0)) for row in scores)
     assert "Conv-AE (leaderboard)" in (out / "leaderboard.md").read_text()
     assert (out / "scores_pca_t2q.csv").is_file()
+    ratios = metrics["files"][0]["train_lag1_variance_ratio"]
+    assert set(ratios) == set(CHANNELS)
+    _, checkpoint = load_checkpoint(out / "models" / "valve1_0.pt")
+    assert checkpoint["detrend_channels"] == ["Temperature", "Thermocouple"]
 
 
 @pytest.mark.integration
@@ -144,6 +188,12 @@ def test_bad_arguments_give_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     config.write_text(config.read_text().replace("row_score", "row_scor"), encoding="utf-8")
     assert run_cli(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "data -> skab -> row_scor: unknown key" in capsys.readouterr().out
+    config.write_text(
+        config.read_text().replace('"Thermocouple"', '"Thermo"').replace("row_scor", "row_score"),
+        encoding="utf-8",
+    )
+    assert run_cli(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "data -> skab -> detrend_channels: unknown channel(s) ['Thermo']" in capsys.readouterr().out
 
 
 @pytest.mark.integration

@@ -8,10 +8,10 @@ test parts of all files are concatenated and scored point-wise (F1, FAR %, MAR %
 The VAE, PCA T-squared + Q and Isolation Forest run on the same split; the baselines score single standardised
 rows by default (``baseline_input = "rows"``, as SKAB's own T-squared+Q), or the VAE's flattened windows.
 
-Row scores from window scores (``row_score`` option): ``end`` gives a row the score of the window that ends at
-it (causal: what the gateway agent sees when that row arrives); ``min`` gives it the smallest score of all
-windows covering it, i.e. a row is anomalous only when every window covering it is (the rule of SKAB's own
-Conv-AE / LSTM-AE notebooks; it looks up to 59 rows ahead). Scores in ``scores.csv`` are divided by the file's
+The VAE's inputs have the slow thermal channels (``detrend_channels``) centred on each window's mean, and row
+scores come from window scores by the ``row_score`` rule (`trainer.benchmarks.skab_scoring`). The threshold is
+calibrated on the training part's row scores made by the same rule (``calibrate_on = "rows"``) or on its
+window scores (``"windows"``, the earlier behaviour). Scores in ``scores.csv`` are divided by the file's
 threshold, so ``is_anomaly`` is ``score > 1`` and scores of different files are comparable.
 """
 
@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,29 @@ import numpy as np
 
 from edge_agent.configtools import ConfigError, Section
 from trainer.baselines import IsolationForestBaseline, PcaT2Q
+from trainer.benchmarks.skab_scoring import (
+    ROW_SCORES,
+    channel_indices,
+    lag1_variance_ratio,
+    model_windows,
+    read_leaderboard,
+    row_scores,
+    training_row_scores,
+)
 from trainer.calibration import ThresholdSpec, calibrate
 from trainer.config import TrainerConfig, load_config
 from trainer.data.series import Series
-from trainer.data.skab import data_root, labelled_files, read_skab_file
-from trainer.data.windows import StandardScaler, sliding_windows
+from trainer.data.skab import ANOMALY_FREE, data_root, labelled_files, read_skab_file
+from trainer.data.windows import StandardScaler
 from trainer.metrics import binary_metrics, skab_metrics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "skab.toml"
 MODELS = ("vae", "pca_t2q", "isolation_forest")
-ROW_SCORES = ("end", "min")
 BASELINE_INPUTS = ("rows", "windows")
 VALIDATIONS = ("tail", "interleaved")
-LEADERBOARD_HEADING = "### Outlier detection problem"
+CALIBRATE_ON = ("rows", "windows")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,9 @@ class SkabOptions:
     validation: str = "tail"  # early-stopping windows: the last `val_fraction` in time, or every n-th
     val_fraction: float = 0.1
     baseline_input: str = "rows"  # baselines score single rows (as SKAB's T2+Q) or flattened windows
+    detrend_channels: tuple[str, ...] = ()  # VAE inputs: these channels centred on each window's mean
+    calibrate_on: str = "rows"  # threshold from training row scores (same rule as test rows) or windows
+    anomaly_free_rows: int = 0  # > 0: also measure the false-alarm rate on the anomaly-free run (see below)
 
 
 def parse_options(raw: dict[str, Any]) -> SkabOptions:
@@ -70,8 +81,17 @@ def parse_options(raw: dict[str, Any]) -> SkabOptions:
         section.choice("validation", VALIDATIONS, "tail"),
         section.number("val_fraction", 0.1, minimum=0, maximum=0.5, exclusive_minimum=True),
         section.choice("baseline_input", BASELINE_INPUTS, "rows"),
+        section.str_list("detrend_channels", []),
+        section.choice("calibrate_on", CALIBRATE_ON, "rows"),
+        section.integer("anomaly_free_rows", 0, minimum=0),
     )
     section.finish()
+    if 0 < options.anomaly_free_rows <= options.train_rows:
+        raise ConfigError(
+            "data -> skab -> anomaly_free_rows",
+            f"must be 0 or more than train_rows ({options.train_rows})",
+            options.anomaly_free_rows,
+        )
     return options
 
 
@@ -85,11 +105,7 @@ class FileResult:
     scores: dict[str, np.ndarray]
     thresholds: dict[str, dict[str, Any]]
     vae_epochs: int = 0
-
-
-def channels_first(values: np.ndarray, length: int) -> np.ndarray:
-    """Windows `[N, C, L]` with stride 1; window i covers rows `i : i + length`."""
-    return np.ascontiguousarray(np.swapaxes(sliding_windows(values, length, 1), 1, 2), dtype=np.float32)
+    lag1_ratio: dict[str, float] = field(default_factory=dict)  # per channel, training rows (slow: near 0)
 
 
 def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
@@ -101,20 +117,6 @@ def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
         return np.arange(n_windows) >= n_windows - n_val
     every = max(2, round(1 / options.val_fraction))
     return np.arange(n_windows) % every == every - 1
-
-
-def row_scores(window_scores: np.ndarray, n_rows: int, length: int, how: str) -> np.ndarray:
-    """Per-row scores from stride-1 window scores (see the module docstring); rows before the first
-    complete window get NaN under ``end``."""
-    if len(window_scores) != n_rows - length + 1:
-        raise ValueError(f"{len(window_scores)} window scores for {n_rows} rows and length {length}")
-    if how == "end":
-        return np.concatenate([np.full(length - 1, np.nan), window_scores])
-    if how == "min":
-        padded = np.concatenate([np.full(length - 1, np.inf), window_scores, np.full(length - 1, np.inf)])
-        # row r is covered by windows r-L+1 .. r (clipped): a sliding minimum of width L over padded scores
-        return np.lib.stride_tricks.sliding_window_view(padded, length).min(axis=1)
-    raise ValueError(f"unknown row score {how!r}; expected one of {ROW_SCORES}")
 
 
 def _threshold(
@@ -132,15 +134,17 @@ def _threshold(
 
 
 def _vae_window_scores(
-    train: np.ndarray, val: np.ndarray, every: np.ndarray, scaler: StandardScaler, config: TrainerConfig
+    train: np.ndarray, val: np.ndarray, every: np.ndarray, config: TrainerConfig
 ) -> tuple[np.ndarray, int, Any]:
-    """Fit the VAE on `train` (early stopping on `val`); return the scores of `every` raw window, the
-    number of epochs run and the model."""
+    """Fit the VAE on `train` (early stopping on `val`); return the scores of `every` window (all already
+    model inputs: standardised, slow channels centred), the number of epochs run and the model."""
     from trainer.scoring import build_scorer, score_windows
     from trainer.train import fit_vae
 
     model, history = fit_vae(train, val, config.model, config.training, progress=False)
-    scorer = build_scorer(model, scaler.to_dict(), "reconstruction", None)
+    n_channels = every.shape[1]
+    identity = StandardScaler(np.zeros(n_channels), np.ones(n_channels)).to_dict()
+    scorer = build_scorer(model, identity, "reconstruction", None)
     return score_windows(scorer, every).score, len(history.val_loss), model
 
 
@@ -152,6 +156,7 @@ def _save_vae(
     scaler: StandardScaler,
     config: TrainerConfig,
     threshold: dict[str, Any],
+    detrend_channels: tuple[str, ...],
 ) -> None:
     from trainer.train import save_checkpoint
 
@@ -160,6 +165,8 @@ def _save_vae(
         "file": series.name,
         "channels": list(series.channels),
         "scaler": scaler.to_dict(),
+        # model inputs: rows scaled by `scaler`, then these channels centred on each window's own mean
+        "detrend_channels": list(detrend_channels),
         "window_length": config.windows.length,
         "scoring": "reconstruction",
         "threshold": threshold,
@@ -187,8 +194,8 @@ def run_file(
             f"training rows, which must hold at least {length + 10} rows for windows of {length}"
         )
     scaler = StandardScaler.fit(series.values[: options.train_rows])
-    raw = channels_first(series.values, length)  # raw units: the VAE scorer scales in-graph
-    scaled = channels_first(scaler.transform(series.values), length)
+    detrend = channel_indices(options.detrend_channels, series.channels, "data -> skab -> detrend_channels")
+    windows = model_windows(series.values, scaler, length, detrend)
     n_train_windows = options.train_rows - length + 1
     test = slice(options.train_rows, None)
     scores: dict[str, np.ndarray] = {}
@@ -196,10 +203,10 @@ def run_file(
     epochs = 0
     for name in models:
         if name == "vae":
-            train_scaled = scaled[:n_train_windows]
+            train_windows = windows[:n_train_windows]
             held_out = validation_mask(n_train_windows, options)
             window_scores, epochs, vae = _vae_window_scores(
-                train_scaled[~held_out], train_scaled[held_out], raw, scaler, config
+                train_windows[~held_out], train_windows[held_out], windows, config
             )
             n_fit = n_train_windows
         else:
@@ -211,18 +218,19 @@ def run_file(
             if options.baseline_input == "rows":
                 inputs, n_fit = scaler.transform(series.values), options.train_rows
             else:
-                inputs, n_fit = scaled.reshape(len(scaled), -1), n_train_windows
+                inputs, n_fit = windows.reshape(len(windows), -1), n_train_windows
             window_scores = baseline.fit(inputs[:n_fit]).score(inputs)
         fit_scores = np.asarray(window_scores, dtype=np.float64)
+        per_row = name != "vae" and options.baseline_input == "rows"  # one score per row already
+        calibration_scores = fit_scores[:n_fit]
+        if not per_row and options.calibrate_on == "rows":
+            calibration_scores = training_row_scores(calibration_scores, length, options.row_score)
         value, spec = _threshold(
-            fit_scores[:n_fit], config, options.threshold_margin, residual=name != "isolation_forest"
+            calibration_scores, config, options.threshold_margin, residual=name != "isolation_forest"
         )
         if value <= 0:
             raise ValueError(f"SKAB file {series.name}: {name} threshold {value:g} is not positive")
-        if name != "vae" and options.baseline_input == "rows":
-            rows = fit_scores  # one score per row already
-        else:
-            rows = row_scores(fit_scores, len(series), length, options.row_score)
+        rows = fit_scores if per_row else row_scores(fit_scores, len(series), length, options.row_score)
         scores[name] = rows[test] / value
         thresholds[name] = spec
         if name == "vae" and model_dir is not None:
@@ -233,41 +241,54 @@ def run_file(
                 scaler=scaler,
                 config=config,
                 threshold=spec,
+                detrend_channels=options.detrend_channels,
             )
     timestamps = series.timestamps if series.timestamps is not None else np.arange(len(series), dtype=float)
+    ratio = lag1_variance_ratio(series.values[: options.train_rows])
     return FileResult(
-        series.name, timestamps[test], series.labels[test].astype(np.int8), scores, thresholds, epochs
+        series.name,
+        timestamps[test],
+        series.labels[test].astype(np.int8),
+        scores,
+        thresholds,
+        epochs,
+        {c: round(float(r), 4) for c, r in zip(series.channels, ratio, strict=True)},
     )
 
 
-def read_leaderboard(data_dir: Path) -> list[dict[str, Any]]:
-    """The outlier-detection rows of SKAB's LEADERBOARD.md (empty when the file is absent)."""
-    for candidate in (data_dir / "LEADERBOARD.md", data_dir.parent / "LEADERBOARD.md"):
-        if candidate.is_file():
-            text = candidate.read_text(encoding="utf-8")
-            break
-    else:
-        return []
-    rows: list[dict[str, Any]] = []
-    lines = text.split(LEADERBOARD_HEADING, 1)[-1].splitlines()
-    for line in lines:
-        if line.startswith("###") and rows:
-            break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4 or cells[0] in ("Algorithm", "---"):
-            continue
-        try:
-            rows.append(
-                {
-                    "algorithm": cells[0],
-                    "f1": float(cells[1]),
-                    "far_pct": float(cells[2]),
-                    "mar_pct": float(cells[3]),
-                }
-            )
-        except ValueError:
-            continue
-    return rows
+def anomaly_free_far(
+    data_dir: Path, config: TrainerConfig, options: SkabOptions, models: tuple[str, ...]
+) -> dict[str, Any]:
+    """False-alarm rates on normal data that holds no test row: the anomaly-free run cut into consecutive
+    pseudo-files of `anomaly_free_rows` rows, each run through `run_file` like a labelled file (its first
+    `train_rows` rows train). Needs no labels, so settings can be judged on it honestly. Empty when
+    `anomaly_free_rows` is 0 or the file is absent."""
+    path = data_root(data_dir) / ANOMALY_FREE
+    if options.anomaly_free_rows == 0 or not path.is_file():
+        return {}
+    free, n = read_skab_file(path, labelled=False), options.anomaly_free_rows
+    stamps = free.timestamps if free.timestamps is not None else np.arange(len(free), dtype=float)
+    results = [
+        run_file(
+            Series(
+                f"anomaly-free/{k}",
+                free.values[k * n : (k + 1) * n],
+                list(free.channels),
+                stamps[k * n : (k + 1) * n],
+                np.zeros(n, np.int8),
+            ),
+            config,
+            options,
+            models,
+        )
+        for k in range(len(free) // n)
+    ]
+    rows = sum(len(r.labels) for r in results)
+    summary: dict[str, Any] = {"pseudo_files": len(results), "test_rows": rows}
+    for name in models:
+        flagged = sum(int((r.scores[name] > 1.0).sum()) for r in results)
+        summary[name] = {"far_pct": 100.0 * flagged / max(1, rows)}
+    return summary
 
 
 def summarise(results: list[FileResult], models: tuple[str, ...]) -> dict[str, Any]:
@@ -300,6 +321,7 @@ def write_outputs(
             "rows": len(r.labels),
             "anomalous_rows": int(r.labels.sum()),
             "vae_epochs": r.vae_epochs,
+            "train_lag1_variance_ratio": r.lag1_ratio,
             "thresholds": r.thresholds,
             **{f"{m}_predicted_rows": int((r.scores[m] > 1.0).sum()) for m in models},
         }
@@ -364,8 +386,8 @@ def run_benchmark(
     meta = {
         "benchmark": "skab",
         "protocol": f"per file: first {options.train_rows} rows train (scaler + model), windows of "
-        f"{config.windows.length}, threshold from training windows, point-wise metrics over the "
-        f"concatenated test parts",
+        f"{config.windows.length}, threshold from training {options.calibrate_on}, point-wise metrics "
+        f"over the concatenated test parts",
         "files_used": len(results),
         "test_rows": int(sum(len(r.labels) for r in results)),
         "config": config.source_path,
@@ -375,6 +397,7 @@ def run_benchmark(
             "target_far": config.calibration.target_far,
             "params": config.calibration.params,
         },
+        "anomaly_free": anomaly_free_far(Path(data_dir), config, options, models),
         "seconds": round(time.monotonic() - started, 1),
     }
     write_outputs(
