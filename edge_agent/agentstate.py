@@ -8,8 +8,8 @@ The status file (`<state_dir>/status.json`) is rewritten atomically every `statu
      "assets": {"pump-3": {"model", "last_score", "threshold", "last_window_end", "state", "severity",
                            "windows", "stale_windows"}},
      "open_episodes": [...], "sources": {"line1": {"type", "state", "received", "invalid", "dropped", ...}},
-     "counters": {"windows_scored", "windows_stale", "windows_dropped", "readings_invalid",
-                  "readings_dropped", "readings_received"}}
+     "counters": {"windows_scored", "windows_stale", "windows_dropped", "windows_nonfinite",
+                  "readings_invalid", "readings_dropped", "readings_received", "readings_out_of_range"}}
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from edge_agent.bundle import Bundle
 from edge_agent.types import ScoredWindow
 
 STATUS_SCHEMA_VERSION = 1
+# counters kept by AgentState itself (they survive an in-process pipeline restart); the others are read
+# from the windower, the sources and the engine, which a restart rebuilds from zero
+_OWN_COUNTERS = ("windows_scored", "windows_dropped", "windows_nonfinite", "windows_stale",
+                 "readings_out_of_range")
 
 
 def write_status_file(path: Path, document: dict[str, Any]) -> None:
@@ -53,6 +57,21 @@ class AgentState:
         self.last: dict[str, dict[str, Any]] = {}
         self._persisted: dict[str, int] = {}
 
+    def pipeline_restarted(self) -> None:
+        """The windower, sources and engine were rebuilt (their counters start from zero): persist from
+        zero for those, so the database totals keep growing by what the new pipeline counts."""
+        self._persisted = {key: value for key, value in self._persisted.items() if key in _OWN_COUNTERS}
+
+    def windower_retired(self, windower: Any) -> None:
+        """Keep the counts of a windower being replaced (swap to other window shapes, restart)."""
+        if windower is not None:
+            self.counters["windows_stale"] += windower.counters()["stale_windows"]
+            self.counters["readings_out_of_range"] += windower.out_of_range()
+
+    def engine_retired(self, engine: Any) -> None:
+        """Keep the count of an inference engine being replaced (swap or restart)."""
+        self.counters["windows_nonfinite"] += int(getattr(engine, "dropped_nonfinite", 0))
+
     def started(self, bundle: Bundle) -> None:
         self.bundle_swapped(bundle)
 
@@ -76,11 +95,17 @@ class AgentState:
 
     def totals(self, supervisor: Any) -> dict[str, int]:
         """Counters of this process's life: windows scored/stale/dropped, readings invalid/dropped."""
+        engine = supervisor.engine
         totals = {"windows_scored": self.counters["windows_scored"],
                   "windows_dropped": self.counters["windows_dropped"],
-                  "windows_stale": 0, "readings_invalid": 0, "readings_dropped": 0, "readings_received": 0}
+                  "windows_nonfinite": self.counters["windows_nonfinite"]
+                  + int(getattr(engine, "dropped_nonfinite", 0) if engine is not None else 0),
+                  "windows_stale": self.counters["windows_stale"], "readings_invalid": 0,
+                  "readings_dropped": 0, "readings_received": 0,
+                  "readings_out_of_range": self.counters["readings_out_of_range"]}
         if supervisor.windower is not None:
-            totals["windows_stale"] = supervisor.windower.counters()["stale_windows"]
+            totals["windows_stale"] += supervisor.windower.counters()["stale_windows"]
+            totals["readings_out_of_range"] += supervisor.windower.out_of_range()
         for source in supervisor.sources:
             totals["readings_invalid"] += source.stats.invalid
             totals["readings_dropped"] += source.stats.dropped

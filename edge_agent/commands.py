@@ -89,13 +89,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
         return 1
     setup_logging(config.logging.level, config.logging.format, getattr(args, "log_level", None))
+    supervisor = Supervisor(config)
     try:
-        return asyncio.run(Supervisor(config).run())
-    except ConfigError as exc:
-        log.critical("cannot start: %s", exc)
-        return 1
+        return asyncio.run(supervisor.run())
     except Exception as exc:  # the error must reach the journal in one line, then systemd restarts us
-        log.critical("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        if supervisor.ever_ready:  # it ran: a crash, with its traceback
+            log.critical("agent crashed: %s", exc, exc_info=True)
+        else:
+            log.critical("cannot start: %s", exc,
+                         exc_info=not isinstance(exc, ConfigError) and log.isEnabledFor(logging.DEBUG))
         return 1
 
 

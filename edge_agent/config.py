@@ -65,6 +65,7 @@ class AssetConfig:
     model: str
     channels: Mapping[str, ChannelRef]  # model channel -> source field
     staleness_s: float | None = None  # None: 3 sample periods of the model
+    max_jump_s: float = 86_400.0  # a reading this far from the asset's timeline is dropped (windows.py)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ def _assets(section: Section, sources: Mapping[str, SourceConfig]) -> dict[str, 
         staleness = entry.get("staleness_s", float, None)
         if staleness is not None and staleness <= 0:
             raise ConfigError(entry.key_path("staleness_s"), "must be greater than 0", staleness)
+        max_jump = entry.number("max_jump_s", 86_400.0, minimum=0.0, exclusive_minimum=True)
         table = entry.section("channels")
         channels: dict[str, ChannelRef] = {}
         for channel in list(table.keys()):
@@ -261,7 +263,8 @@ def _assets(section: Section, sources: Mapping[str, SourceConfig]) -> dict[str, 
         entry.finish()
         if not channels:
             raise ConfigError(entry.key_path("channels"), f"asset {name!r}: maps no channels")
-        assets[name] = AssetConfig(name=name, model=model, channels=channels, staleness_s=staleness)
+        assets[name] = AssetConfig(name=name, model=model, channels=channels, staleness_s=staleness,
+                                   max_jump_s=max_jump)
     section.finish()
     if not assets:
         raise ConfigError(section.path, "at least one asset is required")

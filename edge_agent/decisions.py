@@ -332,12 +332,13 @@ class DecisionEngine:
     def close_models(self, model_names: Iterable[str], now: float, reason: str) -> list[AlertEvent]:
         """Close the open episodes of these models (e.g. they vanished from a newly activated bundle)."""
         names = set(model_names)
+        return self._close_tracks([key for key in self._tracks if key[1] in names], now, reason)
+
+    def _close_tracks(self, keys: Iterable[tuple[str, str]], now: float, reason: str) -> list[AlertEvent]:
         events = []
-        for key, track in list(self._tracks.items()):
+        for key in keys:
+            track = self._tracks.pop(key)
             episode = track.episode
-            if key[1] not in names:
-                continue
-            del self._tracks[key]
             if episode is None:
                 continue
             last = episode.episode_best or episode.last
@@ -354,10 +355,18 @@ class DecisionEngine:
         gone = {model for (_asset, model) in self._tracks if model not in self._policies}
         return self.close_models(gone, now, reason="model_removed")
 
-    def orphaned_episodes(self, now: float) -> list[AlertEvent]:
-        """Close episodes restored from the database whose model is not in the current bundle."""
+    def orphaned_episodes(self, now: float,
+                          assets: Iterable[tuple[str, str]] | None = None) -> list[AlertEvent]:
+        """Close episodes restored from the database whose model is not in the current bundle and, when
+        the configured `(asset, model)` pairs are given, those of assets removed from the config or
+        mapped to another model (reason `asset_removed`)."""
         gone = {model for (_asset, model) in self._tracks if model not in self._policies}
-        return self.close_models(gone, now, reason="model_removed")
+        events = self.close_models(gone, now, reason="model_removed")
+        if assets is not None:
+            wanted = set(assets)
+            events.extend(self._close_tracks([key for key in self._tracks if key not in wanted], now,
+                                             reason="asset_removed"))
+        return events
 
     def open_episodes(self) -> list[dict[str, Any]]:
         """Open episodes, for `edge-agent status`."""

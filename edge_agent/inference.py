@@ -10,7 +10,10 @@ median}`): adjusted score = raw - median(raw scores of the asset's first N windo
 to the adjusted score. Until N windows were seen the median of those seen so far is used (so the first
 windows of a new asset score about 0 and cannot alert). The N raw scores and the baseline are stored in the
 `baselines` table per (asset, model, bundle version), so a restart does not re-baseline an asset whose
-condition may have degraded meanwhile; a new bundle version (a new score scale) starts a new baseline.
+condition may have degraded meanwhile; a new bundle version (a new score scale) starts a new baseline, but
+only once the asset is healthy: on a hot swap an asset with an open episode keeps its previous fixed
+baseline (`BaselineTracker.carry_over`) until the episode closes (`release`), so the fault is neither
+closed by a fresh ~0 baseline nor absorbed into it.
 """
 
 from __future__ import annotations
@@ -75,12 +78,40 @@ class BaselineTracker:
     def __init__(self, store: Store | None = None) -> None:
         self._store = store
         self._states: dict[tuple[str, str, str], _BaselineState] = {}
+        self._carried: dict[tuple[str, str], float] = {}  # (asset, model) -> a previous bundle's baseline
+
+    @property
+    def carried(self) -> frozenset[tuple[str, str]]:
+        """(asset, model) pairs scored with a previous bundle's baseline (an episode was open at a swap)."""
+        return frozenset(self._carried)
+
+    def carry_over(self, previous: BaselineTracker, pairs: set[tuple[str, str]]) -> None:
+        """Adopt `previous`'s fixed baselines for these (asset, model) pairs (those with an open episode)."""
+        for (asset, model, _version), state in previous._states.items():
+            if (asset, model) in pairs and state.baseline is not None:
+                self._carried[(asset, model)] = state.baseline
+        for key, baseline in previous._carried.items():
+            if key in pairs:
+                self._carried[key] = baseline
+        for asset, model in sorted(self._carried):
+            log.info("score baseline of %s/%s kept from the previous bundle while its episode is open",
+                     asset, model)
+
+    def release(self, keep: set[tuple[str, str]]) -> None:
+        """Stop using carried baselines except for `keep` (still in an episode): those assets start the new
+        bundle's own baseline with their next window."""
+        for key in [key for key in self._carried if key not in keep]:
+            del self._carried[key]
+            log.info("%s/%s healthy again: starting the new bundle's score baseline", *key)
 
     def adjust(self, asset: str, model: str, bundle_version: str, spec: ScoreBaseline | None,
                raw: float) -> float:
         """The score to compare with the threshold for this raw score."""
         if spec is None:
             return raw
+        carried = self._carried.get((asset, model))
+        if carried is not None:
+            return raw - carried
         key = (asset, model, bundle_version)
         state = self._states.get(key)
         if state is None:

@@ -1,6 +1,9 @@
 """The agent's SQLite state: scored-window ring buffer, alert episodes, outbox, baselines, counters.
 
-One writer connection in WAL mode with `synchronous=NORMAL` and short transactions (Telegraf's buffer):
+One writer connection in WAL mode with short transactions (Telegraf's buffer). Alert transactions (outbox,
+episodes, delivery marks) commit with `synchronous=FULL`, so a committed alert survives a power cut; the
+scored-window ring buffer, counters and baselines commit with `synchronous=NORMAL` (the next FULL commit
+syncs them too; docs/storage.md has the measured cost):
 every alert is written to the `outbox` before anyone tries to publish it, and it is marked delivered only
 when the broker acknowledged it (PUBACK). The schema is documented in `docs/storage.md`; vectors are
 stored as JSON text so `sqlite-utils rows state.db windows` shows them as they are.
@@ -8,6 +11,7 @@ stored as JSON text so `sqlite-utils rows state.db windows` shows them as they a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -27,6 +31,7 @@ from edge_agent.types import AlertEvent, ScoredWindow
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+PRUNE_CHUNK_ROWS = 5_000  # rows deleted per retention transaction: the writer lock is never held long
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -262,7 +267,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # FULL for alert transactions (`durable=True`)
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
             _add_outbox_rejected(conn)
@@ -280,15 +285,22 @@ class Store:
         return cls(conn, path, retention or RetentionConfig(), clock)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; `durable`: the commit is fsynced (synchronous=FULL) before it returns."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -330,21 +342,39 @@ class Store:
             out.append(item)
         return out
 
-    def prune(self) -> int:
-        """Drop windows beyond the row cap or older than the age cap, and delivered outbox rows older
-        than the age cap. Returns the number of windows removed."""
+    def prune(self, chunk: int = PRUNE_CHUNK_ROWS) -> int:
+        """Drop windows beyond the row cap or older than the age cap, and delivered outbox rows and closed
+        episodes older than the age cap, in transactions of at most `chunk` rows each (other writers get
+        the lock in between). Returns the number of windows removed."""
         cutoff = self._clock() - self.retention.max_age_s
-        with self._transaction() as conn:
-            by_age = conn.execute("DELETE FROM windows WHERE end_ts < ?", (cutoff,)).rowcount
-            by_rows = conn.execute(
-                "DELETE FROM windows WHERE id <= (SELECT id FROM windows ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (self.retention.max_rows,)).rowcount
-            conn.execute("DELETE FROM outbox WHERE delivered_ts IS NOT NULL AND delivered_ts < ?", (cutoff,))
-            conn.execute("DELETE FROM episodes WHERE status = 'closed' AND end_ts < ?", (cutoff,))
-        removed = max(by_age, 0) + max(by_rows, 0)
+        statements = (
+            ("DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE end_ts < ? LIMIT ?)", (cutoff,)),
+            (("DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE id <= (SELECT id FROM windows"
+              " ORDER BY id DESC LIMIT 1 OFFSET ?) LIMIT ?)"), (self.retention.max_rows,)),
+        )
+        removed = 0
+        for sql, params in statements:
+            removed += self._delete_in_chunks(sql, params, chunk)
+        self._delete_in_chunks("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ts"
+                               " IS NOT NULL AND delivered_ts < ? LIMIT ?)", (cutoff,), chunk)
+        self._delete_in_chunks("DELETE FROM episodes WHERE episode_id IN (SELECT episode_id FROM episodes"
+                               " WHERE status = 'closed' AND end_ts < ? LIMIT ?)", (cutoff,), chunk)
         if removed:
             log.debug("pruned %d windows", removed)
         return removed
+
+    def _delete_in_chunks(self, sql: str, params: tuple[Any, ...], chunk: int) -> int:
+        total = 0
+        while True:
+            with self._transaction() as conn:
+                count = max(conn.execute(sql, (*params, chunk)).rowcount, 0)
+            total += count
+            if count < chunk:
+                return total
+
+    async def prune_async(self, chunk: int = PRUNE_CHUNK_ROWS) -> int:
+        """`prune` in a worker thread, so a large backlog never blocks the event loop."""
+        return await asyncio.to_thread(self.prune, chunk)
 
     # alerts: outbox + episodes ---------------------------------------------------------------------------
     def add_alerts(self, events: Sequence[AlertEvent], topic_for: Callable[[AlertEvent], str],
@@ -357,7 +387,7 @@ class Store:
             return
         rendered = [(e, topic_for(e), payload_for(e)) for e in events]
         now = self._clock()
-        with self._transaction() as conn:
+        with self._transaction(durable=True) as conn:
             for event, topic, payload in rendered:
                 conn.execute(
                     "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts)"
@@ -404,7 +434,7 @@ class Store:
         ids = [(self._clock(), alert_id) for alert_id in alert_ids]
         if not ids:
             return
-        with self._transaction() as conn:
+        with self._transaction(durable=True) as conn:
             conn.executemany("UPDATE outbox SET delivered_ts = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              ids)
 
@@ -414,7 +444,7 @@ class Store:
         rows = [(reason, alert_id) for alert_id, reason in rejections]
         if not rows:
             return
-        with self._transaction() as conn:
+        with self._transaction(durable=True) as conn:
             conn.executemany("UPDATE outbox SET rejected = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              rows)
 

@@ -10,12 +10,16 @@ a bounded time to deliver what is in flight and says `offline`, then the databas
   bundle (`edge-agent bundle install`) swaps the bundle between windows (`swap_bundle`); any other change
   restarts the pipeline inside the process; an invalid config is logged and ignored.
 - READY=1 goes to systemd once the models are loaded and the database is open (the broker may be down).
+  WATCHDOG=1 pings run from the first READY=1 to exit, through in-process restarts (RELOADING=1 with
+  MONOTONIC_USEC ... READY=1). An in-process restart rebuilds the upstream sink too: SCADA sees the
+  retained status go `offline` then `online` (docs/alerts.md).
+- An alert whose outbox write fails (database locked, disk full) stays in memory and is written with the
+  next batch or by the status loop (`pipeline.AlertWriter`); nothing decided is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -29,83 +33,43 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agentstate import AgentState, write_status_file
-from edge_agent.bundle import Bundle, read_bundle
-from edge_agent.config import AgentConfig, check_against_manifest
+from edge_agent.bundle import Bundle
+from edge_agent.compat import TaskGroup
+from edge_agent.config import AgentConfig
 from edge_agent.configtools import ConfigError
 from edge_agent.decisions import DecisionEngine
-from edge_agent.inference import InferenceEngine, ProviderSettings
-from edge_agent.sinks.console import ConsoleSink
-from edge_agent.sinks.mqtt import MqttUpstream
-from edge_agent.sinks.payload import alert_payload
+from edge_agent.inference import InferenceEngine
+from edge_agent.pipeline import (
+    AlertWriter,
+    FatalTaskError,
+    RestartBudget,
+    build_sink,
+    build_windower,
+    console_topic,
+    find_fatal,
+    load_bundle,
+    provider_settings,
+    sink_name,
+)
 from edge_agent.sources import Source, build_source
 from edge_agent.sources.base import DropOldestQueue
 from edge_agent.storage import Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Window
-from edge_agent.windows import Windower, specs_for
+from edge_agent.windows import Windower
 
 log = logging.getLogger(__name__)
 
-RESTARTS_ALLOWED = 5
-RESTART_WINDOW_S = 60.0
+__all__ = ["FatalTaskError", "RestartBudget", "Supervisor", "load_bundle", "provider_settings"]
+
 WINDOW_QUEUE_SIZE = 10_000
+BATCH_SIZE = 256
 PRUNE_INTERVAL_S = 60.0
 # The event loop shares the GIL with paho's network threads, the inference thread and the storage writer.
 # CPython lets a thread keep the GIL for 5 ms before it must hand it to a waiting one: long next to a 10 ms
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
 GIL_SWITCH_INTERVAL_S = 0.001
-
-
-class FatalTaskError(RuntimeError):
-    """A task exceeded its restart budget; the process exits non-zero."""
-
-
-class RestartBudget:
-    """At most `allowed` restarts within `window_s` seconds (Frigate: 5 in 60 s)."""
-
-    def __init__(self, allowed: int = RESTARTS_ALLOWED, window_s: float = RESTART_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.allowed = allowed
-        self.window_s = window_s
-        self.clock = clock
-        self._times: collections.deque[float] = collections.deque()
-
-    def spend(self) -> bool:
-        """Record one restart; False when the budget is exhausted."""
-        now = self.clock()
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        self._times.append(now)
-        return len(self._times) <= self.allowed
-
-
-def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
-    """Read (and verify) the active bundle into a fresh directory under `extract_root`.
-
-    The path is resolved first (`bundles/active` is a link), so `Bundle.source` names the real file and a
-    later re-activation is seen as a change."""
-    path = config.bundle_path().resolve()
-    extract_root.mkdir(parents=True, exist_ok=True)
-    target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
-    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
-    try:
-        bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
-    except Exception:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    check_against_manifest(config, bundle.manifest)
-    return bundle
-
-
-def provider_settings(config: AgentConfig) -> ProviderSettings:
-    """The device profile's providers and threads, else ONNX Runtime's CPU provider on one thread."""
-    if config.device_profile is None:
-        return ProviderSettings()
-    import onnxruntime as ort
-
-    from edge_agent.profiles import load_profile
-
-    return load_profile(config.device_profile).provider_settings(available=ort.get_available_providers())
+_find_fatal = find_fatal
 
 
 class Supervisor:
@@ -128,6 +92,9 @@ class Supervisor:
         self.sink: Any = None
         self.windower: Windower | None = None
         self.sources: list[Source] = []
+        self.alerts: AlertWriter | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.ever_ready = False  # READY=1 was sent once: a later failure is a crash, not a failed start
 
     # control ---------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -155,6 +122,7 @@ class Supervisor:
                 if not restart:
                     return 0
                 self.notifier.reloading()
+                self.state.pipeline_restarted()
         except Exception as exc:
             fatal = _find_fatal(exc)
             if fatal is None:
@@ -162,49 +130,82 @@ class Supervisor:
             log.critical("%s", fatal)
             return 1
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
             self.notifier.stopping()
             sys.setswitchinterval(switch_interval)
             self.config.pid_path.unlink(missing_ok=True)
 
     # pipeline --------------------------------------------------------------------------------------------
-    async def _run_pipeline(self) -> bool:
-        """One life of the pipeline; True when it should start again with a reloaded config."""
+    @property
+    def _run_dir(self) -> Path:
+        return self.config.state_dir / "run"
+
+    async def open_pipeline(self) -> None:
+        """Open the database, load the bundle and build engine, decisions, windower, sink and sources."""
         config = self.config
-        run_dir = config.state_dir / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(self._run_dir, ignore_errors=True)
         self.store = Store.open(config.db_path, config.retention)
         self.recorder = WindowRecorder(self.store)
+        self.bundle = await asyncio.to_thread(load_bundle, config, self._run_dir)
+        self.engine = await asyncio.to_thread(self._build_engine, self.bundle)
+        self.decisions = DecisionEngine(config.decisions, config.identity, self.store, self.bundle.manifest)
+        self.windower = build_windower(config, self.bundle)
+        self.sink = build_sink(config, self.store, self.health)
+        topic_for = self.sink.alert_topic if hasattr(self.sink, "alert_topic") else console_topic
+        self.alerts = AlertWriter(self.store, config.identity, topic_for, self.sink.wake)
+        assets = {(a.name, a.model) for a in config.assets.values()}
+        self._store_alerts(self.decisions.orphaned_episodes(time.time(), assets))
+        self.sources = [build_source(name, src.kind, src.settings) for name, src in config.sources.items()]
+        self.state.started(self.bundle)
+
+    async def close_pipeline(self) -> None:
+        """Commit what is left (windows, unstored alerts, counters), then close engine and database."""
+        if self.recorder is not None:
+            self.recorder.close()  # the detector has drained: commit the last scored windows
+        if self.alerts is not None and not self.alerts.retry():
+            log.error("%d alerts could not be written to the outbox before the pipeline stopped",
+                      len(self.alerts.unstored))
+        self._write_status()
+        self.state.windower_retired(self.windower)
+        self.windower = None
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            self.state.engine_retired(engine)
+            await asyncio.to_thread(engine.close)
+        if self.store is not None:
+            self.store.close()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    async def _run_pipeline(self) -> bool:
+        """One life of the pipeline; True when it should start again with a reloaded config."""
         try:
-            self.bundle = await asyncio.to_thread(load_bundle, config, run_dir)
-            self.engine = await asyncio.to_thread(self._build_engine, self.bundle)
-            self.decisions = DecisionEngine(config.decisions, config.identity, self.store,
-                                            self.bundle.manifest)
-            self.windower = self._build_windower(self.bundle)
-            self.sink = self._build_sink()
-            self._store_alerts(self.decisions.orphaned_episodes(time.time()))
-            self.sources = [build_source(name, src.kind, src.settings)
-                            for name, src in config.sources.items()]
-            self.state.started(self.bundle)
+            await self.open_pipeline()
+            assert self.bundle is not None
             manifest = self.bundle.manifest
-            self.notifier.ready(f"scoring {len(config.assets)} assets with {manifest.name} "
+            self.notifier.ready(f"scoring {len(self.config.assets)} assets with {manifest.name} "
                                 f"{manifest.version}")
+            self.ever_ready = True
+            if self._watchdog is None:
+                # from the first READY=1 to the end of the run: one watchdog, so pings go on while a
+                # reload reopens the database, reloads the bundle and rebuilds the ONNX Runtime sessions
+                self._watchdog = asyncio.create_task(self.notifier.watchdog_loop(), name="systemd[watchdog]")
             log.info("agent ready: bundle %s %s, %d assets, %d sources", manifest.name, manifest.version,
-                     len(config.assets), len(self.sources))
+                     len(self.config.assets), len(self.sources))
             return await self._run_tasks()
         finally:
-            self.recorder.close()  # the detector has drained: commit the last scored windows
-            self._write_status()
-            self.store.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            await self.close_pipeline()
 
     async def _run_tasks(self) -> bool:
-        async with asyncio.TaskGroup() as group:
-            sink_task = group.create_task(self._supervised("sink", self.sink.run), name=self._sink_name())
+        async with TaskGroup() as group:
+            sink = self._supervised("sink", self.sink.run)
+            sink_task = group.create_task(sink, name=sink_name(self.config))
             storage = group.create_task(self._supervised("storage", self._prune_loop),
                                         name="storage[retention]")
             detector = group.create_task(self._supervised("detector", self._detect_loop), name="detector")
             status = group.create_task(self._supervised("status", self._status_loop), name="status")
-            watchdog = group.create_task(self.notifier.watchdog_loop(), name="systemd[watchdog]")
             source_tasks = [group.create_task(self._supervised(src.task_name, self._source_loop, src),
                                               name=src.task_name) for src in self.sources]
             restart = await self._wait_for_stop_or_reload()
@@ -216,7 +217,7 @@ class Supervisor:
             await detector
             await self.sink.aclose()
             await sink_task
-            for task in (storage, status, watchdog):
+            for task in (storage, status):
                 task.cancel()
         self._windows = DropOldestQueue(WINDOW_QUEUE_SIZE, self._window_dropped)
         return restart
@@ -270,43 +271,39 @@ class Supervisor:
         return False
 
     async def swap_bundle(self, new_bundle: Bundle) -> None:
-        """Replace the models between windows: windows being scored finish on the old engine, queued and
-        new windows use the new one; episodes of models that vanished are closed; windowing is rebuilt."""
+        """Replace the models between windows: windows being scored finish on the old engine; episodes of
+        models that vanished are closed. Same window shapes: queued and new windows use the new engine.
+        Other shapes: windowing is rebuilt at once, the windows already queued (cut by the old windower)
+        are scored on the old engine first, and any old-shape window still arriving is dropped, counted
+        (`windows_dropped`). The old engine is closed once drained."""
         engine = await asyncio.to_thread(self._build_engine, new_bundle)
         async with self._swap_lock:
             old = self.bundle
             assert self.decisions is not None
             assert old is not None
+            if [m.input for m in old.manifest.models] != [m.input for m in new_bundle.manifest.models]:
+                self.state.windower_retired(self.windower)
+                self.windower = build_windower(self.config, new_bundle)  # new windows: the new shape
+                queued = self._take_batch(WINDOW_QUEUE_SIZE)  # no await since: all of the old shape
+                for start in range(0, len(queued), BATCH_SIZE):
+                    await self._score(queued[start:start + BATCH_SIZE])
+            old_engine = self.engine
+            if old_engine is not None:  # an asset in an episode keeps its baseline until healthy
+                engine.baselines.carry_over(old_engine.baselines, self._in_episode())
             self.engine = engine
+            self.state.engine_retired(old_engine)
             self.bundle = new_bundle
             self._store_alerts(self.decisions.swap_manifest(new_bundle.manifest, time.time()))
-            if [m.input for m in old.manifest.models] != [m.input for m in new_bundle.manifest.models]:
-                self.windower = self._build_windower(new_bundle)
             self.state.bundle_swapped(new_bundle)
             log.info("bundle swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
                      new_bundle.manifest.name, new_bundle.manifest.version)
             shutil.rmtree(old.root, ignore_errors=True)
+        if old_engine is not None:
+            await asyncio.to_thread(old_engine.close)  # drained: no batch of it is in flight
         self._write_status()
 
     def _build_engine(self, bundle: Bundle) -> Any:
         return InferenceEngine(bundle, provider_settings(self.config), store=self.store)
-
-    def _build_windower(self, bundle: Bundle) -> Windower:
-        inputs = {model.name: model.input for model in bundle.manifest.models}
-        rows = [(a.name, a.model, [(a.channels[c].source, a.channels[c].field)
-                                   for c in inputs[a.model].channels], a.staleness_s)
-                for a in self.config.assets.values()]
-        return Windower(specs_for(rows, inputs))
-
-    def _build_sink(self) -> Any:
-        assert self.store is not None
-        if self.config.mqtt is None:
-            return ConsoleSink(self.config.identity, self.store)
-        return MqttUpstream(self.config.mqtt, self.config.identity, self.store, health=self.health)
-
-    def _sink_name(self) -> str:
-        mqtt = self.config.mqtt
-        return f"sink[mqtt:{mqtt.host}:{mqtt.port}]" if mqtt is not None else "sink[console]"
 
     # tasks -----------------------------------------------------------------------------------------------
     async def _supervised(self, name: str, func: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -342,49 +339,59 @@ class Supervisor:
             # one loop turn for readings already delivered to complete their windows too: a burst of
             # windows becomes one micro-batch instead of many small ones
             await asyncio.sleep(0)
-            batch = [first]
-            while len(batch) < 256 and (item := self._windows.get_nowait()) is not None:
-                batch.append(item)
             async with self._swap_lock:
-                await self._score(batch)
+                await self._score([first, *self._take_batch(BATCH_SIZE - 1)])
+
+    def _take_batch(self, limit: int = BATCH_SIZE) -> list[Window]:
+        batch: list[Window] = []
+        while len(batch) < limit and (item := self._windows.get_nowait()) is not None:
+            batch.append(item)
+        return batch
 
     async def _score(self, batch: list[Window]) -> None:
         assert self.bundle is not None
         assert self.decisions is not None
         assert self.store is not None
-        known = {model.name for model in self.bundle.manifest.models}
-        windows = [w for w in batch if w.model in known]
-        self.state.counters["windows_dropped"] += len(batch) - len(windows)
+        shapes = {model.name: (len(model.input.channels), model.input.window_length)
+                  for model in self.bundle.manifest.models}
+        windows = [w for w in batch if shapes.get(w.model) == w.data.shape]
+        if len(windows) != len(batch):  # a model gone, or a window cut for another shape: counted
+            self.state.counters["windows_dropped"] += len(batch) - len(windows)
         if not windows:
             return
         assert self.recorder is not None
         scored = await self.engine.score(windows)  # one hand-off to the inference thread per batch
         events = self.decisions.process_batch(scored, time.time())
-        if events:
-            self._store_alerts(events)  # in the outbox (committed) before the sink is woken
+        if self.engine.baselines.carried:
+            self.engine.baselines.release(self._in_episode())
+        self._store_alerts(events)  # in the outbox (committed) before the sink is woken
         self.state.scored_batch(scored)
         # the ring buffer is written by the recorder's thread: the loop goes straight back to windows
         # and the sink, so a burst's alerts never wait for its rows
         self.recorder.submit(scored)
 
+    def _in_episode(self) -> set[tuple[str, str]]:
+        assert self.decisions is not None
+        return {(row["asset"], row["model"]) for row in self.decisions.open_episodes()}
+
     def _store_alerts(self, events: list[AlertEvent]) -> None:
-        if not events or self.store is None:
-            return
-        topic_for = self.sink.alert_topic if hasattr(self.sink, "alert_topic") else _console_topic
-        identity = self.config.identity
-        self.store.add_alerts(events, topic_for, lambda event: alert_payload(event, identity))
-        self.sink.wake()
+        """Into the outbox (committed) before the sink is woken; kept in memory if the write fails."""
+        if self.alerts is not None and (events or self.alerts.unstored):
+            self.alerts.write(events)
 
     async def _prune_loop(self) -> None:
         while True:
             assert self.store is not None
-            removed = self.store.prune()
+            removed = await self.store.prune_async()
             if removed:
                 log.debug("retention pruned %d rows", removed)
             await asyncio.sleep(PRUNE_INTERVAL_S)
 
     async def _status_loop(self) -> None:
         while True:
+            if self.alerts is not None and self.alerts.unstored:
+                async with self._swap_lock:
+                    self.alerts.retry()
             self._write_status()
             await asyncio.sleep(self.config.status_interval_s)
 
@@ -407,18 +414,3 @@ class Supervisor:
                 self.store.incr_counters(self.state.take_counter_deltas(self))
         except (OSError, ValueError) as exc:
             log.warning("cannot write status file %s: %s", self.config.status_path, exc)
-
-
-def _find_fatal(exc: BaseException) -> FatalTaskError | None:
-    """The `FatalTaskError` inside (possibly nested) task-group exception groups, if any."""
-    if isinstance(exc, FatalTaskError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = _find_fatal(inner)
-        if found is not None:
-            return found
-    return None
-
-
-def _console_topic(event: AlertEvent) -> str:
-    return f"console/{event.asset}"

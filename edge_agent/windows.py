@@ -11,10 +11,17 @@ the held values, then emits every grid point `<= T` (or within a tenth of a peri
 rounded or jittered by the sender do not hold windows back). So a JSON payload carrying all channels
 produces its window at once (no waiting for the next sample), and replays at any speed give the same
 windows.
+
+Timestamps are checked against the asset's own timeline, not a wall clock (replays and simulators send old
+or accelerated times): a reading more than `max_jump_s` (default one day) after or before the newest
+accepted one is dropped and counted (`readings_out_of_range`), so one garbage timestamp cannot push the grid
+years ahead. After `REANCHOR_AFTER` consecutive such readings that agree with each other (a real clock jump),
+the asset starts a fresh grid at the new time (logged).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +34,10 @@ _EPS = 1e-6  # fraction of a sample period within which a timestamp counts as "o
 # A reading up to this fraction of a period before a grid point completes that point: timestamps rounded to
 # milliseconds or jittered by the sender would otherwise hold every window back by one sample.
 _EARLY = 0.1
+DEFAULT_MAX_JUMP_S = 86_400.0
+REANCHOR_AFTER = 10  # consecutive out-of-range readings (within max_jump_s of each other) that re-anchor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,9 +51,11 @@ class AssetWindowSpec:
     stride: int
     sample_period_s: float
     staleness_s: float
+    max_jump_s: float = DEFAULT_MAX_JUMP_S
 
     def __post_init__(self) -> None:
-        if self.window_length < 1 or self.stride < 1 or self.sample_period_s <= 0 or self.staleness_s <= 0:
+        if (self.window_length < 1 or self.stride < 1 or self.sample_period_s <= 0 or self.staleness_s <= 0
+                or self.max_jump_s <= 0):
             raise ValueError(f"asset {self.asset!r}: invalid window spec {self}")
 
 
@@ -51,6 +64,8 @@ class AlignerStats:
     ticks: int = 0
     windows: int = 0
     stale_windows: int = 0
+    out_of_range: int = 0  # readings dropped for a timestamp too far from the asset's timeline
+    reanchors: int = 0
     last_window_end: float | None = None
 
 
@@ -59,8 +74,14 @@ class AssetAligner:
 
     def __init__(self, spec: AssetWindowSpec) -> None:
         self.spec = spec
-        channels = len(spec.inputs)
         self.stats = AlignerStats()
+        self._jumps = 0  # consecutive out-of-range readings
+        self._jump_ts = math.nan  # timestamp of the latest of them
+        self._reset()
+
+    def _reset(self) -> None:
+        spec = self.spec
+        channels = len(spec.inputs)
         self._held = np.full(channels, np.nan)
         self._held_ts = np.full(channels, -np.inf)
         self._prev = np.full(channels, np.nan)
@@ -75,6 +96,29 @@ class AssetAligner:
         self._anchor: float | None = None
         self._latest_ts = -math.inf  # newest sample seen before the current reading
         self._latest_held = -math.inf  # newest sample held (max of held timestamps)
+
+    def accept(self, ts: float) -> bool:
+        """Whether a reading at `ts` fits the asset's timeline (see the module docstring); counts drops."""
+        latest = self._latest_ts
+        limit = self.spec.max_jump_s
+        if not math.isfinite(latest) or latest - limit <= ts <= latest + limit:
+            self._jumps = 0
+            return True
+        self._jumps = self._jumps + 1 if self._jumps and abs(ts - self._jump_ts) <= limit else 1
+        self._jump_ts = ts
+        if self._jumps >= REANCHOR_AFTER:
+            log.warning("asset %s: %d readings in a row at %.3f, %.0f s from its timeline (%.3f): starting a "
+                        "new window grid there", self.spec.asset, self._jumps, ts, ts - latest, latest)
+            self.stats.reanchors += 1
+            self._jumps = 0
+            self._reset()
+            return True
+        self.stats.out_of_range += 1
+        if self.stats.out_of_range == 1 or self.stats.out_of_range % 1000 == 0:
+            log.warning("asset %s: reading at %.3f dropped, %.0f s from its timeline (%.3f; max_jump_s %g); "
+                        "%d dropped so far", self.spec.asset, ts, ts - latest, latest, limit,
+                        self.stats.out_of_range)
+        return False
 
     def hold(self, channel: int, ts: float, value: float) -> None:
         """Record a sample; a late sample only replaces the previous one when it is newer than that."""
@@ -230,6 +274,8 @@ class Windower:
         values = np.fromiter(reading.values.values(), dtype=np.float64, count=len(reading.values))
         windows: list[Window] = []
         for aligner, channels, positions in plan:
+            if not aligner.accept(reading.ts):
+                continue
             aligner.hold_many(channels, reading.ts, values if positions is None else values[positions])
             windows.extend(aligner.advance(reading.ts))
         return windows
@@ -255,14 +301,19 @@ class Windower:
         return {"windows": sum(a.stats.windows for a in self.aligners.values()),
                 "stale_windows": sum(a.stats.stale_windows for a in self.aligners.values())}
 
+    def out_of_range(self) -> int:
+        """Readings dropped for a timestamp too far from their asset's timeline (all assets)."""
+        return sum(a.stats.out_of_range for a in self.aligners.values())
+
     def asset_stats(self) -> Mapping[str, AlignerStats]:
         return {name: aligner.stats for name, aligner in self.aligners.items()}
 
 
 def specs_for(assets: Sequence[tuple[str, str, Sequence[tuple[str, str]], float | None]],
-              input_specs: Mapping[str, object]) -> list[AssetWindowSpec]:
+              input_specs: Mapping[str, object],
+              max_jump_s: Mapping[str, float] | None = None) -> list[AssetWindowSpec]:
     """Window specs from `(asset, model, inputs, staleness_s)` and the manifest's input spec per model
-    (staleness defaults to three sample periods)."""
+    (staleness defaults to three sample periods); `max_jump_s` per asset (default one day)."""
     specs = []
     for asset, model, inputs, staleness in assets:
         spec = input_specs[model]
@@ -271,5 +322,6 @@ def specs_for(assets: Sequence[tuple[str, str, Sequence[tuple[str, str]], float 
             asset=asset, model=model, inputs=tuple(inputs),
             window_length=int(spec.window_length),  # type: ignore[attr-defined]
             stride=int(spec.stride),  # type: ignore[attr-defined]
-            sample_period_s=period, staleness_s=staleness if staleness is not None else 3 * period))
+            sample_period_s=period, staleness_s=staleness if staleness is not None else 3 * period,
+            max_jump_s=(max_jump_s or {}).get(asset, DEFAULT_MAX_JUMP_S)))
     return specs

@@ -9,7 +9,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from edge_agent.bundle.errors import UnsupportedSchemaError
@@ -36,6 +36,7 @@ from edge_agent.bundle.manifest import (
     TrainerInfo,
     check_member_name,
 )
+from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section, check_type, join
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -97,7 +98,7 @@ def parse_manifest(data: Any) -> Manifest:
                                      f"schema_version {SCHEMA_VERSION}")
     created_at = top.get("created_at", str)
     try:
-        stamp = datetime.fromisoformat(created_at)
+        stamp = parse_iso8601(created_at)
     except ValueError as exc:
         raise ConfigError("created_at", "must be an RFC 3339 timestamp", created_at) from exc
     if not created_at.endswith("Z") or stamp.utcoffset() != timedelta(0) or "T" not in created_at:

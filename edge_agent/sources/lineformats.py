@@ -18,8 +18,9 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 
+from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section
 
 LINE_FORMATS = ("csv", "json", "kv")
@@ -54,20 +55,30 @@ class LineFormat:
         return tuple(c for c in self.columns if c != self.timestamp_field)
 
 
+# Unix seconds a reading may carry: 1970-01-01 .. 9999-12-31 (what an RFC 3339 alert time can show). A
+# device sending milliseconds under `timestamp_format = "unix_s"` (1.7e12) is rejected here, as invalid.
+MIN_TIMESTAMP_S = 0.0
+MAX_TIMESTAMP_S = 253_402_300_799.0
+
+
 def parse_timestamp(raw: object, fmt: str) -> float:
     """A timestamp value from a line as Unix seconds (UTC). Naive ISO 8601 times are taken as UTC."""
     if fmt == "iso8601":
         if not isinstance(raw, str):
             raise LineFormatError(f"timestamp {raw!r} is not an ISO 8601 string")
         try:
-            parsed = datetime.fromisoformat(raw.strip())
+            parsed = parse_iso8601(raw)
         except ValueError as exc:
             raise LineFormatError(f"timestamp {raw!r} is not ISO 8601") from exc
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         return parsed.timestamp()
     value = to_number(raw, "timestamp")
-    return value / 1000.0 if fmt == "unix_ms" else value
+    seconds = value / 1000.0 if fmt == "unix_ms" else value
+    if not MIN_TIMESTAMP_S <= seconds <= MAX_TIMESTAMP_S:
+        hint = " (milliseconds? set timestamp_format = \"unix_ms\")" if seconds > MAX_TIMESTAMP_S else ""
+        raise LineFormatError(f"timestamp {raw!r} ({fmt}) is outside 1970..9999{hint}")
+    return seconds
 
 
 def to_number(raw: object, name: str) -> float:

@@ -113,7 +113,8 @@ class AgentProcess:
 
     def backlog(self) -> int:
         with sqlite3.connect(f"file:{self.state_dir / 'agent.db'}?mode=ro", uri=True) as conn:
-            return int(conn.execute("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL AND rejected IS NULL").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL"
+                                    " AND rejected IS NULL").fetchone()[0])
 
     def outbox_ids(self) -> list[str]:
         with sqlite3.connect(f"file:{self.state_dir / 'agent.db'}?mode=ro", uri=True) as conn:

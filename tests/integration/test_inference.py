@@ -140,3 +140,27 @@ def test_real_bundle_scores_drive_one_episode_with_the_faulty_channel_first(tmp_
     assert events[0].severity in {level.level for level in bundle.manifest.model("pump").severity}
     engine.close()
     store.close()
+
+
+def test_swap_keeps_the_baseline_of_an_asset_in_an_episode_until_it_is_healthy(tmp_path: Path) -> None:
+    baseline_spec = {"kind": "per_asset_initial", "windows": 4, "statistic": "median"}
+    old_bundle = load(tmp_path / "v1", score_baseline=baseline_spec)
+    new_bundle = load(tmp_path / "v2", score_baseline=baseline_spec, version="2.0.0")
+    data = normal_windows(8, len(CHANNELS), LENGTH, seed=5)
+    faulty = data[4:6].copy()
+    faulty[:, 1, :] += 8.0 * 1.5  # the fault the open episode is about
+    old = InferenceEngine(old_bundle)
+    first = asyncio.run(old.score(windows_of(data[:4])))
+    baseline = float(np.median([s.raw_score for s in first]))
+    new = InferenceEngine(new_bundle)
+    new.baselines.carry_over(old.baselines, {("pump-1", "pump")})
+    old.close()
+    during = asyncio.run(new.score(windows_of(faulty)))
+    for s in during:  # still the old baseline: the fault stays above the threshold, not absorbed
+        assert s.score == pytest.approx(s.raw_score - baseline, abs=1e-6)
+        assert s.score > s.threshold
+    new.baselines.release(set())  # the episode closed: the asset is healthy
+    after = asyncio.run(new.score(windows_of(data[6:7])))
+    assert after[0].score == pytest.approx(0.0)  # the new bundle's own baseline starts here
+    assert new.baselines.carried == frozenset()
+    new.close()

@@ -1,0 +1,160 @@
+"""Alerts survive a failed outbox write; orphaned episodes close; durability and chunked retention.
+
+Real SQLite files throughout: a second connection holding an exclusive lock makes the agent's write fail
+("database is locked") the way another process (a backup, `sqlite3` in a shell) would.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.decisions import DecisionConfig, DecisionEngine
+from edge_agent.pipeline import AlertWriter
+from edge_agent.storage import RetentionConfig, Store
+from edge_agent.types import GatewayIdentity, ScoredWindow, Window
+
+pytestmark = pytest.mark.integration
+
+IDENTITY = GatewayIdentity("s1", "a1", "l1", "gw1")
+MANIFEST = {"name": "b", "version": "1.0", "models": [
+    {"name": "pump", "input": {"channels": ["a", "b"]}, "threshold": {"value": 1.0},
+     "severity": [{"level": "warning", "min_score": 1.0}], "debounce": {"k": 1, "n": 1, "clear_windows": 2}}]}
+T0 = 1_800_000_000.0
+
+
+def scored(ts: float, score: float, asset: str = "pump-1", start: float | None = None) -> ScoredWindow:
+    window = Window(asset, "pump", ts - 10 if start is None else start, ts, np.zeros((2, 4), np.float32))
+    return ScoredWindow(window, score, score, 1.0, np.array([0.25, 0.75], np.float32),
+                        np.array([0.5, -0.5], np.float32), np.zeros(4, np.float32), "b", "1.0")
+
+
+class Woken:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def writer(store: Store) -> tuple[AlertWriter, Woken]:
+    wake = Woken()
+    return AlertWriter(store, IDENTITY, lambda e: f"alerts/{e.asset}", wake), wake
+
+
+def outbox(path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as conn:
+        return [json.loads(payload) for (payload,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")]
+
+
+def test_alert_kept_in_memory_while_the_database_is_locked_then_written(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    store._conn.execute("PRAGMA busy_timeout=50")  # fail fast instead of the 10 s production wait
+    alerts, wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    opened = engine.process_batch([scored(T0, 3.0)], T0)
+    assert [e.state for e in opened] == ["open"]
+    assert alerts.write(opened) is False
+    assert [e.alert_id for e, _t, _p in alerts.unstored] == [opened[0].alert_id]
+    assert wake.count == 0
+    other.execute("ROLLBACK")
+    other.close()
+    # the next batch carries the kept alert first, then its own (the close), in order
+    engine.process_batch([scored(T0 + 1, 0.1)], T0 + 1)
+    closed = engine.process_batch([scored(T0 + 2, 0.1)], T0 + 2)
+    assert alerts.write(closed) is True
+    assert alerts.unstored == []
+    assert wake.count == 1
+    rows = outbox(path)
+    assert [(r["state"], r["episode_id"]) for r in rows] == [("open", opened[0].episode_id),
+                                                               ("close", opened[0].episode_id)]
+    assert store.open_episodes() == []  # the episode row was written and closed: consistent with memory
+    store.close()
+
+
+def test_retry_writes_kept_alerts_without_new_ones(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    store._conn.execute("PRAGMA busy_timeout=50")
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    assert alerts.write(engine.process_batch([scored(T0, 3.0)], T0)) is False
+    assert alerts.retry() is False
+    other.execute("ROLLBACK")
+    other.close()
+    assert alerts.retry() is True
+    assert [row["episode_id"] for row in store.open_episodes()] == [e["episode_id"]
+                                                                    for e in engine.open_episodes()]
+    store.close()
+
+
+def test_window_times_out_of_range_do_not_crash_rendering(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "agent.db")
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    events = engine.process_batch([scored(1.7e12, 3.0, start=1.7e12 - 10)], T0)  # year 55840
+    assert alerts.write(events) is True
+    (row,) = outbox(tmp_path / "agent.db")
+    assert row["state"] == "open"
+    assert row["window"]["end"] == row["time"]
+    store.close()
+
+
+def test_episode_of_an_asset_removed_from_the_config_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    opened = engine.process_batch([scored(T0, 3.0, asset="pump-1"), scored(T0, 3.0, asset="pump-2")], T0)
+    assert alerts.write(opened)
+    store.close()
+    store = Store.open(path)  # restart with pump-2 removed from the config
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    closed = engine.orphaned_episodes(T0 + 5, {("pump-1", "pump")})
+    assert [(e.asset, e.state, e.extra["reason"]) for e in closed] == [("pump-2", "close", "asset_removed")]
+    assert alerts.write(closed)
+    assert [row["asset"] for row in store.open_episodes()] == ["pump-1"]
+    assert [(r["asset"], r["state"]) for r in outbox(path)][-1] == ("pump-2", "close")
+    assert [e["asset"] for e in engine.open_episodes()] == ["pump-1"]
+    store.close()
+
+
+def test_alert_transactions_commit_with_full_sync(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "agent.db")
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    assert alerts.write(engine.process_batch([scored(T0, 3.0)], T0))
+    store.mark_delivered([e["episode_id"] for e in engine.open_episodes()])
+    store.record_windows([scored(T0, 0.1)])
+    store._conn.set_trace_callback(None)
+    steps = [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT"))]
+    full = ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT", "PRAGMA synchronous=NORMAL"]
+    # FULL for the outbox and the delivery marks, the connection's NORMAL for the ring buffer
+    assert steps == [*full, *full, "BEGIN IMMEDIATE", "COMMIT"]
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    store.close()
+
+
+def test_prune_deletes_in_bounded_chunks(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "agent.db", RetentionConfig(max_rows=10, max_age_s=1e9))
+    store.record_windows([scored(T0 + i, 0.1) for i in range(137)])
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    assert store.prune(chunk=20) == 127
+    store._conn.set_trace_callback(None)
+    assert store.window_count() == 10
+    assert statements.count("COMMIT") >= 127 // 20  # several short transactions, not one long one
+    store.close()

@@ -1,0 +1,144 @@
+"""The supervisor in-process: hot swap to another window shape under load, watchdog pings during a
+reload, closed engines, counters across a pipeline restart.
+
+Real bundles (ONNX Runtime sessions), a real replay source reading a CSV file as fast as the pipeline
+takes it (lossless: the window queue stays full), a real SQLite state database and a real datagram
+socket standing in for systemd's `$NOTIFY_SOCKET`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent import supervisor as supervisor_module
+from edge_agent.bundle import read_bundle
+from edge_agent.config import AgentConfig
+from edge_agent.supervisor import Supervisor
+from edge_agent.systemd import Notifier
+from tests.integration.agent_harness import CHANNELS, MEANS, PERIOD, STDS, make_bundle, write_config
+from tests.support.bundles import build_test_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def replay_config(tmp_path: Path, **extra: Any) -> Path:
+    bundle, keys = make_bundle(tmp_path)
+    csv = tmp_path / "plant.csv"
+    rows = ["ts,flow,pressure"] + [f"{i * PERIOD:.3f},{MEANS[0]},{MEANS[1]}" for i in range(400)]
+    csv.write_text("\n".join(rows) + "\n")
+    sources = {"plant": {"type": "replay", "path": str(csv), "timestamp_field": "ts", "speed": 0.0,
+                         "rebase": False, "loop": True}}
+    assets = {"pump-1": {"model": "pump", "source": "plant",
+                         "channels": {"flow": "flow", "pressure": "pressure"}}}
+    return write_config(tmp_path, tmp_path / "state", bundle, keys, sources, assets, extra=extra)
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        # polls like tests.support.wait_until, without blocking the event loop the supervisor runs on
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def running(sup: Supervisor, body: Callable[[], Awaitable[None]]) -> int:
+    task = asyncio.create_task(sup.run())
+    try:
+        await wait_for(lambda: sup.state.counters["windows_scored"] > 20 or task.done(), "windows scored")
+        assert not task.done(), "the supervisor stopped early"
+        await body()
+    finally:
+        sup.request_stop()
+    return await asyncio.wait_for(task, 30)
+
+
+def test_hot_swap_to_another_window_length_under_load(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    config = AgentConfig.load(replay_config(tmp_path))
+    path = build_test_bundle(tmp_path / "bundles", channels=CHANNELS, window_length=16, stride=4,
+                             sample_period_s=PERIOD, means=MEANS, stds=STDS, version="2.0.0")
+    new_bundle = read_bundle(path, trusted_keys=config.bundle.trusted_keys, extract_to=tmp_path / "b2")
+    sup = Supervisor(config)
+    engines: list[Any] = []
+
+    async def swap() -> None:
+        engines.append(sup.engine)
+        async with sup._swap_lock:  # hold the detector back until windows of the old shape are queued
+            await wait_for(lambda: len(sup._windows) > 300, "queued windows")
+            task = asyncio.create_task(sup.swap_bundle(new_bundle))
+            await wait_for(lambda: len(sup._swap_lock._waiters or ()) == 2, "swap waiting")
+            scored_before = sup.state.counters["windows_scored"]
+            queued = len(sup._windows)
+        await task
+        # the queued old-shape windows were scored (by the old engine), not dropped
+        assert sup.state.counters["windows_scored"] >= scored_before + queued
+        store, recorder = sup.store, sup.recorder
+        assert store is not None
+        assert recorder is not None
+        # scoring goes on with the new model (its windows reach the ring buffer)
+        await wait_for(lambda: recorder.flush(0.5) and store.last_windows(1)[0]["bundle_version"] == "2.0.0",
+                       "windows of the new bundle")
+
+    assert asyncio.run(running(sup, swap)) == 0
+    assert "task detector failed" not in caplog.text
+    assert "InferenceError" not in caplog.text
+    assert engines[0]._executor._shutdown  # the old engine was closed once drained
+
+
+def test_watchdog_pings_go_on_during_a_pipeline_restart(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config_path = replay_config(tmp_path)
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.setblocking(False)
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "100000"})
+    sup = Supervisor(AgentConfig.load(config_path), notifier)
+    # the restarted pipeline's bundle load waits until the test has seen pings during the reload
+    release = threading.Event()
+    real_load = supervisor_module.load_bundle
+    calls: list[int] = []
+
+    def slow_load(config: AgentConfig, root: Path) -> Any:
+        calls.append(1)
+        if len(calls) == 3:  # 1: first start, 2: the reload check, 3: the restarted pipeline
+            assert release.wait(20), "no watchdog pings during the reload"
+        return real_load(config, root)
+
+    monkeypatch.setattr(supervisor_module, "load_bundle", slow_load)
+    messages: list[str] = []
+    engines: list[Any] = []
+
+    async def reload() -> None:
+        loop = asyncio.get_running_loop()
+        engines.append(sup.engine)
+        config_path.write_text(config_path.read_text().replace("status_interval_s = 0.2",
+                                                               "status_interval_s = 0.3"))
+        sup.request_reload()
+        async with asyncio.timeout(20):
+            while "RELOADING=1" not in messages:
+                messages.extend((await loop.sock_recv(sock, 4096)).decode().splitlines())
+            while messages[messages.index("RELOADING=1"):].count("WATCHDOG=1") < 3:
+                messages.extend((await loop.sock_recv(sock, 4096)).decode().splitlines())
+            release.set()
+            while messages.count("READY=1") < 2:
+                messages.extend((await loop.sock_recv(sock, 4096)).decode().splitlines())
+
+    try:
+        assert asyncio.run(running(sup, reload)) == 0
+    finally:
+        release.set()
+        sock.close()
+    after = messages[messages.index("RELOADING=1"):]
+    assert after.index("WATCHDOG=1") < after.index("READY=1")  # pinged before the pipeline was back
+    assert any(m.startswith("MONOTONIC_USEC=") for m in messages)
+    assert sup.config.status_interval_s == 0.3
+    assert engines[0]._executor._shutdown  # the first pipeline's engine was closed at its restart

@@ -1,0 +1,77 @@
+"""Readings far from an asset's own timeline: dropped and counted, a real clock jump re-anchors the grid."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.sources.lineformats import LineFormatError, parse_timestamp
+from edge_agent.types import Reading
+from edge_agent.windows import REANCHOR_AFTER, AssetWindowSpec, Windower
+
+
+def windower(max_jump_s: float = 3600.0) -> Windower:
+    return Windower([AssetWindowSpec(asset="pump", model="m", inputs=(("s", "a"), ("s", "b")),
+                                     window_length=4, stride=2, sample_period_s=1.0, staleness_s=3.0,
+                                     max_jump_s=max_jump_s)])
+
+
+def feed(w: Windower, start: float, count: int) -> int:
+    """`count` readings one second apart from `start` (a fake clock: the readings' own times)."""
+    return sum(len(w.push(Reading("s", start + i, {"a": 1.0, "b": 2.0}))) for i in range(count))
+
+
+def test_one_timestamp_in_the_far_future_is_dropped_and_scoring_goes_on() -> None:
+    w = windower()
+    assert feed(w, 1_700_000_000.0, 10) == 4
+    assert w.push(Reading("s", 1e10, {"a": 1.0, "b": 2.0})) == []  # a garbage timestamp
+    windows = feed(w, 1_700_000_010.0, 90)
+    assert windows == 45  # every second point ends a window, as if the bad reading never came
+    assert w.out_of_range() == 1
+    assert w.counters()["stale_windows"] == 0  # no grid points were spent on the jump
+
+
+def test_a_reading_far_in_the_past_is_dropped() -> None:
+    w = windower()
+    feed(w, 1_700_000_000.0, 10)
+    assert w.push(Reading("s", 1_600_000_000.0, {"a": 1.0, "b": 2.0})) == []
+    assert w.out_of_range() == 1
+    assert feed(w, 1_700_000_010.0, 4) == 2
+
+
+def test_a_backwards_clock_jump_re_anchors_after_consecutive_readings() -> None:
+    w = windower()
+    feed(w, 1_700_000_000.0, 10)
+    jumped = 1_699_000_000.0  # the device's clock went back ~11 days and stays there
+    windows = feed(w, jumped, 40)
+    assert w.out_of_range() == REANCHOR_AFTER - 1
+    assert w.aligners["pump"].stats.reanchors == 1
+    # the readings after the re-anchor build windows on the new timeline
+    assert windows == (40 - (REANCHOR_AFTER - 1) - 4) // 2 + 1
+    assert w.counters()["stale_windows"] == 0
+
+
+def test_scattered_garbage_never_re_anchors() -> None:
+    w = windower()
+    feed(w, 1_700_000_000.0, 10)
+    for i in range(3 * REANCHOR_AFTER):  # each far from the timeline and far from the previous one
+        w.push(Reading("s", 1e10 + i * 1e6, {"a": 1.0, "b": 2.0}))
+    assert w.aligners["pump"].stats.reanchors == 0
+    assert w.out_of_range() == 3 * REANCHOR_AFTER
+    assert feed(w, 1_700_000_010.0, 4) == 2
+
+
+def test_gap_within_max_jump_counts_stale_windows_not_seconds() -> None:
+    w = windower(max_jump_s=86_400.0)
+    feed(w, 0.0, 10)  # a replay with rebase = false: 1970 timestamps are fine
+    feed(w, 3600.0, 10)  # one hour of silence
+    stale = w.counters()["stale_windows"]
+    assert 0 < stale <= 3600 // 2 + 2  # windows (stride 2) in the gap, never more than the grid holds
+    assert w.out_of_range() == 0
+
+
+def test_milliseconds_sent_as_seconds_are_rejected_at_the_source() -> None:
+    with pytest.raises(LineFormatError, match="milliseconds"):
+        parse_timestamp(1.7e12, "unix_s")
+    assert parse_timestamp(1.7e12, "unix_ms") == pytest.approx(1.7e9)
+    with pytest.raises(LineFormatError, match="outside"):
+        parse_timestamp(-5.0, "unix_s")
