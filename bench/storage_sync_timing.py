@@ -40,4 +40,5 @@ for mode in ("NORMAL", "FULL", "shipped"):
         "add_alerts_ms_per_txn": round(statistics.median(r[0] for r in runs), 3),
         "record_windows_64_ms_per_txn": round(statistics.median(r[1] for r in runs), 3),
     }
-print(json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": 3, "transactions": 400, "sync": results}, indent=2))
+summary = {"date": time.strftime("%Y-%m-%d"), "runs": 3, "transactions": 400, "sync": results}
+print(json.dumps(summary, indent=2))
