@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from edge_agent.simulator import (  # noqa: E402
+    UNITS,
     FaultSchedule,
     MqttTarget,
     Pacer,
@@ -79,6 +80,7 @@ def venv_bin(name: str) -> str:
 def trainer_config(data_dir: Path, epochs: int) -> str:
     paths = ", ".join(f'"{data_dir / (asset + ".csv")}"' for asset in ASSETS)
     channels = ", ".join(f'"{c}"' for c in CHANNELS)
+    units = "\n".join(f'{c} = "{UNITS[c]}"' for c in CHANNELS)
     return f"""# Written by scripts/demo.py: a VAE for the simulator's pumps.
 [data]
 source = "csv"
@@ -86,6 +88,9 @@ val_fraction = 0.2
 calibration_fraction = 0.2
 split_seed = 0
 split = "time"
+
+[data.units]
+{units}
 
 [data.csv]
 paths = [{paths}]

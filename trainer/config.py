@@ -1,6 +1,7 @@
 """The training config (TOML), parsed strictly: an unknown or mistyped key is an error naming its key path.
 
-Sections: `[data]` (source = cmapss | skab | csv | synthetic, plus a sub-table for that source), `[windows]`,
+Sections: `[data]` (source = cmapss | skab | csv | synthetic, plus a sub-table for that source, and optional
+`[data.units]`: a physical unit per channel, carried into the bundle), `[windows]`,
 `[model]`, `[training]`, `[calibration]`, `[evaluation]`. Shipped examples live in `trainer/configs/`.
 """
 
@@ -69,6 +70,8 @@ class DataConfig:
     # How normal CSV series are split: "series" (whole files to fit / validation / calibration), "time" (each
     # file cut into contiguous blocks: right when each file is a different asset), "auto" (series when >= 3).
     split: str = "auto"
+    # Physical unit per channel ({"flow" = "m3/h"}), carried into the bundle's input spec for the gateway.
+    units: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,12 @@ def _calibration_params(section: Section, method: str) -> dict[str, Any]:
     return params
 
 
+def _units(section: Section) -> dict[str, str]:
+    units = {key: section.get(key, str) for key in section}
+    section.finish()
+    return units
+
+
 def _data(d: Section) -> DataConfig:
     source = d.choice("source", SOURCES)
     cmapss = synthetic = generic = None
@@ -276,6 +285,7 @@ def _data(d: Section) -> DataConfig:
         d.number("calibration_fraction", 0.15, minimum=0, maximum=0.5, exclusive_minimum=True),
         d.integer("split_seed", 0),
         d.choice("split", ("auto", "series", "time"), "auto"),
+        _units(d.section("units", {})),
     )
     d.finish()
     return config
@@ -303,6 +313,8 @@ def config_to_toml(config: TrainerConfig) -> str:
         data[config.data.source] = dict(config.data.generic.options)
     for key in ("val_fraction", "calibration_fraction", "split_seed", "split"):
         data[key] = getattr(config.data, key)
+    if config.data.units:
+        data["units"] = dict(config.data.units)
     model = asdict(config.model)
     model["hidden"] = list(config.model.hidden)
     calibration = {"method": config.calibration.method, "target_far": config.calibration.target_far,

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import trainer
+from edge_agent.configtools import ConfigError
 from trainer.calibration import calibrate, score_quantiles
 from trainer.config import TrainerConfig, config_to_toml
 from trainer.data.cmapss import informative_channels
@@ -240,6 +241,7 @@ def fit_run(
         "data_source": config.data.source,
         "channels": data.channels,
         "input_channels": data.input_channels,
+        "units": _channel_units(config.data.units, data.input_channels),
         "condition_channels": data.input_channels[n_model:],
         "window_length": config.windows.length,
         "stride": config.windows.stride,
@@ -352,3 +354,13 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     if status is None or status.returncode != 0:
         return commit
     return f"{commit}-dirty" if status.stdout.strip() else commit
+
+
+def _channel_units(units: dict[str, str], channels: list[str]) -> list[str | None]:
+    """`[data.units]` in input-channel order (None where unknown); a unit for a channel that is not an input
+    channel is a config error."""
+    unknown = sorted(set(units) - set(channels))
+    if unknown:
+        raise ConfigError(f"data -> units -> {unknown[0]}",
+                          f"not an input channel (channels: {', '.join(channels)})")
+    return [units.get(channel) for channel in channels]

@@ -11,6 +11,7 @@ numpy, paho-mqtt and pyserial only (no torch): it ships with the gateway for com
 from edge_agent.simulator.faults import (
     CHANNELS,
     FAULT_KINDS,
+    UNITS,
     Fault,
     FaultSchedule,
     read_ground_truth,
@@ -29,6 +30,7 @@ from edge_agent.simulator.plant import Plant, PumpSpec, Sample
 __all__ = [
     "CHANNELS",
     "FAULT_KINDS",
+    "UNITS",
     "Fault",
     "FaultSchedule",
     "MqttTarget",

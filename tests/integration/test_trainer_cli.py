@@ -204,7 +204,7 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     body = SYNTHETIC.split("[windows]", 1)[1]
     config = tmp_path / "csv.toml"
     config.write_text(
-        '[data]\nsource = "csv"\n[data.csv]\n'
+        '[data]\nsource = "csv"\n[data.units]\na = "bar"\nc = "degC"\n[data.csv]\n'
         f"paths = {json.dumps(paths)}\n"
         'timestamp_column = "time"\nchannels = ["a", "b", "c"]\nlabel_column = "label"\n'
         "[windows]" + body
@@ -213,6 +213,7 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["channels"] == ["a", "b", "c"]
+    assert run["units"] == ["bar", None, "degC"]  # [data.units], in channel order, for the bundle
     assert run["splits"]["test"] == ["run3"]  # one anomalous file validates, the other tests
     assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 0
     metrics = json.loads((eval_dir / "metrics.json").read_text())

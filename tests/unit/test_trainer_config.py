@@ -55,6 +55,7 @@ def test_minimal_config_gets_defaults() -> None:
         ({"evaluation": {"score": "magic"}}, "evaluation -> score", "must be one of"),
         ({"model": {"hidden": [16, -1]}}, "model -> hidden -> 1", "expected a positive integer"),
         ({"surprise": {}}, "surprise", "unknown key"),
+        ({"data": {"units": {"flow": 3}}}, "data -> units -> flow", "expected a string"),
     ],
 )
 def test_bad_values_name_the_key_path(patch: dict, path: str, message: str) -> None:
@@ -159,3 +160,17 @@ def test_benchmark_overrides_reach_the_run_config_and_protocol_changes_are_named
         "window_length = 40 (protocol: 50)",
         "label_rul = 20 (protocol: 30)",
     ]
+
+
+def test_units_survive_the_effective_config() -> None:
+    import dataclasses
+
+    from edge_agent.compat import tomllib
+    from trainer.config import config_to_toml
+
+    raw = _minimal()
+    raw["data"] = {**raw["data"], "units": {"flow": "m3/h", "temp": "degC"}}
+    config = parse_config(raw, "train.toml")
+    assert config.data.units == {"flow": "m3/h", "temp": "degC"}
+    again = parse_config(tomllib.loads(config_to_toml(config)))
+    assert dataclasses.replace(again, source_path=config.source_path) == config
