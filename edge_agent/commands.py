@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.bundle import BundleError
-    from edge_agent.config import AgentConfig, check_against_manifest
+    from edge_agent.config import AgentConfig
 
     try:
         config = AgentConfig.load(args.config)
@@ -112,7 +112,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     if not args.no_bundle:
         try:
-            _check_bundle(config, check_against_manifest)
+            _check_bundle(config)
         except (ConfigError, BundleError) as exc:
             print(f"invalid: {exc}", file=sys.stderr)
             return 1
@@ -120,10 +120,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_bundle(config: Any, check: Any) -> None:
+def _check_bundle(config: Any) -> None:
+    """Load the configured bundle as `run` would (signature, integrity, assets vs. models) into a temp dir."""
     import tempfile
 
-    from edge_agent.bundle import read_bundle
+    from edge_agent.pipeline import load_bundle
 
     try:
         path = config.bundle_path()
@@ -131,10 +132,8 @@ def _check_bundle(config: Any, check: Any) -> None:
         return  # no bundle yet: `bundle install` checks the assets when one arrives
     if not path.exists():
         raise ConfigError("bundle -> path", "bundle file does not exist", str(path), config.source)
-    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
     with tempfile.TemporaryDirectory(prefix="edge-agent-check-") as tmp:
-        bundle = read_bundle(path, trusted_keys=keys, extract_to=Path(tmp) / "bundle")
-        check(config, bundle.manifest)
+        load_bundle(config, Path(tmp))
 
 
 def read_status(config: Any) -> dict[str, Any]:

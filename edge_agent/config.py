@@ -77,6 +77,11 @@ class BundleConfig:
     require_signature: bool = True
     keep: int = 3  # installed versions kept by `edge-agent bundle install`
 
+    @property
+    def verify_keys(self) -> Path | None:
+        """The trusted keys a bundle's signature must verify against (None: signatures not required)."""
+        return self.trusted_keys if self.require_signature else None
+
 
 @dataclass(frozen=True)
 class LoggingConfig:

@@ -291,7 +291,7 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
         if installed is not None:
             active = f"{installed.name} {installed.version}"
             min_ort = _min_ort_of(installed.bundle_file)
-    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
+    keys = config.bundle.verify_keys
     return Requirements(state_dir=config.state_dir, profile=profile, serial_devices=tuple(serial),
                         video_devices=tuple(video), audio_needed=audio, trusted_keys_dir=keys,
                         min_onnxruntime=min_ort, files=tuple(files), active_bundle=active,

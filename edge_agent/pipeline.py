@@ -73,7 +73,7 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
     path = config.bundle_path().resolve()
     extract_root.mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
-    keys = config.bundle.trusted_keys if config.bundle.require_signature else None
+    keys = config.bundle.verify_keys
     try:
         bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
     except Exception:
