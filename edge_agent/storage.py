@@ -1,9 +1,10 @@
 """The agent's SQLite state: scored-window ring buffer, alert episodes, outbox, baselines, counters.
 
 One writer connection in WAL mode with short transactions (Telegraf's buffer). Alert transactions (outbox,
-episodes, delivery marks) commit with `synchronous=FULL`, so a committed alert survives a power cut; the
-scored-window ring buffer, counters and baselines commit with `synchronous=NORMAL` (the next FULL commit
-syncs them too; docs/storage.md has the measured cost):
+episodes) commit with `synchronous=FULL`, so a committed alert survives a power cut; the scored-window ring
+buffer, delivery marks, counters and baselines commit with `synchronous=NORMAL` (the next FULL commit
+syncs them too; a delivery mark lost in a power cut sends that alert once more; docs/storage.md has the
+measured cost):
 every alert is written to the `outbox` before anyone tries to publish it, and it is marked delivered only
 when the broker acknowledged it (PUBACK). The schema is documented in `docs/storage.md`; vectors are
 stored as JSON text so `sqlite-utils rows state.db windows` shows them as they are.
@@ -169,12 +170,25 @@ class WindowRecorder:
     connection, one lock: still one writer). Alerts do not go this way: they are written to the outbox on
     the event loop before the sink is woken. A write error is raised by the next `submit`, so the
     detector fails and is restarted as before. At most `max_pending` windows wait (`submit` then blocks
-    until the thread has caught up: back-pressure)."""
+    until the thread has caught up: back-pressure).
 
-    def __init__(self, store: Store, max_pending: int = 4096) -> None:
+    The ring buffer is the low-priority writer: the thread waits until no batch has been submitted for
+    `quiet_s` (a burst of windows is over), or `max_delay_s` after the oldest pending window, or until
+    `batch_rows` are pending. Its transaction then neither holds the store's lock while the burst's
+    alerts are committed nor takes the interpreter from the detector in the middle of a burst
+    (docs/deployment.md, "Performance")."""
+
+    def __init__(self, store: Store, max_pending: int = 4096, quiet_s: float = 0.02,
+                 max_delay_s: float = 0.5, batch_rows: int = 1024) -> None:
         self._store = store
         self._max_pending = max_pending
+        self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
+        self._batch_rows = min(batch_rows, max_pending)
         self._pending: list[ScoredWindow] = []
+        self._first_at = 0.0  # monotonic time of the oldest pending window
+        self._last_at = 0.0  # ... of the latest submit
+        self._urgent = False  # flush() or close(): write now
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
@@ -192,6 +206,10 @@ class WindowRecorder:
             if self._closed:
                 raise StorageError(f"{self._store.path}: window recorder is closed")
             if scored:
+                now = time.monotonic()
+                if not self._pending:
+                    self._first_at = now
+                self._last_at = now
                 self._pending.extend(scored)
                 self._cond.notify_all()
             while len(self._pending) > self._max_pending and self._error is None:
@@ -206,6 +224,8 @@ class WindowRecorder:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed (or failed); False on timeout."""
         with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
             return self._cond.wait_for(lambda: not (self._pending or self._busy), timeout)
 
     def close(self) -> None:
@@ -223,7 +243,9 @@ class WindowRecorder:
                 self._cond.wait_for(lambda: self._pending or self._closed)
                 if not self._pending:
                     return
+                self._linger()
                 batch, self._pending = self._pending, []
+                self._urgent = False
                 self._busy = True
                 self._cond.notify_all()
             try:
@@ -238,6 +260,17 @@ class WindowRecorder:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+    def _linger(self) -> None:
+        """With the condition held: wait until the pending windows are due (see the class docstring)."""
+        while not (self._closed or self._urgent or self._error is not None
+                   or len(self._pending) >= self._batch_rows):
+            now = time.monotonic()
+            due = min(self._last_at + self._quiet_s, self._first_at + self._max_delay_s)
+            if now >= due:
+                return
+            self._cond.wait(due - now)
 
 
 def _add_outbox_rejected(conn: sqlite3.Connection) -> None:
@@ -434,7 +467,9 @@ class Store:
         ids = [(self._clock(), alert_id) for alert_id in alert_ids]
         if not ids:
             return
-        with self._transaction(durable=True) as conn:
+        # not fsynced: a mark lost in a power cut only sends that alert once more (receivers drop
+        # duplicates by alert id), and an fsync here would hold up the next alerts on the event loop
+        with self._transaction() as conn:
             conn.executemany("UPDATE outbox SET delivered_ts = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              ids)
 

@@ -55,7 +55,7 @@ from edge_agent.sources import Source, build_source
 from edge_agent.sources.base import DropOldestQueue
 from edge_agent.storage import Store, WindowRecorder
 from edge_agent.systemd import Notifier
-from edge_agent.types import AlertEvent, Window
+from edge_agent.types import AlertEvent, ScoredWindow, Window
 from edge_agent.windows import Windower
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ __all__ = ["FatalTaskError", "RestartBudget", "Supervisor", "load_bundle", "prov
 
 WINDOW_QUEUE_SIZE = 10_000
 BATCH_SIZE = 256
+PIPELINE_BATCHES = 16  # batches scored back to back before the detector lets a bundle swap in
 PRUNE_INTERVAL_S = 60.0
 # The event loop shares the GIL with paho's network threads, the inference thread and the storage writer.
 # CPython lets a thread keep the GIL for 5 ms before it must hand it to a waiting one: long next to a 10 ms
@@ -340,7 +341,28 @@ class Supervisor:
             # windows becomes one micro-batch instead of many small ones
             await asyncio.sleep(0)
             async with self._swap_lock:
-                await self._score([first, *self._take_batch(BATCH_SIZE - 1)])
+                await self._score_pipelined([first, *self._take_batch(BATCH_SIZE - 1)])
+
+    async def _score_pipelined(self, batch: list[Window]) -> None:
+        """Score `batch` and the windows that arrive meanwhile, two stages deep: as soon as one batch's
+        scores are back, the windows that arrived during its inference go to the inference thread, and
+        the loop decides on the first batch (decisions, outbox commit, sink) while they are scored.
+        Batches are decided in order. At most `PIPELINE_BATCHES` in a row, so a bundle swap waiting for
+        the lock gets its turn under sustained load."""
+        running = self._start_scoring(batch)
+        chained = 1
+        try:
+            while running is not None:
+                scored = await running
+                running = None
+                if chained < PIPELINE_BATCHES:
+                    running = self._start_scoring(self._take_batch(BATCH_SIZE))
+                    chained += 1
+                self._decide(scored)
+        except BaseException:
+            if running is not None:  # the detector fails (and is restarted): nothing waits for this batch
+                running.cancel()
+            raise
 
     def _take_batch(self, limit: int = BATCH_SIZE) -> list[Window]:
         batch: list[Window] = []
@@ -348,19 +370,27 @@ class Supervisor:
             batch.append(item)
         return batch
 
-    async def _score(self, batch: list[Window]) -> None:
+    def _start_scoring(self, batch: list[Window]) -> asyncio.Task[list[ScoredWindow]] | None:
+        """Hand the windows of the active bundle's shapes to the inference thread (None: nothing to do)."""
         assert self.bundle is not None
-        assert self.decisions is not None
-        assert self.store is not None
         shapes = {model.name: (len(model.input.channels), model.input.window_length)
                   for model in self.bundle.manifest.models}
         windows = [w for w in batch if shapes.get(w.model) == w.data.shape]
         if len(windows) != len(batch):  # a model gone, or a window cut for another shape: counted
             self.state.counters["windows_dropped"] += len(batch) - len(windows)
         if not windows:
-            return
+            return None
+        return asyncio.ensure_future(self.engine.score(windows))  # one hand-off per batch
+
+    async def _score(self, batch: list[Window]) -> None:
+        """Score and decide on one batch (no pipelining)."""
+        running = self._start_scoring(batch)
+        if running is not None:
+            self._decide(await running)
+
+    def _decide(self, scored: list[ScoredWindow]) -> None:
+        assert self.decisions is not None
         assert self.recorder is not None
-        scored = await self.engine.score(windows)  # one hand-off to the inference thread per batch
         events = self.decisions.process_batch(scored, time.time())
         if self.engine.baselines.carried:
             self.engine.baselines.release(self._in_episode())

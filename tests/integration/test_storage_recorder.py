@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,5 +63,44 @@ def test_a_failed_write_is_raised_by_the_next_submit(tmp_path: Path) -> None:
     assert recorder.flush(timeout=10)
     with pytest.raises(StorageError, match="writing scored windows failed"):
         recorder.submit([])
+    recorder.close()
+    store.close()
+
+
+def _written_within(recorder: WindowRecorder, count: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while recorder.written < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_recorder_waits_for_the_burst_to_end_before_writing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    recorder = WindowRecorder(store, quiet_s=1.0, max_delay_s=60.0)
+    errors, latent = np.ones(2, np.float32), np.ones(2, np.float32)
+    recorder.submit([scored(1.0, errors, latent)])
+    time.sleep(0.1)
+    recorder.submit([scored(2.0, errors, latent)])  # the burst goes on: the quiet period starts again
+    time.sleep(0.1)
+    assert recorder.written == 0
+    assert store.window_count() == 0
+    assert _written_within(recorder, 2, timeout=10)  # quiet for 1 s: both in one transaction
+    assert store.window_count() == 2
+    recorder.close()
+    store.close()
+
+
+@pytest.mark.parametrize("trigger", ["batch_rows", "max_delay"])
+def test_sustained_load_is_written_without_a_quiet_period(tmp_path: Path, trigger: str) -> None:
+    store = Store.open(tmp_path / "state.db")
+    recorder = (WindowRecorder(store, quiet_s=60.0, max_delay_s=60.0, batch_rows=4) if trigger == "batch_rows"
+                else WindowRecorder(store, quiet_s=60.0, max_delay_s=0.2))
+    errors, latent = np.ones(2, np.float32), np.ones(2, np.float32)
+    for i in range(4):  # submits 10 ms apart: never quiet for 60 s
+        recorder.submit([scored(float(i), errors, latent)])
+        time.sleep(0.01)
+    assert _written_within(recorder, 4, timeout=10)
     recorder.close()
     store.close()
