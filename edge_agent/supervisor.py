@@ -200,6 +200,7 @@ class Supervisor:
             await self.close_pipeline()
 
     async def _run_tasks(self) -> bool:
+        upstream = (self.config.mqtt, self.config.identity)
         async with TaskGroup() as group:
             sink = self._supervised("sink", self.sink.run)
             sink_task = group.create_task(sink, name=sink_name(self.config))
@@ -216,7 +217,10 @@ class Supervisor:
             await asyncio.gather(*source_tasks, return_exceptions=True)
             self._windows.close()
             await detector
-            await self.sink.aclose()
+            # a restart for a changed config that keeps the same upstream: subscribers see no `offline`
+            # between the two `online`s (the status topic is retained; SCADA alarms on `offline`)
+            same_upstream = upstream == (self.config.mqtt, self.config.identity)
+            await self.sink.aclose(restarting=restart and same_upstream)
             await sink_task
             for task in (storage, status):
                 task.cancel()

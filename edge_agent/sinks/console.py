@@ -78,6 +78,6 @@ class ConsoleSink:
         finally:
             self._state = "closed"
 
-    async def aclose(self) -> None:
+    async def aclose(self, restarting: bool = False) -> None:
         self._closing = True
         self._kick.set()

@@ -159,6 +159,7 @@ class MqttUpstream:
         self._delays = delays
         self._kick = asyncio.Event()
         self._closing = False
+        self._restarting = False  # closing for a pipeline restart: no `offline`
         self._done = asyncio.Event()
         self._running = False
         self._state = "disconnected"
@@ -236,9 +237,12 @@ class MqttUpstream:
             self._running = False
             self._done.set()
 
-    async def aclose(self) -> None:
-        """Let in-flight alerts be acknowledged (at most `drain_timeout_s`), publish `offline`, disconnect."""
+    async def aclose(self, restarting: bool = False) -> None:
+        """Let in-flight alerts be acknowledged (at most `drain_timeout_s`), publish `offline`, disconnect.
+        `restarting`: the pipeline restarts at once with the same upstream; the retained status stays
+        `online` (a clean DISCONNECT, so no Last Will either) until the next connection says `online`."""
         self._closing = True
+        self._restarting = restarting
         self._kick.set()
         if self._running:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -462,6 +466,9 @@ class MqttUpstream:
         if self._inflight:
             log.warning("%d alerts still unacknowledged at shutdown; they stay in the outbox",
                         len(self._inflight))
+        if self._restarting:
+            log.info("disconnecting from upstream broker for a pipeline restart (status stays online)")
+            return
         info = self._publish_status("offline")
         if info is not None:
             with contextlib.suppress(Exception):

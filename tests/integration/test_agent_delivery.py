@@ -21,6 +21,7 @@ from tests.integration.agent_harness import (
     serial_source,
     write_config,
 )
+from tests.support import wait_until
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_client import MqttCollector
 from tests.support.serial_ports import PtyPair
@@ -214,14 +215,23 @@ def test_task_failing_past_restart_budget_exits_nonzero(tmp_path: Path, state_di
 
 
 def test_sighup_with_changed_config_restarts_pipeline_in_process(tmp_path: Path, pty_pair: PtyPair,
-                                                                 state_dir: Path) -> None:
+                                                                 state_dir: Path,
+                                                                 mqtt_broker: MosquittoBroker) -> None:
     bundle, keys = make_bundle(tmp_path)
     config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
-                          {"pump-3": serial_asset()})
+                          {"pump-3": serial_asset()},
+                          mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port})
+    status_topic = "{site}/{area}/{line}/{id}/status".format(**IDENTITY)
+    collector = MqttCollector(mqtt_broker.host, mqtt_broker.port, [status_topic])
     agent = AgentProcess(config, state_dir)
     feeder = Feeder(pty_pair)
+
+    def states() -> list[str]:
+        return [json.loads(m.payload)["state"] for m in collector.messages]
+
     try:
         agent.wait_ready()
+        agent.wait(lambda: states()[-1:] == ["online"], 10, "online on the status topic")
         agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
         # a second asset on the same fields: a real change, valid against the bundle
         config.write_text(config.read_text() + '\n[assets.pump-4]\nmodel = "pump"\nsource = "line1"\n\n'
@@ -238,7 +248,12 @@ def test_sighup_with_changed_config_restarts_pipeline_in_process(tmp_path: Path,
         agent.wait(both_scored, 10, "both assets scored")
         assert agent.status()["pid"] == agent.proc.pid
         assert "config changed: restarting the pipeline" in agent.log()
+        # same upstream: the reload never told SCADA the gateway was offline
+        agent.wait(lambda: states().count("online") >= 2, 10, "online again after the restart")
+        assert "offline" not in states()
         assert agent.stop() == 0
+        wait_until(lambda: states()[-1] == "offline", 10, "offline after SIGTERM")  # a real shutdown says so
     finally:
         if agent.proc.poll() is None:
             agent.kill()
+        collector.close()
