@@ -45,6 +45,22 @@ class Feeder:
             self.i += 1
 
 
+def serial_agent(tmp_path: Path, state_dir: Path, pty_pair: PtyPair, broker: MosquittoBroker | None = None,
+                 ) -> tuple[Path, Path, AgentProcess, Feeder]:
+    """A config reading pump-3 from the pty (upstream: `broker`, else the console), its bundle, agent and
+    feeder."""
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
+                          {"pump-3": serial_asset()},
+                          mqtt=None if broker is None else {"host": broker.host, "port": broker.port})
+    return config, bundle, AgentProcess(config, state_dir), Feeder(pty_pair)
+
+
+def wait_serial_open(agent: AgentProcess) -> None:
+    agent.wait_ready()
+    agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
+
+
 def outbox(state_dir: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(f"file:{state_dir / 'agent.db'}?mode=ro", uri=True) as conn:
         return [(r[0], r[1]) for r in conn.execute("SELECT alert_id, state FROM outbox ORDER BY seq")]
@@ -52,16 +68,10 @@ def outbox(state_dir: Path) -> list[tuple[str, str]]:
 
 def test_broker_outage_during_episode_every_alert_once_in_order(
         tmp_path: Path, mqtt_broker: MosquittoBroker, pty_pair: PtyPair, state_dir: Path) -> None:
-    bundle, keys = make_bundle(tmp_path)
-    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
-                          {"pump-3": serial_asset()},
-                          mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port})
+    _config, _bundle, agent, feeder = serial_agent(tmp_path, state_dir, pty_pair, mqtt_broker)
     collector = MqttCollector(mqtt_broker.host, mqtt_broker.port, [ALERT_TOPIC])
-    agent = AgentProcess(config, state_dir)
-    feeder = Feeder(pty_pair)
     try:
-        agent.wait_ready()
-        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
+        wait_serial_open(agent)
         feeder.feed(16)
         feeder.feed(12, anomalous=True)
         collector.wait_for(1, timeout=15)  # the episode is open and delivered
@@ -94,15 +104,9 @@ def test_broker_outage_during_episode_every_alert_once_in_order(
 def test_undelivered_alerts_survive_sigkill(tmp_path: Path, mqtt_broker: MosquittoBroker,
                                             pty_pair: PtyPair, state_dir: Path) -> None:
     mqtt_broker.stop()  # upstream down from the start: the agent still starts and keeps alerts
-    bundle, keys = make_bundle(tmp_path)
-    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
-                          {"pump-3": serial_asset()},
-                          mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port})
-    agent = AgentProcess(config, state_dir)
-    feeder = Feeder(pty_pair)
+    config, _bundle, agent, feeder = serial_agent(tmp_path, state_dir, pty_pair, mqtt_broker)
     try:
-        agent.wait_ready()
-        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
+        wait_serial_open(agent)
         feeder.feed(16)
         feeder.feed(12, anomalous=True)
         agent.wait(lambda: agent.backlog() >= 1, 15, "alert in the outbox")
@@ -160,14 +164,9 @@ def activate(state_dir: Path, bundle: Path, version: str) -> None:
 
 
 def test_sighup_swaps_to_newly_activated_bundle(tmp_path: Path, pty_pair: PtyPair, state_dir: Path) -> None:
-    bundle, keys = make_bundle(tmp_path)
-    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
-                          {"pump-3": serial_asset()})
-    agent = AgentProcess(config, state_dir)
-    feeder = Feeder(pty_pair)
+    config, bundle, agent, feeder = serial_agent(tmp_path, state_dir, pty_pair)
     try:
-        agent.wait_ready()
-        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
+        wait_serial_open(agent)
         feeder.feed(8)
         agent.wait(lambda: agent.counters().get("windows_scored") == 1, 10, "scoring on 1.0.0")
         # a broken config on SIGHUP is refused and the agent keeps running
@@ -217,22 +216,16 @@ def test_task_failing_past_restart_budget_exits_nonzero(tmp_path: Path, state_di
 def test_sighup_with_changed_config_restarts_pipeline_in_process(tmp_path: Path, pty_pair: PtyPair,
                                                                  state_dir: Path,
                                                                  mqtt_broker: MosquittoBroker) -> None:
-    bundle, keys = make_bundle(tmp_path)
-    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
-                          {"pump-3": serial_asset()},
-                          mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port})
+    config, _bundle, agent, feeder = serial_agent(tmp_path, state_dir, pty_pair, mqtt_broker)
     status_topic = "{site}/{area}/{line}/{id}/status".format(**IDENTITY)
     collector = MqttCollector(mqtt_broker.host, mqtt_broker.port, [status_topic])
-    agent = AgentProcess(config, state_dir)
-    feeder = Feeder(pty_pair)
 
     def states() -> list[str]:
         return [json.loads(m.payload)["state"] for m in collector.messages]
 
     try:
-        agent.wait_ready()
+        wait_serial_open(agent)
         agent.wait(lambda: states()[-1:] == ["online"], 10, "online on the status topic")
-        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
         # a second asset on the same fields: a real change, valid against the bundle
         config.write_text(config.read_text() + '\n[assets.pump-4]\nmodel = "pump"\nsource = "line1"\n\n'
                           '[assets.pump-4.channels]\nflow = "flow"\npressure = "pressure"\n')
