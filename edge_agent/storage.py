@@ -479,9 +479,11 @@ class Store:
         rows = [(reason, alert_id) for alert_id, reason in rejections]
         if not rows:
             return
-        with self._transaction(durable=True) as conn:
+        with self._transaction(durable=True) as conn:  # the rows and the `alerts_rejected` counter together
             conn.executemany("UPDATE outbox SET rejected = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              rows)
+            conn.execute("INSERT INTO counters (name, value) VALUES ('alerts_rejected', ?)"
+                         " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (len(rows),))
 
     def rejected(self) -> int:
         """How many alerts the broker refused for good (parked in the outbox)."""

@@ -1,0 +1,90 @@
+"""The MQTT source on a real mosquitto: network I/O on the event loop (no paho thread), reconnects after the
+broker went away, wildcard topics with prefixes, bad payloads counted while the good ones go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_agent.configtools import Section
+from edge_agent.sources.mqtt import MqttSource, MqttSourceConfig
+from edge_agent.types import Reading
+from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_client import connect_publisher
+
+pytestmark = pytest.mark.integration
+
+
+def source_for(broker: MosquittoBroker, topic: str, tmp_path: Path) -> MqttSource:
+    config = MqttSourceConfig.from_section(Section({
+        "host": broker.host, "port": broker.port, "payload": "json", "fields": ["a"],
+        "timestamp_field": "ts", "keepalive": 5, "topics": {f"{topic}/+/telemetry": "plant"}}), tmp_path)
+    return MqttSource("plant", config)
+
+
+async def until(predicate: object, what: str, timeout: float = 20.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polls state the source sets on this same loop
+            await asyncio.sleep(0.02)
+
+
+def test_mqtt_source_reads_on_the_loop_and_reconnects_after_a_broker_restart(
+        mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
+    source = source_for(mqtt_broker, mqtt_topic, tmp_path)
+    received: list[Reading] = []
+
+    def publish(ts: float, payload: bytes | None = None) -> None:
+        publisher = connect_publisher(mqtt_broker.host, mqtt_broker.port)
+        body = payload if payload is not None else json.dumps({"ts": ts, "a": ts * 2}).encode()
+        publisher.publish(f"{mqtt_topic}/m1/telemetry", body, qos=1).wait_for_publish(5)
+        publisher.disconnect()
+        publisher.loop_stop()
+
+    async def scenario() -> None:
+        async with source:
+            async def read() -> None:
+                async for reading in source:
+                    received.append(reading)
+
+            reader = asyncio.create_task(read())
+            await until(lambda: source.stats.state == "connected", "connected")
+            threads_before = {t.name for t in threading.enumerate()}
+            await asyncio.to_thread(publish, 1.0)
+            await asyncio.to_thread(publish, 2.0, b"not json")
+            await asyncio.to_thread(publish, 3.0)
+            await until(lambda: len(received) == 2, "two readings")
+            # no paho network thread: the client's I/O runs on this loop
+            assert not any(name.startswith("paho") for name in threads_before)
+            await asyncio.to_thread(mqtt_broker.stop)
+            await until(lambda: source.stats.state == "disconnected", "the loss noticed")
+            await asyncio.to_thread(mqtt_broker.start)
+            await until(lambda: source.stats.state == "connected", "reconnected", timeout=40)
+            await asyncio.to_thread(publish, 4.0)
+            await until(lambda: len(received) == 3, "a reading after the restart")
+            reader.cancel()
+
+    asyncio.run(scenario())
+    assert [(r.ts, r.values) for r in received] == [(1.0, {"plant.a": 2.0}), (3.0, {"plant.a": 6.0}),
+                                                   (4.0, {"plant.a": 8.0})]
+    assert source.stats.invalid == 1
+    assert source.stats.reconnects == 1
+
+
+def test_mqtt_source_keeps_retrying_while_the_broker_is_down_at_start(
+        mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
+    mqtt_broker.stop()
+    source = source_for(mqtt_broker, mqtt_topic, tmp_path)
+
+    async def scenario() -> None:
+        async with source:
+            await asyncio.sleep(1.0)  # a few refused connects (backoff from 0.5 s)
+            assert source.stats.state == "disconnected"
+            await asyncio.to_thread(mqtt_broker.start)
+            await until(lambda: source.stats.state == "connected", "connected once the broker is up", 40)
+
+    asyncio.run(scenario())
