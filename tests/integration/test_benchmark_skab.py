@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trainer.benchmarks import skab
-from trainer.data.skab import CHANNELS
+from trainer.config import load_config
+from trainer.data.skab import CHANNELS, labelled_files, read_skab_file
 from trainer.train import load_checkpoint
 
 TINY_CONFIG = """
@@ -23,6 +24,7 @@ row_score = "{row_score}"
 threshold_margin = 1.5
 detrend_channels = ["Temperature", "Thermocouple"]
 anomaly_free_rows = {anomaly_free_rows}
+{extra}
 [windows]
 length = {length}
 [model]
@@ -50,6 +52,7 @@ def write_config(
     train_rows: int = 150,
     length: int = 20,
     anomaly_free_rows: int = 0,
+    extra: str = "",
 ) -> Path:
     """A tiny config; the real protocol (400 training rows, windows of 60) is `trainer/configs/skab.toml`."""
     path = tmp_path / "skab.toml"
@@ -60,6 +63,7 @@ def write_config(
             train_rows=train_rows,
             length=length,
             anomaly_free_rows=anomaly_free_rows,
+            extra=extra,
         ),
         encoding="utf-8",
     )
@@ -163,6 +167,68 @@ def test_synthetic_step_faults_are_found(tmp_path: Path, capsys: pytest.CaptureF
     assert set(ratios) == set(CHANNELS)
     _, checkpoint = load_checkpoint(out / "models" / "valve1_0.pt")
     assert checkpoint["detrend_channels"] == ["Temperature", "Thermocouple"]
+
+
+SELECTION = """
+dev_files = ["valve1"]
+select_row_scores = ["min", "mean"]
+select_margins = [1.0, 1.5, 3.0]
+"""
+
+
+@pytest.mark.integration
+def test_settings_chosen_on_dev_files_and_held_out_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_synthetic_skab(tmp_path / "skab")  # valve1/0 (development) and other/1 (held out)
+    out = tmp_path / "out"
+    config = write_config(tmp_path, anomaly_free_rows=250, extra=SELECTION)
+    assert run_cli(["--data-dir", str(data), "--out", str(out), "--config", str(config)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    selection = summary["vae_setting"]["selection"]
+    candidates = selection["candidates_on_dev"]
+    assert [(c["row_score"], c["margin"]) for c in candidates] == [
+        (rule, margin) for rule in ("min", "mean") for margin in (1.0, 1.5, 3.0)
+    ]
+    chosen = selection["chosen"]
+    assert chosen in candidates
+    within = [c for c in candidates if c["far_pct"] <= 15 and c["mar_pct"] <= 25]
+    assert chosen["f1"] == max(c["f1"] for c in within or candidates)
+    setting = summary["vae_setting"]
+    assert (setting["row_score"], setting["threshold_margin"]) == (chosen["row_score"], chosen["margin"])
+    subsets = summary["subsets"]
+    assert subsets["dev"]["files"] == ["valve1/0"]
+    assert subsets["held_out"]["files"] == ["other/1"]
+    dev_vae = subsets["dev"]["models"]["vae"]
+    assert dev_vae["f1"] == pytest.approx(chosen["f1"])  # the dev metrics are those of the chosen setting
+    for key in ("tp", "fp", "fn", "tn"):
+        parts = sum(subsets[part]["models"]["vae"][key] for part in ("dev", "held_out"))
+        assert parts == summary["models"]["vae"][key], key
+    # the baselines keep the config's row_score and margin; the VAE's threshold names its row rule
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["files"][1]["thresholds"]["vae"]["row_score"] == chosen["row_score"]
+    assert metrics["files"][1]["thresholds"]["vae"]["margin"] == chosen["margin"]
+    assert metrics["files"][1]["thresholds"]["pca_t2q"]["margin"] == 1.5
+    _, checkpoint = load_checkpoint(out / "models" / "other_1.pt")
+    assert checkpoint["threshold"] == metrics["files"][1]["thresholds"]["vae"]
+    scores = read_scores(out / "scores.csv")
+    assert all(row["is_anomaly"] == str(int(float(row["score"]) > 1.0)) for row in scores)
+
+
+@pytest.mark.integration
+def test_rescoring_matches_a_run_with_that_setting(tmp_path: Path) -> None:
+    data = write_synthetic_skab(tmp_path / "skab", n_files=1)
+    config = load_config(write_config(tmp_path, epochs=2))
+    options = skab.parse_options(config.data.generic.options if config.data.generic else {})
+    series = read_skab_file(labelled_files(data)[0])
+    plain = skab.run_file(series, config, options, ("vae",))
+    direct = skab.run_file(series, config, options, ("vae",), vae_setting=("mean", 2.0))
+    rows, spec = skab.rescore_vae(plain, ("mean", 2.0), config, options)
+    np.testing.assert_allclose(rows, direct.scores["vae"], rtol=1e-6)
+    assert spec == direct.thresholds["vae"]
+    rows, spec = skab.rescore_vae(plain, (options.row_score, options.threshold_margin), config, options)
+    np.testing.assert_allclose(rows, plain.scores["vae"], rtol=1e-6)
+    assert spec == plain.thresholds["vae"]
 
 
 @pytest.mark.integration

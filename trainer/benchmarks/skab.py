@@ -8,11 +8,16 @@ test parts of all files are concatenated and scored point-wise (F1, FAR %, MAR %
 The VAE, PCA T-squared + Q and Isolation Forest run on the same split; the baselines score single standardised
 rows by default (``baseline_input = "rows"``, as SKAB's own T-squared+Q), or the VAE's flattened windows.
 
-The VAE's inputs have the slow thermal channels (``detrend_channels``) centred on each window's mean, and row
+The VAE's inputs have the channels named in ``detrend_channels`` centred on each window's mean, and row
 scores come from window scores by the ``row_score`` rule (`trainer.benchmarks.skab_scoring`). The threshold is
 calibrated on the training part's row scores made by the same rule (``calibrate_on = "rows"``) or on its
 window scores (``"windows"``, the earlier behaviour). Scores in ``scores.csv`` are divided by the file's
 threshold, so ``is_anomaly`` is ``score > 1`` and scores of different files are comparable.
+
+With a development split (``dev_files`` and the ``select_*`` keys) the VAE's row rule and margin are chosen
+on the development files' test parts (`trainer.benchmarks.skab_select`) and applied to every file by
+rescoring the kept window scores; the metrics are reported on all files and, separately, on the development
+and the held-out files.
 """
 
 from __future__ import annotations
@@ -37,13 +42,12 @@ from trainer.benchmarks.skab_scoring import (
     lag1_variance_ratio,
     model_windows,
     read_leaderboard,
-    row_scores,
-    training_row_scores,
+    rows_over_threshold,
 )
-from trainer.calibration import ThresholdSpec, calibrate
+from trainer.benchmarks.skab_select import Candidate, choose, in_subset
 from trainer.config import TrainerConfig, load_config
 from trainer.data.series import Series
-from trainer.data.skab import ANOMALY_FREE, data_root, labelled_files, read_skab_file
+from trainer.data.skab import ANOMALY_FREE, CHANNELS, data_root, labelled_files, read_skab_file
 from trainer.data.windows import StandardScaler
 from trainer.metrics import binary_metrics, skab_metrics
 
@@ -62,13 +66,25 @@ class SkabOptions:
 
     train_rows: int = 400  # protocol: first 400 rows of each file
     row_score: str = "min"
-    threshold_margin: float = 1.0  # threshold = margin x calibrated value (see _threshold)
+    threshold_margin: float = 1.0  # threshold = margin x calibrated value (see skab_scoring.threshold_spec)
     validation: str = "tail"  # early-stopping windows: the last `val_fraction` in time, or every n-th
     val_fraction: float = 0.1
     baseline_input: str = "rows"  # baselines score single rows (as SKAB's T2+Q) or flattened windows
     detrend_channels: tuple[str, ...] = ()  # VAE inputs: these channels centred on each window's mean
     calibrate_on: str = "rows"  # threshold from training row scores (same rule as test rows) or windows
     anomaly_free_rows: int = 0  # > 0: also measure the false-alarm rate on the anomaly-free run (see below)
+    # Development split (`trainer.benchmarks.skab_select`): files (``valve1/3``) or folders (``valve1``) whose
+    # test labels may be used to choose the VAE's row rule and margin; metrics are also reported separately
+    # for them and for the held-out files.
+    dev_files: tuple[str, ...] = ()
+    select_row_scores: tuple[str, ...] = ()  # candidates; empty: no selection, `row_score` as given
+    select_margins: tuple[float, ...] = ()  # candidates; empty: no selection, `threshold_margin` as given
+    select_max_far_pct: float = 15.0  # limits a candidate must meet on the development files
+    select_max_mar_pct: float = 25.0
+
+    @property
+    def selects(self) -> bool:
+        return bool(self.select_row_scores) and bool(self.select_margins)
 
 
 def parse_options(raw: dict[str, Any]) -> SkabOptions:
@@ -84,8 +100,28 @@ def parse_options(raw: dict[str, Any]) -> SkabOptions:
         section.str_list("detrend_channels", []),
         section.choice("calibrate_on", CALIBRATE_ON, "rows"),
         section.integer("anomaly_free_rows", 0, minimum=0),
+        section.str_list("dev_files", []),
+        section.str_list("select_row_scores", []),
+        _positive_numbers(section, "select_margins"),
+        section.number("select_max_far_pct", 15.0, minimum=0, maximum=100),
+        section.number("select_max_mar_pct", 25.0, minimum=0, maximum=100),
     )
     section.finish()
+    for i, rule in enumerate(options.select_row_scores):
+        if rule not in ROW_SCORES:
+            raise ConfigError(
+                f"data -> skab -> select_row_scores -> {i}", f"must be one of {', '.join(ROW_SCORES)}", rule
+            )
+    if bool(options.select_row_scores) != bool(options.select_margins):
+        raise ConfigError(
+            "data -> skab -> select_margins",
+            "select_row_scores and select_margins are given together (both empty: no selection)",
+            list(options.select_margins),
+        )
+    if options.selects and not options.dev_files:
+        raise ConfigError(
+            "data -> skab -> dev_files", "selection needs the development files it chooses on", []
+        )
     if 0 < options.anomaly_free_rows <= options.train_rows:
         raise ConfigError(
             "data -> skab -> anomaly_free_rows",
@@ -93,6 +129,16 @@ def parse_options(raw: dict[str, Any]) -> SkabOptions:
             options.anomaly_free_rows,
         )
     return options
+
+
+def _positive_numbers(section: Section, key: str) -> tuple[float, ...]:
+    values = section.get(key, list, [])
+    out: list[float] = []
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{section.key_path(key)} -> {i}", "must be a positive number", value)
+        out.append(float(value))
+    return tuple(out)
 
 
 @dataclass
@@ -106,6 +152,9 @@ class FileResult:
     thresholds: dict[str, dict[str, Any]]
     vae_epochs: int = 0
     lag1_ratio: dict[str, float] = field(default_factory=dict)  # per channel, training rows (slow: near 0)
+    vae_window_scores: np.ndarray | None = None  # every window's VAE score, to rescore with another setting
+    vae_model: Any = None
+    scaler: StandardScaler | None = None
 
 
 def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
@@ -117,20 +166,6 @@ def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
         return np.arange(n_windows) >= n_windows - n_val
     every = max(2, round(1 / options.val_fraction))
     return np.arange(n_windows) % every == every - 1
-
-
-def _threshold(
-    train_scores: np.ndarray, config: TrainerConfig, margin: float, residual: bool
-) -> tuple[float, dict[str, Any]]:
-    """The calibrated value times `margin` for `residual` scores (non-negative errors and statistics: SKAB's
-    notebooks use 1.5 x the 99 % quantile of training residuals); for other scores (Isolation Forest's, in
-    (0, 1] with 0.5 meaning no evidence) the margin stretches the distance above the training median."""
-    spec: ThresholdSpec = calibrate(
-        train_scores, config.calibration.method, config.calibration.target_far, **config.calibration.params
-    )
-    median = float(np.median(train_scores))
-    value = margin * spec.value if residual else median + margin * (spec.value - median)
-    return value, {**spec.to_dict(), "margin": margin, "train_median": median, "threshold": value}
 
 
 def _vae_window_scores(
@@ -151,9 +186,9 @@ def _vae_window_scores(
 def _save_vae(
     path: Path,
     model: Any,
-    series: Series,
-    *,
+    name: str,
     scaler: StandardScaler,
+    *,
     config: TrainerConfig,
     threshold: dict[str, Any],
     detrend_channels: tuple[str, ...],
@@ -162,14 +197,14 @@ def _save_vae(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
-        "file": series.name,
-        "channels": list(series.channels),
+        "file": name,
+        "channels": list(CHANNELS),
         "scaler": scaler.to_dict(),
         # model inputs: rows scaled by `scaler`, then these channels centred on each window's own mean
         "detrend_channels": list(detrend_channels),
         "window_length": config.windows.length,
         "scoring": "reconstruction",
-        "threshold": threshold,
+        "threshold": threshold,  # includes the row rule the threshold applies to
         "model_config": asdict(config.model),
         "train_config": asdict(config.training),
     }
@@ -181,10 +216,11 @@ def run_file(
     config: TrainerConfig,
     options: SkabOptions,
     models: tuple[str, ...],
-    model_dir: Path | None = None,
+    vae_setting: tuple[str, float] | None = None,
 ) -> FileResult:
-    """Fit every model on the training part of one file and score its test part; with `model_dir` the VAE
-    is saved there as a checkpoint (weights, scaler, threshold) named after the file."""
+    """Fit every model on the training part of one file and score its test part. The VAE uses
+    `vae_setting` (row rule, margin) when given, else the options' `row_score` and `threshold_margin`; its
+    window scores and model are kept in the result (`rescore_vae`, `save_vae_models`)."""
     length = config.windows.length
     if series.labels is None:
         raise ValueError(f"SKAB file {series.name}: no labels")
@@ -200,8 +236,9 @@ def run_file(
     test = slice(options.train_rows, None)
     scores: dict[str, np.ndarray] = {}
     thresholds: dict[str, dict[str, Any]] = {}
-    epochs = 0
+    epochs, vae, vae_scores = 0, None, None
     for name in models:
+        rule, margin = options.row_score, options.threshold_margin
         if name == "vae":
             train_windows = windows[:n_train_windows]
             held_out = validation_mask(n_train_windows, options)
@@ -209,6 +246,7 @@ def run_file(
                 train_windows[~held_out], train_windows[held_out], windows, config
             )
             n_fit = n_train_windows
+            rule, margin = vae_setting or (rule, margin)
         else:
             baseline = (
                 PcaT2Q(seed=config.training.seed)
@@ -221,28 +259,23 @@ def run_file(
                 inputs, n_fit = windows.reshape(len(windows), -1), n_train_windows
             window_scores = baseline.fit(inputs[:n_fit]).score(inputs)
         fit_scores = np.asarray(window_scores, dtype=np.float64)
-        per_row = name != "vae" and options.baseline_input == "rows"  # one score per row already
-        calibration_scores = fit_scores[:n_fit]
-        if not per_row and options.calibrate_on == "rows":
-            calibration_scores = training_row_scores(calibration_scores, length, options.row_score)
-        value, spec = _threshold(
-            calibration_scores, config, options.threshold_margin, residual=name != "isolation_forest"
-        )
-        if value <= 0:
-            raise ValueError(f"SKAB file {series.name}: {name} threshold {value:g} is not positive")
-        rows = fit_scores if per_row else row_scores(fit_scores, len(series), length, options.row_score)
-        scores[name] = rows[test] / value
-        thresholds[name] = spec
-        if name == "vae" and model_dir is not None:
-            _save_vae(
-                model_dir / f"{series.name.replace('/', '_')}.pt",
-                vae,
-                series,
-                scaler=scaler,
+        if name == "vae":
+            vae_scores = fit_scores
+        try:
+            rows, thresholds[name] = rows_over_threshold(
+                fit_scores,
+                len(series),
+                n_fit,
+                per_row=name != "vae" and options.baseline_input == "rows",  # one score per row already
+                rule=rule,
+                margin=margin,
+                residual=name != "isolation_forest",
                 config=config,
-                threshold=spec,
-                detrend_channels=options.detrend_channels,
+                calibrate_on=options.calibrate_on,
             )
+        except ValueError as exc:
+            raise ValueError(f"SKAB file {series.name}: {name} {exc}") from exc
+        scores[name] = rows[test]
     timestamps = series.timestamps if series.timestamps is not None else np.arange(len(series), dtype=float)
     ratio = lag1_variance_ratio(series.values[: options.train_rows])
     return FileResult(
@@ -253,11 +286,76 @@ def run_file(
         thresholds,
         epochs,
         {c: round(float(r), 4) for c, r in zip(series.channels, ratio, strict=True)},
+        vae_scores,
+        vae,
+        scaler,
     )
 
 
+def rescore_vae(
+    result: FileResult, setting: tuple[str, float], config: TrainerConfig, options: SkabOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The VAE's test-row scores (divided by the threshold) and threshold spec of one file under another
+    (row rule, margin) setting, from the window scores kept in `result`: no retraining."""
+    if result.vae_window_scores is None:
+        raise ValueError(f"SKAB file {result.name}: no VAE window scores to rescore")
+    n_rows = options.train_rows + len(result.labels)
+    rows, spec = rows_over_threshold(
+        result.vae_window_scores,
+        n_rows,
+        options.train_rows - config.windows.length + 1,
+        per_row=False,
+        rule=setting[0],
+        margin=setting[1],
+        residual=True,
+        config=config,
+        calibrate_on=options.calibrate_on,
+    )
+    return rows[options.train_rows :], spec
+
+
+def select_vae_setting(
+    results: list[FileResult], config: TrainerConfig, options: SkabOptions
+) -> tuple[Candidate, list[Candidate]]:
+    """Choose the VAE's (row rule, margin) on the development files' test parts
+    (`trainer.benchmarks.skab_select.choose`); returns the choice and every candidate's dev metrics."""
+    dev = [r for r in results if in_subset(r.name, options.dev_files)]
+    if not dev:
+        raise ValueError(f"dev_files {list(options.dev_files)}: none of the selected files is one")
+    labels = np.concatenate([r.labels for r in dev])
+    candidates: list[Candidate] = []
+    for rule in options.select_row_scores:
+        for margin in options.select_margins:
+            scores = np.concatenate([rescore_vae(r, (rule, margin), config, options)[0] for r in dev])
+            m = skab_metrics(labels, (scores > 1.0).astype(np.int8))
+            candidates.append(Candidate(rule, margin, m["f1"], m["far_pct"], m["mar_pct"]))
+    return choose(candidates, options.select_max_far_pct, options.select_max_mar_pct), candidates
+
+
+def save_vae_models(
+    model_dir: Path, results: list[FileResult], config: TrainerConfig, options: SkabOptions
+) -> None:
+    """Each file's VAE as a checkpoint named after the file (weights, scaler, threshold spec)."""
+    for r in results:
+        if r.vae_model is None or r.scaler is None:
+            continue
+        _save_vae(
+            model_dir / f"{r.name.replace('/', '_')}.pt",
+            r.vae_model,
+            r.name,
+            r.scaler,
+            config=config,
+            threshold=r.thresholds["vae"],
+            detrend_channels=options.detrend_channels,
+        )
+
+
 def anomaly_free_far(
-    data_dir: Path, config: TrainerConfig, options: SkabOptions, models: tuple[str, ...]
+    data_dir: Path,
+    config: TrainerConfig,
+    options: SkabOptions,
+    models: tuple[str, ...],
+    vae_setting: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """False-alarm rates on normal data that holds no test row: the anomaly-free run cut into consecutive
     pseudo-files of `anomaly_free_rows` rows, each run through `run_file` like a labelled file (its first
@@ -280,6 +378,7 @@ def anomaly_free_far(
             config,
             options,
             models,
+            vae_setting,
         )
         for k in range(len(free) // n)
     ]
@@ -377,12 +476,38 @@ def run_benchmark(
     started = time.monotonic()
     results: list[FileResult] = []
     for path in paths:
-        result = run_file(read_skab_file(path), config, options, models, out / "models")
+        result = run_file(read_skab_file(path), config, options, models)
         results.append(result)
         log.info("%s: %d test rows, %d anomalous", result.name, len(result.labels), int(result.labels.sum()))
         if on_file is not None:
             on_file(result)
+    setting: tuple[str, float] | None = None
+    selection: dict[str, Any] = {}
+    if options.selects and "vae" in models:
+        chosen, candidates = select_vae_setting(results, config, options)
+        setting = (chosen.row_score, chosen.margin)
+        for r in results:
+            r.scores["vae"], r.thresholds["vae"] = rescore_vae(r, setting, config, options)
+        selection = {
+            "rule": "highest F1 on the dev files among candidates within the FAR and MAR limits there, "
+            "else the highest F1",
+            "max_far_pct": options.select_max_far_pct,
+            "max_mar_pct": options.select_max_mar_pct,
+            "chosen": chosen.to_dict(),
+            "candidates_on_dev": [c.to_dict() for c in candidates],
+        }
+        log.info("VAE setting chosen on the dev files: row_score %s, margin %g", *setting)
+    save_vae_models(out / "models", results, config, options)
     summary = summarise(results, models)
+    subsets: dict[str, Any] = {}
+    if options.dev_files:
+        dev = [r for r in results if in_subset(r.name, options.dev_files)]
+        held_out = [r for r in results if not in_subset(r.name, options.dev_files)]
+        subsets = {
+            name: {"files": [r.name for r in part], "models": summarise(part, models)}
+            for name, part in (("dev", dev), ("held_out", held_out))
+            if part
+        }
     meta = {
         "benchmark": "skab",
         "protocol": f"per file: first {options.train_rows} rows train (scaler + model), windows of "
@@ -397,7 +522,13 @@ def run_benchmark(
             "target_far": config.calibration.target_far,
             "params": config.calibration.params,
         },
-        "anomaly_free": anomaly_free_far(Path(data_dir), config, options, models),
+        "vae_setting": {
+            "row_score": (setting or (options.row_score, options.threshold_margin))[0],
+            "threshold_margin": (setting or (options.row_score, options.threshold_margin))[1],
+            "selection": selection,
+        },
+        "subsets": subsets,
+        "anomaly_free": anomaly_free_far(Path(data_dir), config, options, models, setting),
         "seconds": round(time.monotonic() - started, 1),
     }
     write_outputs(
