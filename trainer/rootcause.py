@@ -11,6 +11,9 @@ half to its end:
   apply; it is evaluated once, reported under the size key "frozen" and left out of the per-size totals).
 - `spikes`: a burst of 5 single-sample spikes of +-size sigma at random steps.
 - `noise`: added Gaussian noise of standard deviation size sigma.
+
+`channel_error` is clipped at 0 (a channel no worse than healthy reads 0), so channels can tie; ties rank in
+channel order, as the agent's root cause does (`edge_agent.decisions.root_cause`).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def evaluate_root_cause(
                 ]
             )
             error = score_windows(scorer, faulty).channel_error[:, :n_model]
-            order = np.argsort(-error, axis=1)
+            order = np.argsort(-error, axis=1, kind="stable")  # ties keep channel order, as in the agent
             top1 = int(np.sum(order[:, 0] == channels))
             top3 = int(np.sum(np.any(order[:, :3] == channels[:, None], axis=1)))
             per_fault[fault][key] = {"top1": top1 / n_trials, "top3": top3 / n_trials, "n": n_trials}

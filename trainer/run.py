@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import trainer
 from edge_agent.configtools import ConfigError
@@ -182,21 +181,22 @@ def fit_run(
     scaler_dict = data.scaler.to_dict()
     plain = build_scorer(vae, scaler_dict, "reconstruction", None)
     latent_stats = latent_statistics(score_windows(plain, data.fit.data).latent_mean)
-    # Per-channel reference error on healthy validation windows: channel_error comparable across channels.
-    reference = score_windows(plain, data.val.data).channel_error[:, :n_model].mean(axis=0)
-    vae.channel_error_scale.copy_(torch.from_numpy(np.maximum(reference, 1e-6).astype(np.float32)))
+    # Root-cause references from healthy validation windows (channel_error only; scores do not use them).
+    plain.fit_root_cause_reference(data.val.data)
 
     # Choose score kind and baseline on the labelled validation series (never the test set).
     kinds = SCORES if config.evaluation.score == "auto" else (config.evaluation.score,)
-    baselines: list[dict[str, Any] | None]
-    baseline_config = {
+    baseline_config: dict[str, Any] = {
         "kind": "per_asset_initial",
         "windows": config.evaluation.baseline_windows,
         "statistic": "median",
     }
-    baselines = {"none": [None], "per_asset_initial": [baseline_config], "auto": [None, baseline_config]}[
-        config.evaluation.score_baseline
-    ]
+    options: dict[str, list[dict[str, Any] | None]] = {
+        "none": [None],
+        "per_asset_initial": [baseline_config],
+        "auto": [None, baseline_config],
+    }
+    baselines = options[config.evaluation.score_baseline]
     candidates: list[dict[str, Any]] = []
     for kind in kinds:
         raw = score_windows(build_scorer(vae, scaler_dict, kind, latent_stats), data.val_labelled.data).score

@@ -6,10 +6,18 @@ float32 windows `[B, C_in, L]` in physical units, channel order as in `run.json`
 channels first, then (regime scaling only) the operating-condition channels. Per time step the regime is the
 nearest centroid of the condition vector (divided by `condition_scale`), computed in-graph with ArgMin +
 Gather. Outputs `(score [B], channel_error [B, C_in], latent_mean [B, Z], time_error [B, L])`.
-`channel_error` is each channel's mean squared error in standardised units divided by that channel's mean on
-healthy validation windows (`ConvVAE.channel_error_scale`, saved with the weights): 1 is a typical healthy
-channel, so channels that reconstruct less well by nature do not win root-cause rankings. Condition channels
-are inputs only, so their `channel_error` is 0. `time_error` is the squared error summed over channels.
+`channel_error` is the root-cause statistic: how far each channel's worst short stretch of residual lies above
+what healthy windows show, in healthy standard deviations (0 = not above a typical healthy window; see
+`ExportableScorer.peak_statistics`). The residual (reconstruction - input, standardised units) is divided by
+the channel's healthy RMS residual in the time step's operating regime; over a moving window of
+`ROOT_CAUSE_SPAN` steps, two peaks per channel are taken: the largest mean squared residual (energy: spikes,
+noise) and the largest squared mean residual (bias: offsets, drifts). Each is centred and scaled by its mean
+and std on healthy validation windows, and `channel_error` is the larger of the two, clipped at 0. The
+references are `ConvVAE` buffers saved with the weights (`ExportableScorer.fit_root_cause_reference`). It was
+chosen on faults injected into validation units (docs/evaluation.md): a mean over the window dilutes short or
+late faults, and healthy error differs between regimes and channels. Condition channels are inputs only, so
+their `channel_error` is 0. `time_error` is the squared error summed over channels; the score does not depend
+on the root-cause references.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SCORES = ("reconstruction", "elbo", "latent")
+ROOT_CAUSE_SPAN = 5  # time steps of the moving window in the root-cause peak statistics
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,33 @@ class ConvVAE(nn.Module):
             dec += [nn.ConvTranspose1d(widths[i], out, 4, stride=2, padding=1), nn.GELU()]
         self.decoder = nn.Sequential(*dec)
         self.head = nn.Conv1d(widths[-1], shape.n_channels, 3, padding=1)
-        # Typical per-channel squared error on healthy windows training never saw (set after training, saved
-        # with the weights): `channel_error` is divided by it so channels compare fairly for root cause.
+        # Root-cause references from healthy windows training never saw (set after training by
+        # `ExportableScorer.fit_root_cause_reference`, saved with the weights): the mean squared residual
+        # per channel [C] and per operating regime and channel [K, C] (K = 1 without regimes), and the healthy
+        # mean and std of the two peak statistics (energy, bias) per channel [2, C].
         self.register_buffer("channel_error_scale", torch.ones(shape.n_channels))
+        self.register_buffer("regime_error_scale", torch.ones(1, shape.n_channels))
+        self.register_buffer("peak_centre", torch.zeros(2, shape.n_channels))
+        self.register_buffer("peak_spread", torch.ones(2, shape.n_channels))
         if length * 2 ** len(shape.hidden) < shape.length:
             raise ValueError(
                 f"decoder output {length * 2 ** len(shape.hidden)} shorter than window {shape.length}"
             )
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # `regime_error_scale` has one row per regime of the run that saved it: take its shape. A checkpoint
+        # from before the peak statistics has only `channel_error_scale`: use it for every regime, with
+        # neutral peak references (its channel_error is then uncalibrated, but it loads).
+        regime_key = prefix + "regime_error_scale"
+        if regime_key in state_dict:
+            self.regime_error_scale = torch.empty_like(state_dict[regime_key])
+        elif prefix + "channel_error_scale" in state_dict:
+            state_dict[regime_key] = state_dict[prefix + "channel_error_scale"].reshape(1, -1)
+            state_dict[prefix + "peak_centre"] = torch.zeros_like(self.peak_centre)
+            state_dict[prefix + "peak_spread"] = torch.ones_like(self.peak_spread)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x).flatten(1)
@@ -161,6 +190,12 @@ class ExportableScorer(nn.Module):
             self.n_conditions = 0
         if mean.shape[1] != self.n_model:
             raise ValueError(f"scaler has {mean.shape[1]} channels, the VAE {self.n_model}")
+        rows, regimes = int(vae.regime_error_scale.shape[0]), int(mean.shape[0])
+        if rows not in (1, regimes):
+            raise ValueError(f"root-cause reference has {rows} regimes, the scaler {regimes}")
+        # One reference row (a fresh VAE, an old checkpoint, no regimes): the same in every regime. Decided
+        # here, not from shapes in forward, so the exported graph has no shape-dependent branch.
+        self.per_regime_reference = self.regime and rows == regimes > 1
         self.register_buffer("mean", mean)  # [K, C]
         self.register_buffer("inv_std", 1.0 / std)  # [K, C]
         self.register_buffer("condition_scale", scale)  # [S]
@@ -176,22 +211,82 @@ class ExportableScorer(nn.Module):
 
     def standardise(self, window: torch.Tensor) -> torch.Tensor:
         """Raw `[B, C_in, L]` -> standardised model channels `[B, C, L]` (per regime where configured)."""
+        return self._standardise(window)[0]
+
+    def _standardise(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Standardised model channels `[B, C, L]` and the regime of each time step `[B, L]` (None without
+        regimes)."""
         x = window[:, : self.n_model, :]
         if not self.regime:
-            return (x - self.mean[0].view(1, -1, 1)) * self.inv_std[0].view(1, -1, 1)
+            return (x - self.mean[0].view(1, -1, 1)) * self.inv_std[0].view(1, -1, 1), None
         cond = window[:, self.n_model :, :] / self.condition_scale.view(1, -1, 1)  # [B, S, L]
         diff = cond.unsqueeze(1) - self.centroids.unsqueeze(0).unsqueeze(-1)  # [B, K, S, L]
         regime = (diff * diff).sum(dim=2).argmin(dim=1)  # [B, L]
         mean = self.mean[regime].permute(0, 2, 1)  # [B, C, L]
         inv_std = self.inv_std[regime].permute(0, 2, 1)
-        return (x - mean) * inv_std
+        return (x - mean) * inv_std, regime
+
+    def peak_statistics(self, residual: torch.Tensor, regime: torch.Tensor | None) -> torch.Tensor:
+        """Energy and bias peaks `[B, 2, C]` of the residual `[B, C, L]` (reconstruction - standardised
+        input).
+
+        The residual is divided by the healthy RMS residual of its channel in the time step's regime. Over
+        every run of `ROOT_CAUSE_SPAN` steps: energy = mean of the squared residual, bias = square of the mean
+        residual; each peak is the largest over the window.
+        """
+        reference = self.vae.regime_error_scale  # [K, C]; one row when not fitted per regime
+        if regime is not None and self.per_regime_reference:
+            inv_rms = torch.rsqrt(reference)[regime].permute(0, 2, 1)  # [B, C, L]
+        else:
+            inv_rms = torch.rsqrt(reference[0]).view(1, -1, 1)
+        scaled = residual * inv_rms
+        span = min(ROOT_CAUSE_SPAN, self.vae.shape.length)  # a constant in the exported graph
+        energy = F.avg_pool1d(scaled * scaled, span, stride=1).amax(dim=2)
+        bias = F.avg_pool1d(scaled, span, stride=1).pow(2).amax(dim=2)
+        return torch.stack([energy, bias], dim=1)
+
+    @torch.no_grad()
+    def fit_root_cause_reference(self, windows: np.ndarray, batch_size: int = 1024) -> None:
+        """Set the VAE's root-cause references from healthy raw windows `[N, C_in, L]` (validation units):
+        mean squared residual per channel and per regime and channel, then the mean and std of the peak
+        statistics. Changes `channel_error` only, never the score."""
+        if len(windows) == 0:
+            raise ValueError("no healthy windows for the root-cause reference")
+        data = np.ascontiguousarray(windows, dtype=np.float32)
+        n_regimes = int(self.mean.shape[0]) if self.regime else 1
+        sums = torch.zeros(n_regimes, self.n_model, dtype=torch.float64)
+        counts = torch.zeros(n_regimes, dtype=torch.float64)
+        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for start in range(0, len(data), batch_size):
+            z, regime = self._standardise(torch.from_numpy(data[start : start + batch_size]))
+            residual = self.vae.decode(self.vae.encode(z)[0]) - z
+            parts.append((residual, regime))
+            squared = (residual * residual).double()
+            if regime is None:
+                sums[0] += squared.sum(dim=(0, 2))
+                counts[0] += squared.shape[0] * squared.shape[2]
+            else:
+                onehot = F.one_hot(regime, n_regimes).double()  # [B, L, K]
+                sums += torch.einsum("bcl,blk->kc", squared, onehot)
+                counts += onehot.sum(dim=(0, 1))
+        overall = sums.sum(dim=0) / counts.sum()
+        per_regime = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], overall[None])
+        floor = 1e-6
+        self.vae.channel_error_scale.copy_(overall.clamp(min=floor).float())
+        self.vae.regime_error_scale = per_regime.clamp(min=floor).float()
+        self.per_regime_reference = n_regimes > 1
+        peaks = torch.cat([self.peak_statistics(r, g) for r, g in parts]).double()  # [N, 2, C]
+        self.vae.peak_centre.copy_(peaks.mean(dim=0).float())
+        std = peaks.std(dim=0, unbiased=False) if len(peaks) > 1 else torch.ones_like(peaks[0])
+        self.vae.peak_spread.copy_(std.clamp(min=floor).float())
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.standardise(window)
+        z, regime = self._standardise(window)
         mu, logvar = self.vae.encode(z)
-        recon = self.vae.decode(mu)
-        err = (recon - z) ** 2  # [B, C, L]
-        channel_error = err.mean(dim=2) / self.vae.channel_error_scale
+        residual = self.vae.decode(mu) - z
+        err = residual**2  # [B, C, L]
+        peaks = (self.peak_statistics(residual, regime) - self.vae.peak_centre) / self.vae.peak_spread
+        channel_error = torch.relu(peaks.amax(dim=1))
         time_error = err.sum(dim=1)
         if self.scoring == "reconstruction":
             score = err.mean(dim=(1, 2))

@@ -158,6 +158,7 @@ def test_cmapss_benchmark_on_a_slice(
     assert set(summary["root_cause"]["by_size"]) == {"1", "2", "3", "5"}
     assert set(summary["root_cause"]["per_fault"]["stuck"]) == {"frozen"}
     assert set(summary["root_cause"]["per_fault"]["step"]) == {"1", "2", "3", "5"}
+    assert set(summary["root_cause_validation"]["by_size"]) == {"1", "2", "3", "5"}
     assert summary["protocol_warning"] is None
     # the run's config.toml is the effective config: the command-line overrides are in it
     from trainer.config import load_config

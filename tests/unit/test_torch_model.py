@@ -11,7 +11,15 @@ import torch
 
 from trainer.data.windows import RegimeScaler, StandardScaler
 from trainer.run import scale_windows
-from trainer.torch_model import ConvVAE, ExportableScorer, VaeShape, beta_at, kl_divergence, vae_loss
+from trainer.torch_model import (
+    ROOT_CAUSE_SPAN,
+    ConvVAE,
+    ExportableScorer,
+    VaeShape,
+    beta_at,
+    kl_divergence,
+    vae_loss,
+)
 
 
 @pytest.mark.parametrize(("length", "hidden"), [(50, (8, 16, 16)), (60, (8, 16)), (17, (4, 4, 4))])
@@ -71,6 +79,31 @@ def test_in_graph_scaling_matches_numpy_scalers() -> None:
     )
 
 
+def _numpy_root_cause(scorer: ExportableScorer, windows: np.ndarray) -> np.ndarray:
+    """Independent numpy twin of `channel_error` (model channels): peaks of moving averages of the residual
+    over `ROOT_CAUSE_SPAN` steps, per-regime RMS scaling, healthy centre/spread, max of the two, clipped."""
+    vae = scorer.vae
+    with torch.no_grad():
+        z = scorer.standardise(torch.from_numpy(windows))
+        residual = (vae.decode(vae.encode(z)[0]) - z).numpy().astype(np.float64)
+    n, c, length = residual.shape
+    reference = vae.regime_error_scale.numpy().astype(np.float64)
+    if reference.shape[0] > 1:
+        cond = windows[:, 3:].transpose(0, 2, 1) / scorer.condition_scale.numpy()
+        regime = ((cond[:, :, None, :] - scorer.centroids.numpy()[None, None]) ** 2).sum(-1).argmin(-1)
+        rms = np.sqrt(reference[regime]).transpose(0, 2, 1)  # [N, C, L]
+    else:
+        rms = np.sqrt(reference[0])[None, :, None]
+    scaled = residual / rms
+    span = ROOT_CAUSE_SPAN
+    energy = np.stack([np.mean(scaled[:, :, t : t + span] ** 2, axis=2) for t in range(length - span + 1)], 2)
+    bias = np.stack([np.mean(scaled[:, :, t : t + span], axis=2) ** 2 for t in range(length - span + 1)], 2)
+    peaks = np.stack([energy.max(axis=2), bias.max(axis=2)], axis=1)  # [N, 2, C]
+    standard = (peaks - vae.peak_centre.numpy()) / vae.peak_spread.numpy()
+    assert standard.shape == (n, 2, c)
+    return np.maximum(standard.max(axis=1), 0.0)
+
+
 def test_scorer_outputs_and_their_relations() -> None:
     rng = np.random.default_rng(1)
     windows, scaler = _regime_data(rng)
@@ -85,19 +118,69 @@ def test_scorer_outputs_and_their_relations() -> None:
     assert latent.shape == (6, 2)
     assert time_error.shape == (6, 16)
     assert torch.all(channel_error[:, 3:] == 0)  # condition channels are inputs only
-    torch.testing.assert_close(score, channel_error[:, :3].mean(dim=1))  # reconstruction score
-    torch.testing.assert_close(time_error.sum(dim=1), channel_error[:, :3].sum(dim=1) * 16)
-    # the per-channel reference divides channel_error only (score and time_error are unchanged)
-    vae.channel_error_scale.copy_(torch.tensor([1.0, 2.0, 4.0]))
+    assert torch.all(channel_error >= 0)
+    torch.testing.assert_close(score, time_error.sum(dim=1) / (3 * 16))  # reconstruction score
+    # the root-cause references change channel_error only (score and time_error are unchanged)
+    vae.regime_error_scale = torch.tensor([[1.0, 2.0, 4.0], [0.5, 1.0, 3.0]])
+    vae.peak_centre.copy_(torch.tensor([[0.5, 1.0, 0.2], [0.1, 0.3, 0.2]]))
+    vae.peak_spread.copy_(torch.tensor([[0.5, 2.0, 1.0], [0.2, 1.0, 0.5]]))
+    scorer = ExportableScorer(vae, scaler.to_dict())
     with torch.no_grad():
-        score2, scaled_error, _, time_error2 = ExportableScorer(vae, scaler.to_dict())(
-            torch.from_numpy(windows)
-        )
-    torch.testing.assert_close(scaled_error[:, :3] * torch.tensor([1.0, 2.0, 4.0]), channel_error[:, :3])
+        score2, scaled_error, _, time_error2 = scorer(torch.from_numpy(windows))
+    np.testing.assert_allclose(scaled_error[:, :3].numpy(), _numpy_root_cause(scorer, windows), rtol=1e-4,
+                               atol=1e-5)
+    assert not torch.allclose(scaled_error, channel_error)
     torch.testing.assert_close(score2, score)
     torch.testing.assert_close(time_error2, time_error)
     with pytest.raises(ValueError, match="unknown score"):
         ExportableScorer(vae, scaler.to_dict(), "bogus")
+
+
+def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> None:
+    rng = np.random.default_rng(3)
+    windows, scaler = _regime_data(rng, n=40)
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    scorer = ExportableScorer(vae, scaler.to_dict())
+    with torch.no_grad():
+        before = scorer(torch.from_numpy(windows))
+    scorer.fit_root_cause_reference(windows, batch_size=16)
+    assert vae.regime_error_scale.shape == (2, 3)  # one row per regime
+    with torch.no_grad():
+        z = scorer.standardise(torch.from_numpy(windows))
+        residual = (vae.decode(vae.encode(z)[0]) - z).numpy()
+        after = scorer(torch.from_numpy(windows))
+    np.testing.assert_allclose(vae.channel_error_scale.numpy(), (residual**2).mean(axis=(0, 2)), rtol=1e-5)
+    # on the reference windows themselves the standardised peaks have mean 0 and std 1 per channel
+    with torch.no_grad():
+        regime = scorer._standardise(torch.from_numpy(windows))[1]
+        peaks = scorer.peak_statistics(torch.from_numpy(residual), regime)
+    standard = ((peaks - vae.peak_centre) / vae.peak_spread).numpy()
+    np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standard.std(axis=0), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(after[1][:, :3].numpy(), _numpy_root_cause(scorer, windows), rtol=1e-4,
+                               atol=1e-5)
+    for i in (0, 2, 3):  # score, latent mean, time error: unchanged by the references
+        torch.testing.assert_close(after[i], before[i])
+    # the per-regime shape survives a state-dict round trip into a fresh VAE (built with one row)
+    fresh = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    fresh.load_state_dict(vae.state_dict())
+    torch.testing.assert_close(fresh.regime_error_scale, vae.regime_error_scale)
+    with torch.no_grad():
+        torch.testing.assert_close(ExportableScorer(fresh, scaler.to_dict())(torch.from_numpy(windows))[1],
+                                   after[1])
+    # a state dict from before the peak statistics (channel_error_scale only) still loads
+    old = {k: v for k, v in vae.state_dict().items()
+           if k not in ("regime_error_scale", "peak_centre", "peak_spread")}
+    legacy = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    legacy.load_state_dict(old)
+    torch.testing.assert_close(legacy.regime_error_scale, vae.channel_error_scale.view(1, -1))
+    torch.testing.assert_close(legacy.peak_spread, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="no healthy windows"):
+        scorer.fit_root_cause_reference(windows[:0])
+    plain = StandardScaler.fit(windows[:, :3].transpose(0, 2, 1).reshape(-1, 3))
+    with pytest.raises(ValueError, match="root-cause reference has 2 regimes, the scaler 1"):
+        ExportableScorer(vae, plain.to_dict())
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export uses
@@ -109,6 +192,8 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
     vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
     latent_stats = {"mean": [0.1, -0.1], "precision": [[2.0, 0.1], [0.1, 1.0]]}
     scorer = ExportableScorer(vae, scaler.to_dict(), "latent", latent_stats).eval()
+    scorer.fit_root_cause_reference(windows[:3])  # per-regime references: the in-graph gather is exported
+    assert vae.regime_error_scale.shape == (2, 3)
     path = tmp_path / "scorer.onnx"
     torch.onnx.export(
         scorer,
