@@ -6,12 +6,10 @@ and marks a row delivered only when its PUBACK arrived *and* every older row in 
 too (ordered marking). After a lost connection the unacknowledged rows go out again, oldest first, so a
 receiver sees first occurrences in order and drops repeats by `alert_id`.
 
-Each connection uses a fresh paho client (VERSION2 callbacks, no paho auto-reconnect) whose network I/O
-runs on the event loop (`edge_agent.mqttio.LoopIO`: no paho thread, a publish is written on the loop's
-next turn); paho callbacks queue their results on the loop with `call_soon_threadsafe` (so a handler never
-runs inside paho's read), and reconnects are paced by `edge_agent.backoff`. The status topic is retained:
-`online` on every connect and every `health_interval_s` (with a health summary), `offline` as the Last Will
-and at a clean shutdown.
+Each connection uses a fresh paho client (VERSION2 callbacks, `loop_start` network thread, no paho
+auto-reconnect); paho callbacks hand their results to the event loop with `call_soon_threadsafe`, and
+reconnects are paced by `edge_agent.backoff`. The status topic is retained: `online` on every connect and
+every `health_interval_s` (with a health summary), `offline` as the Last Will and at a clean shutdown.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.mqttio import LoopIO
 from edge_agent.sinks.payload import alert_payload, alert_topic, status_payload
 from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
@@ -167,7 +164,6 @@ class MqttUpstream:
         self._running = False
         self._state = "disconnected"
         self._client: mqtt.Client | None = None
-        self._io: LoopIO | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
         self._connected = False
@@ -295,8 +291,9 @@ class MqttUpstream:
         self._acked.clear()
         self._rejected.clear()
         kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
-        self._io = LoopIO(client)
-        await self._io.connect(self.config.host, self.config.port, self.config.keepalive, **kwargs)
+        await asyncio.to_thread(client.connect, self.config.host, self.config.port, self.config.keepalive,
+                                **kwargs)
+        client.loop_start()
         await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
         # `_connected` was set by the CONNACK handler; a loss handled between CONNACK and this point has
         # cleared it again (and paho knows): do not report a dead client as connected.
@@ -308,12 +305,15 @@ class MqttUpstream:
                  "TLS" if self.config.tls else "plain")
 
     async def _teardown(self) -> None:
-        io, self._io, self._client = self._io, None, None
+        client, self._client = self._client, None
         self._connected = False
-        if io is not None:
-            await io.close()
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
 
-    # paho callbacks (queued on the loop) ----------------------------------------------------------------
+    # paho thread callbacks (hand over to the loop) ------------------------------------------------------
     # Each handler gets the client it came from: a late callback of an earlier connection's client must
     # not touch the current one (message ids restart with every client).
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:

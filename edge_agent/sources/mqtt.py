@@ -7,19 +7,20 @@ Two payload shapes:
   prefix produces fields named `prefix.field`, so one source can carry many assets with the same field names.
 - `payload = "number"`: each message is one number; `topics` is a table `{exact topic = "field"}`.
 
-Timestamps come from `timestamp_field` of a JSON payload, else arrival time. The client's network I/O runs on
-the event loop (`edge_agent.mqttio.LoopIO`, no paho thread): each message is parsed where it is read and its
-reading queued (bounded, oldest dropped). A fresh client per connection; the first connect may fail while
-the broker is down, and every loss is followed by reconnects with capped, jittered backoff
-(`edge_agent.backoff`).
+Timestamps come from `timestamp_field` of a JSON payload, else arrival time. paho runs its network loop in its
+own thread (with its own reconnect; the first connect may fail while the broker is down and is retried);
+messages wait in an inbox and one `call_soon_threadsafe` per burst hands them all to the event loop, where
+they are parsed and queued (bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
+import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -29,9 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
-from edge_agent.mqttio import LoopIO
 from edge_agent.sources.base import SecretRef, Source, read_secret, secret_file, secret_path
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
@@ -148,9 +147,16 @@ class MqttSource(Source):
         super().__init__(name, config.queue_size)
         self.config = config
         self._client: mqtt.Client | None = None
-        self._io: LoopIO | None = None
         self._route_cache: dict[str, str | None] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # prefix -> (output name, JSON key)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # messages from paho's thread wait here; one loop callback drains all that arrived meanwhile
+        # bounded like the reading queue: under overload the oldest messages are dropped and counted
+        self._inbox: collections.deque[tuple[str, bytes, float]] = collections.deque(
+            maxlen=config.queue_size)
+        self._inbox_overflow = 0  # written by paho's thread only
+        self._inbox_overflow_seen = 0  # written by the event loop only
+        self._drain_scheduled = False
 
     @property
     def task_name(self) -> str:
@@ -170,55 +176,62 @@ class MqttSource(Source):
                            certfile=str(secret_path(cfg.tls_cert)) if cfg.tls_cert else None,
                            keyfile=str(secret_path(cfg.tls_key)) if cfg.tls_key else None,
                            cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
         self.stats.state = "disconnected"
-        delays = backoff_delays()
-        while True:
-            client = self._make_client()
-            io = LoopIO(client)
-            self._client, self._io = client, io
-            try:
-                await io.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                await io.close()
-                delay = next(delays)
-                log.warning("source %s: broker %s:%d not reachable (%s); retrying in %.1f s", self.name,
-                            self.config.host, self.config.port, exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            await io.closed.wait()
-            await io.close()
-            if self.stats.state == "connected":  # it worked this time: start the backoff again
-                delays = backoff_delays()
-            self._set_state("disconnected")
-            await asyncio.sleep(next(delays))
+        # connect_async + loop_start: paho keeps retrying in its thread while the broker is down.
+        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
+        self._client.loop_start()
+        await asyncio.Event().wait()  # runs until cancelled; the work happens in the callbacks
 
     async def _cleanup(self) -> None:
-        io, self._io, self._client = self._io, None, None
-        if io is not None:
-            await io.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
 
-    # paho callbacks: on the event loop (LoopIO)
+    # paho thread -> event loop
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("source %s: broker refused the connection: %s", self.name, reason)
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # small sensor messages: no Nagle delay on what we send (subscriptions, PUBACKs)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
-        self._set_state("connected")
+        self._call(self._set_state, "connected")
 
-    def _on_disconnect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:
-        if client is self._client:
-            self._set_state("disconnected")
+        self._call(self._set_state, "disconnected")
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        self.handle_message(msg.topic, payload, time.time())
+        if len(self._inbox) == self._inbox.maxlen:
+            self._inbox_overflow += 1  # the append below drops the oldest message
+        self._inbox.append((msg.topic, payload, time.time()))
+        if not self._drain_scheduled:  # one hand-off per burst of messages, not one per message
+            self._drain_scheduled = True
+            if not self._call(self._drain):
+                self._drain_scheduled = False
+
+    def _call(self, func: Any, *args: Any) -> bool:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(func, *args)
+            except RuntimeError:  # the loop closed meanwhile
+                return False
+            return True
+        return False
 
     def _set_state(self, state: str) -> None:
         if state == "connected" and self.stats.state == "disconnected" and self.stats.received:
@@ -226,6 +239,17 @@ class MqttSource(Source):
         if state != self.stats.state:
             log.info("source %s: %s to %s:%d", self.name, state, self.config.host, self.config.port)
         self.stats.state = state
+
+    # on the event loop
+    def _drain(self) -> None:
+        self._drain_scheduled = False  # first: a message appended from now on schedules a new drain
+        overflow = self._inbox_overflow
+        if overflow != self._inbox_overflow_seen:
+            self.stats.dropped += overflow - self._inbox_overflow_seen
+            self._inbox_overflow_seen = overflow
+        inbox = self._inbox
+        while inbox:
+            self.handle_message(*inbox.popleft())
 
     def route(self, topic: str) -> str | None:
         """The prefix (json) or field (number) for a topic, None when no configured topic matches."""

@@ -1,11 +1,10 @@
-"""The MQTT source on a real mosquitto: network I/O on the event loop (no paho thread), reconnects after the
-broker went away, wildcard topics with prefixes, bad payloads counted while the good ones go on."""
+"""The MQTT source on a real mosquitto: reconnects after the broker went away and when it is down at start,
+wildcard topics with prefixes, bad payloads counted while the good ones go on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ async def until(predicate: object, what: str, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def test_mqtt_source_reads_on_the_loop_and_reconnects_after_a_broker_restart(
+def test_mqtt_source_reconnects_after_a_broker_restart(
         mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
     source = source_for(mqtt_broker, mqtt_topic, tmp_path)
     received: list[Reading] = []
@@ -53,13 +52,10 @@ def test_mqtt_source_reads_on_the_loop_and_reconnects_after_a_broker_restart(
 
             reader = asyncio.create_task(read())
             await until(lambda: source.stats.state == "connected", "connected")
-            threads_before = {t.name for t in threading.enumerate()}
             await asyncio.to_thread(publish, 1.0)
             await asyncio.to_thread(publish, 2.0, b"not json")
             await asyncio.to_thread(publish, 3.0)
             await until(lambda: len(received) == 2, "two readings")
-            # no paho network thread: the client's I/O runs on this loop
-            assert not any(name.startswith("paho") for name in threads_before)
             await asyncio.to_thread(mqtt_broker.stop)
             await until(lambda: source.stats.state == "disconnected", "the loss noticed")
             await asyncio.to_thread(mqtt_broker.start)
@@ -82,7 +78,7 @@ def test_mqtt_source_keeps_retrying_while_the_broker_is_down_at_start(
 
     async def scenario() -> None:
         async with source:
-            await asyncio.sleep(1.0)  # a few refused connects (backoff from 0.5 s)
+            await asyncio.sleep(1.5)  # refused connects (paho retries after 1 s, 2 s, ...)
             assert source.stats.state == "disconnected"
             await asyncio.to_thread(mqtt_broker.start)
             await until(lambda: source.stats.state == "connected", "connected once the broker is up", 40)

@@ -4,7 +4,6 @@ was acknowledged (pure logic; the broker round trips are in tests/integration/te
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
 from collections.abc import Iterable
 
@@ -115,37 +114,27 @@ def test_an_outbox_write_error_on_puback_keeps_the_rows_queued_and_wakes_the_sin
 
 class DeadClient:
     """Stands in for paho: CONNACK (success) and the loss of the connection both arrive before the task
-    awaiting CONNACK resumes (both queued on the loop right behind each other)."""
+    awaiting CONNACK resumes, as they can from paho's network thread."""
 
     def __init__(self, upstream: MqttUpstream) -> None:
         self.upstream = upstream
-        self._sock, self._peer = socket.socketpair()
 
-    def connect(self, *_args: object, **_kwargs: object) -> int:  # runs in LoopIO's worker thread
-        loop = self.upstream._loop
-        assert loop is not None
-        loop.call_soon_threadsafe(self.upstream._connack_result, self, Reason(failure=False))
-        loop.call_soon_threadsafe(self.upstream._lost, self, Reason(failure=True))
+    def connect(self, *_args: object, **_kwargs: object) -> int:
         return 0
 
-    def socket(self) -> socket.socket:
-        return self._sock
-
-    def want_write(self) -> bool:
-        return False
-
-    def loop_read(self) -> int:
-        return 0
-
-    def loop_misc(self) -> int:
-        return 0
+    def loop_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.upstream._connack_result, self, Reason(failure=False))
+        loop.call_soon(self.upstream._lost, self, Reason(failure=True))
 
     def is_connected(self) -> bool:
         return False
 
     def disconnect(self) -> None:
-        self._sock.close()
-        self._peer.close()
+        pass
+
+    def loop_stop(self) -> None:
+        pass
 
 
 def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> None:

@@ -101,11 +101,6 @@ def test_serial_a_line_that_breaks_parsing_is_counted_and_the_chunk_goes_on(tmp_
     assert source.stats.invalid == 2
 
 
-class FakeMessage:
-    def __init__(self, topic: str, payload: bytes) -> None:
-        self.topic, self.payload = topic, payload
-
-
 def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp_path: Path) -> None:
     config = MqttSourceConfig.from_section(Section({
         "host": "h", "payload": "json", "fields": ["a"], "topics": ["t/#"], "queue_size": 10}), tmp_path)
@@ -113,7 +108,8 @@ def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp
     asyncio.run(_with_queue(source))
     for payload in (b'{"a": 1}', b'{"a": 1' + b"0" * 400 + b"}", b'{"a": ' + b"9" * 5000 + b"}",
                     b'{"a": 2}'):
-        source._on_message(None, None, FakeMessage("t/x", payload))  # type: ignore[arg-type]
+        source._inbox.append(("t/x", payload, 3.0))
+    source._drain()
     assert [r.values["a"] for r in drain(source)] == [1.0, 2.0]
     assert source.stats.invalid == 2
     number = MqttSource("n", MqttSourceConfig.from_section(Section({
@@ -125,13 +121,20 @@ def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp
     assert number.stats.invalid == 2
 
 
-def test_mqtt_readings_beyond_the_queue_drop_the_oldest(tmp_path: Path) -> None:
+class FakeMessage:
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic, self.payload = topic, payload
+
+
+def test_mqtt_handoff_from_the_network_thread_is_bounded_drop_oldest(tmp_path: Path) -> None:
     config = MqttSourceConfig.from_section(Section({
         "host": "h", "payload": "number", "topics": {"f/v": "v"}, "queue_size": 3}), tmp_path)
     source = MqttSource("m", config)
     asyncio.run(_with_queue(source))
-    for i in range(10):  # nobody takes readings: an overloaded agent
+    for i in range(10):  # the event loop is not draining (no loop yet): an overloaded agent
         source._on_message(None, None, FakeMessage("f/v", str(i).encode()))  # type: ignore[arg-type]
+    assert len(source._inbox) == 3
+    source._drain()
     assert [r.values["v"] for r in drain(source)] == [7.0, 8.0, 9.0]
     assert source.stats.dropped == 7
 
