@@ -10,8 +10,8 @@ Per (asset, model):
   even one that dips below the threshold for a few windows, is therefore ONE episode.
 
 Severity is the highest manifest level whose `min_score` the score reaches (levels ascend). Root cause:
-channels ranked by their share of the window's reconstruction error (`channel_error / sum`), and the peak
-time is the timestamp of `argmax(time_error)`; both are computed only for windows that open an episode or
+channels ranked by their share of the window's excess reconstruction error (`channel_error / sum`), and the
+peak time is the timestamp of `argmax(time_error)`; both are computed only for windows that open an episode or
 fall inside one (most windows are normal and cost a deque append). Open episodes are stored in the
 `episodes` table (through the outbox transaction) and restored after a restart. Each message names the
 bundle that scored the window it reports (after a hot swap an episode's `update`/`close` carry the new
@@ -162,7 +162,8 @@ class _Track:
 
 
 def root_cause(channel_error: np.ndarray, channels: Sequence[str]) -> tuple[RootCauseEntry, ...]:
-    """Channels ranked by share of the reconstruction error (shares sum to 1; ties keep channel order)."""
+    """Channels ranked by share of `channel_error` (shares sum to 1; ties keep channel order; all equal when
+    every channel reads 0)."""
     errors = np.clip(np.asarray(channel_error, dtype=np.float64).reshape(-1), 0.0, None)
     total = float(errors.sum())
     shares = errors / total if total > 0 else np.full(errors.shape, 1.0 / max(len(errors), 1))

@@ -51,11 +51,11 @@ MAX_PARITY_WINDOWS = 512
 QUANT_CALIBRATION_WINDOWS = 512
 REFERENCE_NORMAL, REFERENCE_ANOMALOUS = 4, 4
 REFERENCE_TOLERANCE = {"fp32": (1e-4, 1e-5), "int8": (5e-2, 1e-3)}  # (rtol, atol) across CPUs
-ROOT_CAUSE_READING = ("share of channel c = channel_error[c] / sum(channel_error); channel_error is the mean "
-                      "squared reconstruction error per channel in standardised units divided by that "
-                      "channel's mean error on healthy validation windows (1 = a typical healthy channel). "
-                      "The largest share is the most likely cause. Condition channels (inputs only) always "
-                      "read 0.")
+ROOT_CAUSE_READING = ("share of channel c = channel_error[c] / sum(channel_error); channel_error is how far "
+                      "the channel's worst 5-step stretch of reconstruction residual (energy or bias, the "
+                      "residual scaled per operating regime) lies above healthy validation windows, in "
+                      "healthy standard deviations, clipped at 0 (0 = no worse than healthy). The largest "
+                      "share is the most likely cause. Condition channels (inputs only) always read 0.")
 
 
 @dataclass(frozen=True)
