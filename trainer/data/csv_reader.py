@@ -27,7 +27,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
@@ -108,31 +109,43 @@ def _parse_value(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+@contextmanager
+def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[ValueError],
+               ) -> Iterator[tuple[dict[str, int], Iterator[tuple[int, list[str]]]]]:
+    """Open a delimited text file with a header line: `(column index of each wanted name, (line number,
+    cells) of every non-blank row)`. A missing column or a row with the wrong field count raises `error`
+    naming the file and line; the caller parses the cells."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = [name.strip() for name in next(reader, [])]
+        if not header:
+            raise error(f"{path}: empty file (no header line)")
+        missing = [name for name in wanted if name not in header]
+        if missing:
+            raise error(f"{path}: line 1: missing column(s) {missing}; the header has {header}")
+
+        def records() -> Iterator[tuple[int, list[str]]]:
+            for line, cells in enumerate(reader, start=2):
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise error(f"{path}: line {line}: {len(cells)} fields, the header has {len(header)}")
+                yield line, cells
+
+        yield {name: header.index(name) for name in wanted}, records()
+
+
 def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise CsvFormatError(f"{path}: no such CSV file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=options.delimiter)
-        header = [name.strip() for name in next(reader, [])]
-        if not header:
-            raise CsvFormatError(f"{path}: empty file (no header line)")
-        wanted = [options.timestamp_column, *options.channels]
-        if options.label_column is not None:
-            wanted.append(options.label_column)
-        missing = [name for name in wanted if name not in header]
-        if missing:
-            raise CsvFormatError(f"{path}: line 1: missing column(s) {missing}; the header has {header}")
-        index = {name: header.index(name) for name in wanted}
-        times: list[float] = []
-        rows: list[list[float]] = []
-        labels: list[int] = []
-        for line, cells in enumerate(reader, start=2):
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise CsvFormatError(
-                    f"{path}: line {line}: {len(cells)} fields, the header has {len(header)}"
-                )
+    wanted = [options.timestamp_column, *options.channels]
+    if options.label_column is not None:
+        wanted.append(options.label_column)
+    times: list[float] = []
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    with table_rows(path, options.delimiter, wanted, CsvFormatError) as (index, records):
+        for line, cells in records:
             ts = _parse_time(cells[index[options.timestamp_column]], path, line, options.timestamp_column)
             if times and ts <= times[-1]:
                 raise CsvFormatError(

@@ -10,7 +10,6 @@ then
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data.csv_reader import table_rows
 from trainer.data.series import Series
 
 log = logging.getLogger(__name__)
@@ -108,26 +108,11 @@ def read_skab_file(path: str | Path, labelled: bool = True) -> Series:
     if not path.is_file():
         raise SkabFormatError(f"{path}: no such SKAB file")
     expected = ["datetime", *CHANNELS, *(LABEL_COLUMNS if labelled else ())]
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=";")
-        header = next(reader, None)
-        if header is None:
-            raise SkabFormatError(f"{path}: empty file")
-        header = [name.strip() for name in header]
-        missing = [name for name in expected if name not in header]
-        if missing:
-            raise SkabFormatError(f"{path}: line 1: missing column(s) {missing}; header is {header}")
-        index = {name: header.index(name) for name in expected}
-        times: list[float] = []
-        rows: list[list[float]] = []
-        labels: list[int] = []
-        for line, cells in enumerate(reader, start=2):
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise SkabFormatError(
-                    f"{path}: line {line}: {len(cells)} fields, the header has {len(header)}"
-                )
+    times: list[float] = []
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    with table_rows(path, ";", expected, SkabFormatError) as (index, records):
+        for line, cells in records:
             times.append(_parse_time(cells[index["datetime"]], path, line))
             rows.append([_parse_number(cells[index[c]], path, line, c) for c in CHANNELS])
             if labelled:
