@@ -115,11 +115,6 @@ def sink_name(config: AgentConfig) -> str:
     return f"sink[mqtt:{mqtt.host}:{mqtt.port}]" if mqtt is not None else "sink[console]"
 
 
-def console_topic(event: AlertEvent) -> str:
-    """The topic the console sink shows an alert under."""
-    return f"console/{event.asset}"
-
-
 Rendered = tuple[AlertEvent, str, bytes]
 
 

@@ -46,7 +46,6 @@ from edge_agent.pipeline import (
     RestartBudget,
     build_sink,
     build_windower,
-    console_topic,
     find_fatal,
     load_bundle,
     provider_settings,
@@ -167,8 +166,7 @@ class Supervisor:
         self.decisions = DecisionEngine(config.decisions, config.identity, self.store, self.bundle.manifest)
         self.windower = build_windower(config, self.bundle)
         self.sink = build_sink(config, self.store, self.health)
-        topic_for = self.sink.alert_topic if hasattr(self.sink, "alert_topic") else console_topic
-        self.alerts = AlertWriter(self.store, config.identity, topic_for, self.sink.wake)
+        self.alerts = AlertWriter(self.store, config.identity, self.sink.alert_topic, self.sink.wake)
         assets = {(a.name, a.model) for a in config.assets.values()}
         self._store_alerts(self.decisions.orphaned_episodes(time.time(), assets))
         self.sources = [build_source(name, src.kind, src.settings) for name, src in config.sources.items()]

@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 from edge_agent.sinks.mqtt import DEFAULT_ALERT_TOPIC
-from edge_agent.sinks.payload import alert_payload, alert_topic
+from edge_agent.sinks.payload import alert_topic
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
@@ -38,10 +38,6 @@ class ConsoleSink:
     def alert_topic(self, event: AlertEvent) -> str:
         """The topic the alert would have on MQTT (shown in each line)."""
         return alert_topic(self.alert_topic_template, event, self.identity)
-
-    @staticmethod
-    def alert_payload(event: AlertEvent, identity: GatewayIdentity) -> bytes:
-        return alert_payload(event, identity)
 
     @property
     def state(self) -> str:

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.sinks.payload import alert_payload, alert_topic, status_payload
+from edge_agent.sinks.payload import alert_topic, status_payload
 from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
@@ -183,11 +183,6 @@ class MqttUpstream:
     def alert_topic(self, event: AlertEvent) -> str:
         """The topic of one alert, from `alert_topic_template`."""
         return alert_topic(self.config.alert_topic_template, event, self.identity)
-
-    @staticmethod
-    def alert_payload(event: AlertEvent, identity: GatewayIdentity) -> bytes:
-        """JSON bytes valid against `alert.schema.json`."""
-        return alert_payload(event, identity)
 
     @property
     def state(self) -> str:

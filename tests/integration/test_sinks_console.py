@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.decisions import DecisionConfig, DecisionEngine
 from edge_agent.sinks import SINKS, ConsoleSink
+from edge_agent.sinks.payload import alert_payload
 from edge_agent.storage import Store
 from edge_agent.types import GatewayIdentity, ScoredWindow, Window
 
@@ -38,7 +39,7 @@ def test_console_sink_prints_outbox_rows_as_json_lines_and_marks_them_delivered(
             scored = ScoredWindow(window, score, score, 1.0, np.array([0.1, 0.9]), np.zeros(2), np.zeros(4),
                                   "b", "1")
             store.add_alerts(engine.process(scored, 1_800_000_000.0 + i), sink.alert_topic,
-                             lambda e: sink.alert_payload(e, IDENTITY))
+                             lambda e: alert_payload(e, IDENTITY))
             sink.wake()
         await sink.aclose()
         await task

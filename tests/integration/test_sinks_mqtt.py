@@ -28,6 +28,7 @@ from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
 from edge_agent.decisions import DecisionConfig, DecisionEngine
 from edge_agent.sinks.mqtt import MqttUpstream, MqttUpstreamConfig, TlsConfig
+from edge_agent.sinks.payload import alert_payload
 from edge_agent.storage import Store
 from edge_agent.types import GatewayIdentity, ScoredWindow, Window
 from tests.support import wait_until
@@ -140,7 +141,7 @@ class Episode:
                                   np.arange(6.0), "pumps", "1.0.0")
             events = self.engine.process(scored, self.now)
             self.store.add_alerts(events, self.upstream.alert_topic,
-                                  lambda e: MqttUpstream.alert_payload(e, self.identity))
+                                  lambda e: alert_payload(e, self.identity))
             self.ids += [e.alert_id for e in events]
         self.runner.call(self.upstream.wake)
 
