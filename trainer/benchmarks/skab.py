@@ -497,6 +497,7 @@ def run_benchmark(
             "candidates_on_dev": [c.to_dict() for c in candidates],
         }
         log.info("VAE setting chosen on the dev files: row_score %s, margin %g", *setting)
+    row_score, margin = setting or (options.row_score, options.threshold_margin)
     save_vae_models(out / "models", results, config, options)
     summary = summarise(results, models)
     subsets: dict[str, Any] = {}
@@ -523,8 +524,8 @@ def run_benchmark(
             "params": config.calibration.params,
         },
         "vae_setting": {
-            "row_score": (setting or (options.row_score, options.threshold_margin))[0],
-            "threshold_margin": (setting or (options.row_score, options.threshold_margin))[1],
+            "row_score": row_score,
+            "threshold_margin": margin,
             "selection": selection,
         },
         "subsets": subsets,
