@@ -12,6 +12,7 @@ import pytest
 from edge_agent.configtools import Section
 from edge_agent.sources.mqtt import MqttSource, MqttSourceConfig
 from edge_agent.types import Reading
+from tests.support import poll_until
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_client import connect_publisher
 
@@ -23,13 +24,6 @@ def source_for(broker: MosquittoBroker, topic: str, tmp_path: Path) -> MqttSourc
         "host": broker.host, "port": broker.port, "payload": "json", "fields": ["a"],
         "timestamp_field": "ts", "keepalive": 5, "topics": {f"{topic}/+/telemetry": "plant"}}), tmp_path)
     return MqttSource("plant", config)
-
-
-async def until(predicate: object, what: str, timeout: float = 20.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - polls state the source sets on this same loop
-            await asyncio.sleep(0.02)
 
 
 def test_mqtt_source_reconnects_after_a_broker_restart(
@@ -51,17 +45,17 @@ def test_mqtt_source_reconnects_after_a_broker_restart(
                     received.append(reading)
 
             reader = asyncio.create_task(read())
-            await until(lambda: source.stats.state == "connected", "connected")
+            await poll_until(lambda: source.stats.state == "connected", "connected")
             await asyncio.to_thread(publish, 1.0)
             await asyncio.to_thread(publish, 2.0, b"not json")
             await asyncio.to_thread(publish, 3.0)
-            await until(lambda: len(received) == 2, "two readings")
+            await poll_until(lambda: len(received) == 2, "two readings")
             await asyncio.to_thread(mqtt_broker.stop)
-            await until(lambda: source.stats.state == "disconnected", "the loss noticed")
+            await poll_until(lambda: source.stats.state == "disconnected", "the loss noticed")
             await asyncio.to_thread(mqtt_broker.start)
-            await until(lambda: source.stats.state == "connected", "reconnected", timeout=40)
+            await poll_until(lambda: source.stats.state == "connected", "reconnected", timeout=40)
             await asyncio.to_thread(publish, 4.0)
-            await until(lambda: len(received) == 3, "a reading after the restart")
+            await poll_until(lambda: len(received) == 3, "a reading after the restart")
             reader.cancel()
 
     asyncio.run(scenario())
@@ -81,6 +75,6 @@ def test_mqtt_source_keeps_retrying_while_the_broker_is_down_at_start(
             await asyncio.sleep(1.5)  # refused connects (paho retries after 1 s, 2 s, ...)
             assert source.stats.state == "disconnected"
             await asyncio.to_thread(mqtt_broker.start)
-            await until(lambda: source.stats.state == "connected", "connected once the broker is up", 40)
+            await poll_until(lambda: source.stats.state == "connected", "connected once the broker is up", 40)
 
     asyncio.run(scenario())

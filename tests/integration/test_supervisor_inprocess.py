@@ -24,6 +24,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.supervisor import Supervisor
 from edge_agent.systemd import Notifier
 from tests.integration.agent_harness import CHANNELS, MEANS, PERIOD, STDS, make_bundle, write_config
+from tests.support import poll_until
 from tests.support.bundles import build_test_bundle
 
 pytestmark = pytest.mark.integration
@@ -41,17 +42,10 @@ def replay_config(tmp_path: Path, **extra: Any) -> Path:
     return write_config(tmp_path, tmp_path / "state", bundle, keys, sources, assets, extra=extra)
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        # polls like tests.support.wait_until, without blocking the event loop the supervisor runs on
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 async def running(sup: Supervisor, body: Callable[[], Awaitable[None]]) -> int:
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: sup.state.counters["windows_scored"] > 20 or task.done(), "windows scored")
+        await poll_until(lambda: sup.state.counters["windows_scored"] > 20 or task.done(), "windows scored")
         assert not task.done(), "the supervisor stopped early"
         await body()
     finally:
@@ -72,9 +66,9 @@ def test_hot_swap_to_another_window_length_under_load(tmp_path: Path,
     async def swap() -> None:
         engines.append(sup.engine)
         async with sup._swap_lock:  # hold the detector back until windows of the old shape are queued
-            await wait_for(lambda: len(sup._windows) > 300, "queued windows")
+            await poll_until(lambda: len(sup._windows) > 300, "queued windows")
             task = asyncio.create_task(sup.swap_bundle(new_bundle))
-            await wait_for(lambda: len(sup._swap_lock._waiters or ()) == 2, "swap waiting")
+            await poll_until(lambda: len(sup._swap_lock._waiters or ()) == 2, "swap waiting")
             scored_before = sup.state.counters["windows_scored"]
             queued = len(sup._windows)
         await task
@@ -84,8 +78,9 @@ def test_hot_swap_to_another_window_length_under_load(tmp_path: Path,
         assert store is not None
         assert recorder is not None
         # scoring goes on with the new model (its windows reach the ring buffer)
-        await wait_for(lambda: recorder.flush(0.5) and store.last_windows(1)[0]["bundle_version"] == "2.0.0",
-                       "windows of the new bundle")
+        await poll_until(
+            lambda: recorder.flush(0.5) and store.last_windows(1)[0]["bundle_version"] == "2.0.0",
+            "windows of the new bundle")
 
     assert asyncio.run(running(sup, swap)) == 0
     assert "task detector failed" not in caplog.text
