@@ -4,9 +4,9 @@ Steps: load and check the run; export the scorer to ONNX (fp32) and check parity
 (unless fp32 is requested; activation ranges from TRAINING windows, `train_sample.npz`) and measure both on
 the labelled validation windows (ROC-AUC, Spearman; the test set only when validation lacks a class, and the
 manifest says which set decided) and for speed; decide the precision; measure ROC-AUC of both on the test
-(evaluation) windows for the record only; recalibrate threshold, quantiles, drift reference and reference I/O
-on the CHOSEN graph's own scores of the calibration windows (what the agent will compute); write the bundle
-atomically.
+(evaluation) windows for the record only; recalibrate threshold (times run.json's `threshold.params.margin`
+when it has one), quantiles, drift reference and reference I/O on the CHOSEN graph's own scores of the
+calibration windows (what the agent will compute); write the bundle atomically.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _fp32_latency(paths: dict[str, Path], windows: np.ndarray, repeats: int) -> 
 def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m: PrecisionMeasurements,
                  parity: ParityReport, *, test_auc: dict[str, float | None], tmp: Path,
                  model_name: str) -> dict[str, Any]:
-    from trainer.calibration import CalibrationError, calibrate, score_quantiles
+    from trainer.calibration import CalibrationError, calibrate, score_quantiles, with_margin
 
     run, cal = inputs.run, inputs.calibration
     sess = session(chosen)
@@ -169,7 +169,8 @@ def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m
     cal_scores = _adjusted(inputs, cal, cal_out["score"])
     settings = inputs.calibration_settings
     try:
-        threshold = calibrate(cal_scores, settings.method, settings.target_far, **settings.params).to_dict()
+        spec = calibrate(cal_scores, settings.method, settings.target_far, **settings.params)
+        threshold = with_margin(spec, settings.margin).to_dict()
         quantiles = score_quantiles(cal_scores)
     except CalibrationError as exc:
         raise ExportError(f"recalibrating the threshold on the exported model's scores failed: {exc}") \

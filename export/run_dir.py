@@ -4,7 +4,10 @@ RUN_DIR (written by `trainer.run.fit_run`): `checkpoint.pt`, `run.json`, `calibr
 optionally `validation.npz` (parity windows, and the int8 guard's labelled data when it holds both classes;
 evaluation windows are used when absent), `train_sample.npz` (fit windows: int8 calibration data; older runs
 lack it and fall back to `calibration.npz` with a warning) and `config.toml` (the calibration method's
-parameters; rebuilt from `run.json`'s threshold when absent).
+parameters; rebuilt from `run.json`'s threshold when absent). `run.json`'s optional `detrend_channels` (model
+channels centred per window, in-graph) goes into the scorer; runs without it centre nothing. A threshold
+with `params.margin` (SKAB run directories, `trainer.benchmarks.skab_export`) keeps that margin when export
+recalibrates.
 """
 
 from __future__ import annotations
@@ -42,9 +45,13 @@ class WindowData:
 
 @dataclass(frozen=True)
 class CalibrationSettings:
+    """How export recalibrates: `calibrate(scores, method, target_far, **params)`, then times `margin`
+    (`trainer.calibration.with_margin`; 1 unless run.json's threshold records one)."""
+
     method: str
     target_far: float
     params: dict[str, Any]
+    margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class RunInputs:
 def load_run(run_dir: Path | str) -> RunInputs:
     """Check and load a RUN_DIR. Raises `ExportError` for a missing or partial directory, a bad `run.json`,
     windows of the wrong shape, or a checkpoint that does not match its config."""
-    from trainer.scoring import build_scorer
+    from trainer.scoring import run_scorer
     from trainer.train import load_checkpoint
 
     root = Path(run_dir)
@@ -106,9 +113,10 @@ def load_run(run_dir: Path | str) -> RunInputs:
         raise ExportError(f"{root / 'checkpoint.pt'}: cannot load checkpoint ({exc})") from exc
     _check_consistency(root, run, vae, metadata)
     try:
-        scorer = build_scorer(vae, run["scaler"], run["scoring"], run.get("latent_stats"))
+        scorer = run_scorer(vae, run)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise ExportError(f"{root / 'run.json'}: scaler/scoring do not fit the checkpoint ({exc})") from exc
+        raise ExportError(f"{root / 'run.json'}: scaler/scoring/detrend_channels do not fit the checkpoint "
+                          f"({exc})") from exc
     shape = (len(run["input_channels"]), int(run["window_length"]))
     calibration = _load_windows(root / "calibration.npz", shape, labelled=False)
     evaluation = _load_windows(root / "evaluation.npz", shape, labelled=True)
@@ -141,6 +149,10 @@ def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict
     for key in ("channels", "input_channels", "window_length", "scoring", "scaler"):
         if key in metadata and metadata[key] != run[key]:
             problems.append(f"{key}: checkpoint has {_short(metadata[key])}, run.json has {_short(run[key])}")
+    centred = run.get("detrend_channels", [])  # absent (older runs): nothing centred
+    if "detrend_channels" in metadata and metadata["detrend_channels"] != centred:
+        problems.append(f"detrend_channels: checkpoint has {_short(metadata['detrend_channels'])}, run.json "
+                        f"has {_short(centred)}")
     shape = vae.shape.to_dict()
     if run["model_shape"] != shape:
         problems.append(f"model_shape: checkpoint has {shape}, run.json has {run['model_shape']}")
@@ -204,7 +216,7 @@ def _calibration_settings(root: Path, run: dict[str, Any]) -> CalibrationSetting
 
         c = load_config(config_path).calibration
         if c.method == threshold.get("method"):
-            return CalibrationSettings(c.method, c.target_far, dict(c.params))
+            return CalibrationSettings(c.method, c.target_far, dict(c.params), _margin(threshold))
         log.warning("config.toml calibrates with %s but run.json's threshold used %s; following run.json",
                     c.method, threshold.get("method"))
     return settings_from_threshold(threshold)
@@ -228,4 +240,13 @@ def settings_from_threshold(threshold: dict[str, Any]) -> CalibrationSettings:
         params.pop("k", None)
     if method == "percentile" and far is not None and abs(1.0 - float(params.get("q", 1.0)) - far) < 1e-12:
         params.pop("q", None)  # q = 1 - target rate: derived, not given
-    return CalibrationSettings(method, float(far) if far is not None else 0.01, params)
+    return CalibrationSettings(method, float(far) if far is not None else 0.01, params, _margin(threshold))
+
+
+def _margin(threshold: dict[str, Any]) -> float:
+    """`params.margin` of a threshold spec (`trainer.calibration.with_margin`); 1 when absent."""
+    margin = (threshold.get("params") or {}).get("margin", 1.0)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin > 0:
+        raise ExportError(f"run.json: threshold -> params -> margin must be a positive number, "
+                          f"got {margin!r}")
+    return float(margin)

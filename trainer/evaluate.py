@@ -20,7 +20,7 @@ from trainer.report import (
     write_report,
 )
 from trainer.run import adjusted_scores, load_windows
-from trainer.scoring import ScoreOutput, build_scorer, score_windows
+from trainer.scoring import ScoreOutput, run_scorer, score_windows
 from trainer.torch_model import ExportableScorer
 from trainer.train import load_checkpoint
 
@@ -37,7 +37,7 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], ExportableScorer]:
         )
     run = json.loads(run_path.read_text(encoding="utf-8"))
     vae, _ = load_checkpoint(root / "checkpoint.pt")
-    return run, build_scorer(vae, run["scaler"], run["scoring"], run["latent_stats"])
+    return run, run_scorer(vae, run)
 
 
 def unit_of(name: str) -> str:

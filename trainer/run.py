@@ -7,12 +7,16 @@ RUN_DIR/
   run.json          everything export needs besides weights:
                     channels (model channels), input_channels (graph input order: model channels, then
                     condition channels for regime scaling), condition_channels, window_length, stride,
-                    sample_period_s, scaler (`StandardScaler`/`RegimeScaler.to_dict()`), scoring (score kind),
-                    latent_stats, score_baseline (null, or {"kind": "per_asset_initial", "windows": N,
-                    "statistic": "median"}), threshold (`ThresholdSpec.to_dict()`, on adjusted scores when a
-                    baseline is used), score_quantiles, calibration_scores (a sorted sample of the calibration
-                    windows' scores; older runs call it validation_scores), metrics (validation), history,
-                    model_shape, trainer_version, git_commit (HEAD, "-dirty" when tracked files differ)
+                    sample_period_s, scaler (`StandardScaler`/`RegimeScaler.to_dict()`), detrend_channels
+                    (model channels centred on each window's mean after scaling, in-graph; `fit` writes [],
+                    the SKAB benchmark's run directories name theirs; absent in older runs = []), scoring
+                    (score kind), latent_stats, score_baseline (null, or {"kind": "per_asset_initial",
+                    "windows": N, "statistic": "median"}), threshold (`ThresholdSpec.to_dict()`, on adjusted
+                    scores when a baseline is used; `params.margin`, when present, multiplies the method's
+                    value, and export applies it again after recalibrating), score_quantiles,
+                    calibration_scores (a sorted sample of the calibration windows' scores; older runs
+                    call it validation_scores), metrics (validation), history, model_shape,
+                    trainer_version, git_commit (HEAD, "-dirty" when tracked files differ)
   calibration.npz   `windows` float32 [N, C_in, L] raw normal windows training never saw (calibration units),
                     `series` [N] str, `end_row` [N]
   evaluation.npz    `windows` [N, C_in, L] raw labelled test windows, `labels` [N], `series`, `end_time`,
@@ -247,6 +251,7 @@ def fit_run(
         "stride": config.windows.stride,
         "sample_period_s": config.windows.sample_period_s,
         "scaler": scaler_dict,
+        "detrend_channels": [],  # fit centres nothing; the SKAB benchmark's run directories do
         "scoring": chosen["scoring"],
         "latent_stats": latent_stats,
         "channel_error_reference": vae.channel_error_scale.tolist(),
@@ -272,6 +277,7 @@ def fit_run(
                 "channels",
                 "input_channels",
                 "scaler",
+                "detrend_channels",
                 "scoring",
                 "latent_stats",
                 "score_baseline",

@@ -3,6 +3,7 @@ baselines."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,33 @@ def latent_statistics(latent_mean: np.ndarray, ridge: float = 1e-3) -> dict[str,
     return {"mean": centre.tolist(), "precision": precision.tolist()}
 
 
+def detrend_mask(channels: Sequence[str], detrend_channels: Sequence[str] | None) -> list[bool]:
+    """One flag per model channel: True for the channels named in `detrend_channels` (run.json's key; absent
+    or empty: none). A name that is not a model channel is a `ValueError` naming it and the channels."""
+    names = list(detrend_channels or [])
+    unknown = [name for name in names if name not in channels]
+    if unknown:
+        raise ValueError(f"detrend_channels: {unknown} not among the model channels {list(channels)}")
+    return [name in names for name in channels]
+
+
 def build_scorer(
-    vae: ConvVAE, scaler: dict[str, Any], scoring: str, latent_stats: dict[str, Any] | None
+    vae: ConvVAE,
+    scaler: dict[str, Any],
+    scoring: str,
+    latent_stats: dict[str, Any] | None,
+    detrend: Sequence[bool] | None = None,
 ) -> ExportableScorer:
-    """The exportable scorer for a trained VAE (kept as one call so evaluate and export build it alike)."""
-    return ExportableScorer(vae, scaler, scoring, latent_stats).eval()
+    """The exportable scorer for a trained VAE (kept as one call so evaluate and export build it alike);
+    `detrend` is the per-model-channel centring mask (`detrend_mask`), None for runs that centre nothing."""
+    return ExportableScorer(vae, scaler, scoring, latent_stats, detrend).eval()
+
+
+def run_scorer(vae: ConvVAE, run: dict[str, Any]) -> ExportableScorer:
+    """`build_scorer` from a run.json: its scaler, scoring, latent statistics and `detrend_channels` (runs
+    written before the key centre nothing)."""
+    mask = detrend_mask(run["channels"], run.get("detrend_channels"))
+    return build_scorer(vae, run["scaler"], run["scoring"], run.get("latent_stats"), mask)
 
 
 def per_asset_baseline(score: np.ndarray, series: np.ndarray, n_windows: int) -> np.ndarray:

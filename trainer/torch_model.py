@@ -5,23 +5,30 @@ module into the ONNX graph, so offline scores and the agent's scores agree by co
 float32 windows `[B, C_in, L]` in physical units, channel order as in `run.json` `input_channels`: the model
 channels first, then (regime scaling only) the operating-condition channels. Per time step the regime is the
 nearest centroid of the condition vector (divided by `condition_scale`), computed in-graph with ArgMin +
-Gather. Outputs `(score [B], channel_error [B, C_in], latent_mean [B, Z], time_error [B, L])`.
-`channel_error` is the root-cause statistic: how far each channel's worst short stretch of residual lies above
-what healthy windows show, in healthy standard deviations (0 = not above a typical healthy window; see
-`ExportableScorer.peak_statistics`). The residual (reconstruction - input, standardised units) is divided by
-the channel's healthy RMS residual in the time step's operating regime; over a moving window of
-`ROOT_CAUSE_SPAN` steps, two peaks per channel are taken: the largest mean squared residual (energy: spikes,
-noise) and the largest squared mean residual (bias: offsets, drifts). Each is centred and scaled by its mean
-and std on healthy validation windows, and `channel_error` is the larger of the two, clipped at 0. The
-references are `ConvVAE` buffers saved with the weights (`ExportableScorer.fit_root_cause_reference`). It was
-chosen on faults injected into validation units (docs/evaluation.md): a mean over the window dilutes short or
-late faults, and healthy error differs between regimes and channels. Condition channels are inputs only, so
-their `channel_error` is 0. `time_error` is the squared error summed over channels; the score does not depend
-on the root-cause references.
+Gather. Model channels marked in the optional `detrend` mask (run.json `detrend_channels`; the SKAB
+benchmark's slowly wandering channels) are then centred on the window's own mean over time (ReduceMean + Sub
+in the graph), so the VAE sees their shape within the window but not their level; without a mask the graph has
+no such nodes. These standardised (and centred) model inputs are what the VAE reconstructs and what every
+output below is computed on. Outputs `(score [B], channel_error [B, C_in], latent_mean [B, Z],
+time_error [B, L])`. `channel_error` is the root-cause statistic: how far each channel's worst short stretch
+of residual lies above what healthy windows show, in healthy standard deviations (0 = not above a typical
+healthy window; see `ExportableScorer.peak_statistics`). The residual (reconstruction - model input,
+standardised units) is divided by the channel's healthy RMS residual in the time step's operating regime;
+over a moving window of `ROOT_CAUSE_SPAN` steps, two peaks per channel are taken: the largest mean squared
+residual (energy: spikes, noise) and the largest squared mean residual (bias: offsets, drifts). Each is
+centred and scaled by its mean and std on healthy validation windows, and `channel_error` is the larger of
+the two, clipped at 0. The references are `ConvVAE` buffers saved with the weights
+(`ExportableScorer.fit_root_cause_reference`, fitted on the same centred inputs; without regimes a level
+offset over a whole window of a centred channel shows in no output). It was chosen on faults injected into
+validation units (docs/evaluation.md): a mean over the window dilutes short or late faults, and healthy error
+differs between regimes and channels. Condition channels are inputs only, so their `channel_error` is 0.
+`time_error` is the squared error summed over channels; the score does not depend on the root-cause
+references.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +169,11 @@ class ExportableScorer(nn.Module):
 
     `scaler` is a `to_dict()` of `trainer.data.windows.StandardScaler` or `RegimeScaler`. `latent_stats`
     (`{"mean": [Z], "precision": [Z, Z]}` of training latent means) is needed for `scoring="latent"`.
+    `detrend` marks the model channels (one flag per VAE channel, condition channels excluded) that are
+    centred on each window's mean after scaling; None, empty or all false: no centring (the graph is
+    unchanged). The centring is of standardised values: with one scaler for every time step a raw level shift
+    of a centred channel changes no output; with regime scaling it does where the regime changes within the
+    window.
     """
 
     def __init__(
@@ -170,6 +182,7 @@ class ExportableScorer(nn.Module):
         scaler: dict[str, Any],
         scoring: str = "reconstruction",
         latent_stats: dict[str, Any] | None = None,
+        detrend: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if scoring not in SCORES:
@@ -208,10 +221,31 @@ class ExportableScorer(nn.Module):
         self.register_buffer(
             "latent_precision", torch.tensor(np.asarray(stats["precision"]), dtype=torch.float32)
         )
+        flags = [bool(f) for f in detrend] if detrend is not None else []
+        if flags and len(flags) != self.n_model:
+            raise ValueError(f"detrend mask has {len(flags)} flags, the VAE {self.n_model} channels")
+        self.register_buffer("detrend", torch.tensor(flags or [False] * self.n_model, dtype=torch.float32))
+        # Decided here, like `per_regime_reference`: without centred channels the exported graph has no
+        # ReduceMean/Sub for them, so scores and graphs of runs without a mask are exactly as before.
+        self.centred = any(flags)
 
     def standardise(self, window: torch.Tensor) -> torch.Tensor:
-        """Raw `[B, C_in, L]` -> standardised model channels `[B, C, L]` (per regime where configured)."""
+        """Raw `[B, C_in, L]` -> standardised model channels `[B, C, L]` (per regime where configured), before
+        any centring (`model_inputs` adds it)."""
         return self._standardise(window)[0]
+
+    def model_inputs(self, window: torch.Tensor) -> torch.Tensor:
+        """Raw `[B, C_in, L]` -> what the VAE reconstructs: standardised model channels `[B, C, L]`, those in
+        the `detrend` mask centred on the window's mean over time."""
+        return self._model_inputs(window)[0]
+
+    def _model_inputs(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`model_inputs` and the regime of each time step `[B, L]` (None without regimes)."""
+        z, regime = self._standardise(window)
+        if self.centred:
+            # The mask is 0 or 1 per channel: masked channels lose their window mean, the others subtract 0.
+            z = z - z.mean(dim=2, keepdim=True) * self.detrend.view(1, -1, 1)
+        return z, regime
 
     def _standardise(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Standardised model channels `[B, C, L]` and the regime of each time step `[B, L]` (None without
@@ -249,7 +283,9 @@ class ExportableScorer(nn.Module):
     def fit_root_cause_reference(self, windows: np.ndarray, batch_size: int = 1024) -> None:
         """Set the VAE's root-cause references from healthy raw windows `[N, C_in, L]` (validation units):
         mean squared residual per channel and per regime and channel, then the mean and std of the peak
-        statistics. Changes `channel_error` only, never the score."""
+        statistics. The residuals are those `forward` computes (on the centred model inputs when a
+        `detrend` mask is set), so build the scorer with its mask before fitting. Changes `channel_error`
+        only, never the score."""
         if len(windows) == 0:
             raise ValueError("no healthy windows for the root-cause reference")
         data = np.ascontiguousarray(windows, dtype=np.float32)
@@ -258,7 +294,7 @@ class ExportableScorer(nn.Module):
         counts = torch.zeros(n_regimes, dtype=torch.float64)
         parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for start in range(0, len(data), batch_size):
-            z, regime = self._standardise(torch.from_numpy(data[start : start + batch_size]))
+            z, regime = self._model_inputs(torch.from_numpy(data[start : start + batch_size]))
             residual = self.vae.decode(self.vae.encode(z)[0]) - z
             parts.append((residual, regime))
             squared = (residual * residual).double()
@@ -281,7 +317,7 @@ class ExportableScorer(nn.Module):
         self.vae.peak_spread.copy_(std.clamp(min=floor).float())
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        z, regime = self._standardise(window)
+        z, regime = self._model_inputs(window)
         mu, logvar = self.vae.encode(z)
         residual = self.vae.decode(mu) - z
         err = residual**2  # [B, C, L]

@@ -211,6 +211,32 @@ def test_checkpoint_not_matching_config(run_dir: Path, tmp_path: Path) -> None:
     _no_output(out)
 
 
+def test_detrend_channels_must_name_model_channels_and_match_the_checkpoint(run_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    changed = tmp_path / "changed"
+    shutil.copytree(run_dir, changed)
+    run = json.loads((changed / "run.json").read_text())
+    run["detrend_channels"] = ["ch_1"]
+    (changed / "run.json").write_text(json.dumps(run))
+    out = tmp_path / "x.bundle"
+    with pytest.raises(ExportError, match=r'detrend_channels: checkpoint has \[\], run\.json has \["ch_1"\]'):
+        export_run(changed, out)
+    # a checkpoint without the key (older runs): run.json decides, and its names are checked
+    from export.run_dir import load_run
+    from trainer.train import load_checkpoint, save_checkpoint
+
+    vae, metadata = load_checkpoint(changed / "checkpoint.pt")
+    metadata.pop("detrend_channels")
+    save_checkpoint(changed / "checkpoint.pt", vae, metadata)
+
+    assert load_run(changed).scorer.detrend.tolist() == [0.0, 1.0, 0.0]
+    run["detrend_channels"] = ["flow"]
+    (changed / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ExportError, match=r"detrend_channels: \['flow'\] not among the model channels"):
+        export_run(changed, out)
+    _no_output(out)
+
+
 def test_bad_keys_and_existing_output(run_dir: Path, keys, tmp_path: Path) -> None:
     out = tmp_path / "x.bundle"
     garbage = tmp_path / "garbage.key"
@@ -291,9 +317,12 @@ def test_old_run_dirs_fall_back_with_a_warning(run_dir: Path, tmp_path: Path,
         (old / name).unlink()
     run = json.loads((old / "run.json").read_text())
     run["validation_scores"] = run.pop("calibration_scores")  # the key's name before the rename
+    assert run.pop("detrend_channels") == []  # runs from before the centring mask lack the key
     (old / "run.json").write_text(json.dumps(run))
     with caplog.at_level("WARNING", logger="export.run_dir"):
         inputs = load_run(old)
+    assert not inputs.scorer.centred
+    assert inputs.calibration_settings.margin == 1.0
     assert inputs.quant_calibration_source == "calibration.npz"
     assert inputs.quant_calibration is inputs.calibration
     assert inputs.guard_set == "evaluation"

@@ -38,3 +38,21 @@ def test_settings_rebuilt_from_the_threshold_reproduce_it(
 def test_unknown_threshold_method_is_named() -> None:
     with pytest.raises(ExportError, match="threshold -> method 'magic'"):
         settings_from_threshold({"method": "magic", "params": {}, "value": 1.0})
+
+
+def test_a_threshold_margin_is_kept_apart_from_the_method_inputs() -> None:
+    from trainer.calibration import ThresholdSpec, with_margin
+
+    spec = with_margin(calibrate(SCORES, "percentile", 0.01, q=0.99), 1.5).to_dict()
+    assert spec["params"] == {"q": 0.99, "margin": 1.5}
+    assert spec["target_false_alarm_rate"] is None  # margin x quantile aims at no rate
+    settings = settings_from_threshold(spec)
+    assert (settings.method, settings.params, settings.margin) == ("percentile", {"q": 0.99}, 1.5)
+    again = with_margin(calibrate(SCORES, settings.method, settings.target_far, **settings.params),
+                        settings.margin)
+    assert again.value == spec["value"] == 1.5 * float(np.quantile(SCORES, 0.99))
+    assert settings_from_threshold(calibrate(SCORES, "percentile", 0.01).to_dict()).margin == 1.0
+    plain = ThresholdSpec("percentile", {"q": 0.99}, 2.0, 0.01)
+    assert with_margin(plain, 1.0) is plain
+    with pytest.raises(ExportError, match="threshold -> params -> margin must be a positive number"):
+        settings_from_threshold({"method": "percentile", "params": {"q": 0.99, "margin": -1}, "value": 1.0})

@@ -217,3 +217,109 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
         want = scorer(torch.from_numpy(windows[:4]))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _detrend_scorer(
+    rng: np.random.Generator, detrend: list[bool], regime: bool = False
+) -> tuple[ExportableScorer, np.ndarray]:
+    """A small scorer whose first model channel is centred per window, and raw windows for it."""
+    if regime:
+        windows, scaler = _regime_data(rng)
+        scaler_dict = scaler.to_dict()
+    else:
+        levels = np.array([20.0, -3.0, 0.5])[None, :, None]
+        windows = (rng.normal(0, 1, (6, 3, 16)) + levels).astype(np.float32)
+        scaler_dict = StandardScaler.fit(windows.transpose(0, 2, 1).reshape(-1, 3)).to_dict()
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    scorer = ExportableScorer(vae, scaler_dict, "elbo", detrend=detrend).eval()
+    scorer.fit_root_cause_reference(windows)
+    return scorer, windows
+
+
+@pytest.mark.parametrize("regime", [False, True])
+def test_detrend_mask_centres_the_marked_channels_only(regime: bool) -> None:
+    rng = np.random.default_rng(4)
+    scorer, windows = _detrend_scorer(rng, [True, False, False], regime)
+    x = torch.from_numpy(windows)
+    with torch.no_grad():
+        inputs = scorer.model_inputs(x)
+        scaled = scorer.standardise(x)
+        before = scorer(x)
+        # a constant added to the centred channel changes no output; added to another channel it does
+        shifted = x.clone()
+        shifted[:, 0] += 7.5
+        same = scorer(shifted)
+        other = x.clone()
+        other[:, 1] += 7.5
+        changed = scorer(other)
+    torch.testing.assert_close(inputs[:, 0].mean(dim=1), torch.zeros(len(windows)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs[:, 0], scaled[:, 0] - scaled[:, 0].mean(dim=1, keepdim=True))
+    assert torch.equal(inputs[:, 1:], scaled[:, 1:])  # unmarked channels exactly as scaled
+    assert torch.all((changed[0] - before[0]).abs() > 1e-3)
+    if regime:
+        return  # per-regime scaling turns a raw constant into a step wherever the regime changes
+    for got, want in zip(same, before, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_detrend_mask_off_is_todays_scorer_and_a_bad_mask_is_named() -> None:
+    rng = np.random.default_rng(5)
+    windows, scaler = _regime_data(rng)
+    torch.manual_seed(0)
+    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    x = torch.from_numpy(windows)
+    with torch.no_grad():
+        plain = ExportableScorer(vae, scaler.to_dict())(x)
+        for mask in (None, [], [False, False, False]):
+            scorer = ExportableScorer(vae, scaler.to_dict(), detrend=mask)
+            assert not scorer.centred
+            for got, want in zip(scorer(x), plain, strict=True):
+                assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="detrend mask has 5 flags, the VAE 3 channels"):
+        ExportableScorer(vae, scaler.to_dict(), detrend=[True] * 5)
+
+
+def test_root_cause_reference_is_fitted_on_the_centred_inputs() -> None:
+    rng = np.random.default_rng(6)
+    scorer, windows = _detrend_scorer(rng, [True, False, True])
+    vae = scorer.vae
+    with torch.no_grad():
+        z = scorer.model_inputs(torch.from_numpy(windows))
+        residual = (vae.decode(vae.encode(z)[0]) - z).numpy()
+        peaks = scorer.peak_statistics(torch.from_numpy(residual), None)
+    np.testing.assert_allclose(vae.channel_error_scale.numpy(), (residual**2).mean(axis=(0, 2)), rtol=1e-5)
+    standard = ((peaks - vae.peak_centre) / vae.peak_spread).numpy()
+    np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-4)  # healthy peaks standardised
+    with torch.no_grad():
+        ones = scorer(torch.from_numpy(windows))[1]
+    assert ones.shape == (len(windows), 3)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export uses
+@pytest.mark.parametrize("regime", [False, True])
+def test_onnx_export_of_a_detrend_mask_matches_torch(tmp_path: Path, regime: bool) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from export.onnx_graph import export_onnx, run_ort, run_torch, session
+
+    rng = np.random.default_rng(7)
+    scorer, windows = _detrend_scorer(rng, [True, False, True], regime)
+    path = tmp_path / "scorer.onnx"
+    export_onnx(scorer, path, windows)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert "ReduceMean" in ops
+    got = run_ort(session(path), windows)
+    want = run_torch(scorer, windows)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # in the graph too: a level shift of a centred channel leaves the score alone (one scaler for every time
+    # step), of another it does not
+    if not regime:
+        shifted = windows.copy()
+        shifted[:, 0] += 7.5
+        np.testing.assert_allclose(run_ort(session(path), shifted)["score"], got["score"], rtol=1e-4,
+                                   atol=1e-5)
+    other = windows.copy()
+    other[:, 1] += 7.5
+    assert np.all(np.abs(run_ort(session(path), other)["score"] - got["score"]) > 1e-3)

@@ -15,7 +15,14 @@ from trainer.data.synthetic import make_series
 from trainer.data.windows import StandardScaler, make_windows
 from trainer.rootcause import FAULTS, evaluate_root_cause, inject
 from trainer.run import scale_windows
-from trainer.scoring import build_scorer, latent_statistics, per_asset_baseline, score_windows
+from trainer.scoring import (
+    build_scorer,
+    detrend_mask,
+    latent_statistics,
+    per_asset_baseline,
+    run_scorer,
+    score_windows,
+)
 from trainer.train import fit_vae, load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(latent_dim=4, hidden=(16, 16), kernel_size=5, beta=0.05, kl_warmup_epochs=1)
@@ -147,3 +154,26 @@ def test_root_cause_report_keys_stuck_as_frozen_and_checks_the_target(trained: t
     expected_below = [name for name, top1 in checked.items() if top1 < 0.9]
     assert [entry.split(":")[0] for entry in target["below"]] == expected_below
     assert target["met"] == (not expected_below)
+
+
+def test_scorer_from_run_json_carries_the_detrend_channels(trained: tuple) -> None:
+    vae, scaler, windows = trained
+    channels = ["ch_0", "ch_1", "ch_2", "ch_3"]
+    assert detrend_mask(channels, None) == detrend_mask(channels, []) == [False] * 4
+    assert detrend_mask(channels, ["ch_2", "ch_0"]) == [True, False, True, False]
+    with pytest.raises(ValueError, match=r"\['Temp'\] not among the model channels"):
+        detrend_mask(channels, ["Temp"])
+    run = {"channels": channels, "scaler": scaler, "scoring": "reconstruction", "latent_stats": None}
+    old = run_scorer(vae, run)  # a run.json from before the key: nothing centred
+    assert not old.centred
+    np.testing.assert_array_equal(
+        score_windows(old, windows[:20]).score,
+        score_windows(build_scorer(vae, scaler, "reconstruction", None), windows[:20]).score,
+    )
+    centred = run_scorer(vae, {**run, "detrend_channels": ["ch_1"]})
+    shifted = windows[:20].copy()
+    shifted[:, 1] += 3.0
+    np.testing.assert_allclose(
+        score_windows(centred, shifted).score, score_windows(centred, windows[:20]).score, rtol=1e-4
+    )
+    assert not np.allclose(score_windows(old, shifted).score, score_windows(old, windows[:20]).score)

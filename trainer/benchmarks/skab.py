@@ -18,6 +18,10 @@ With a development split (``dev_files`` and the ``select_*`` keys) the VAE's row
 on the development files' test parts (`trainer.benchmarks.skab_select`) and applied to every file by
 rescoring the kept window scores; the metrics are reported on all files and, separately, on the development
 and the held-out files.
+
+``--export-runs DIR`` also writes each file's VAE as a RUN_DIR for `edge-trainer export`, with the causal
+``end`` row rule and that rule's threshold from the training part (`export_run_dirs`,
+`trainer.benchmarks.skab_export`); nothing else in the outputs changes.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ class FileResult:
     vae_window_scores: np.ndarray | None = None  # every window's VAE score, to rescore with another setting
     vae_model: Any = None
     scaler: StandardScaler | None = None
+    vae_history: dict[str, Any] = field(default_factory=dict)  # the VAE's loss history (`History.to_dict`)
 
 
 def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
@@ -170,9 +175,9 @@ def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
 
 def _vae_window_scores(
     train: np.ndarray, val: np.ndarray, every: np.ndarray, config: TrainerConfig
-) -> tuple[np.ndarray, int, Any]:
+) -> tuple[np.ndarray, dict[str, Any], Any]:
     """Fit the VAE on `train` (early stopping on `val`); return the scores of `every` window (all already
-    model inputs: standardised, slow channels centred), the number of epochs run and the model."""
+    model inputs: standardised, slow channels centred), the loss history and the model."""
     from trainer.scoring import build_scorer, score_windows
     from trainer.train import fit_vae
 
@@ -180,7 +185,7 @@ def _vae_window_scores(
     n_channels = every.shape[1]
     identity = StandardScaler(np.zeros(n_channels), np.ones(n_channels)).to_dict()
     scorer = build_scorer(model, identity, "reconstruction", None)
-    return score_windows(scorer, every).score, len(history.val_loss), model
+    return score_windows(scorer, every).score, history.to_dict(), model
 
 
 def _save_vae(
@@ -237,14 +242,16 @@ def run_file(
     scores: dict[str, np.ndarray] = {}
     thresholds: dict[str, dict[str, Any]] = {}
     epochs, vae, vae_scores = 0, None, None
+    history: dict[str, Any] = {}
     for name in models:
         rule, margin = options.row_score, options.threshold_margin
         if name == "vae":
             train_windows = windows[:n_train_windows]
             held_out = validation_mask(n_train_windows, options)
-            window_scores, epochs, vae = _vae_window_scores(
+            window_scores, history, vae = _vae_window_scores(
                 train_windows[~held_out], train_windows[held_out], windows, config
             )
+            epochs = len(history["val_loss"])
             n_fit = n_train_windows
             rule, margin = vae_setting or (rule, margin)
         else:
@@ -289,6 +296,7 @@ def run_file(
         vae_scores,
         vae,
         scaler,
+        history,
     )
 
 
@@ -348,6 +356,50 @@ def save_vae_models(
             threshold=r.thresholds["vae"],
             detrend_channels=options.detrend_channels,
         )
+
+
+def export_run_dirs(
+    out: Path,
+    results: list[FileResult],
+    paths: list[Path],
+    config: TrainerConfig,
+    options: SkabOptions,
+    *,
+    setting: tuple[str, float],
+    margin: float | None = None,
+) -> list[Path]:
+    """A RUN_DIR per file under `out` (`out/<folder>_<file>/`) for `edge-trainer export --run`
+    (`trainer.benchmarks.skab_export`): the file's VAE with the causal ``end`` row rule and its threshold from
+    the training part by that rule (`rescore_vae`), with `margin` (default: the VAE setting's margin).
+    `paths` are the files of `results`, in the same order."""
+    from trainer.benchmarks.skab_export import EXPORT_ROW_SCORE, write_run_dir
+
+    written: list[Path] = []
+    n_train_windows = options.train_rows - config.windows.length + 1
+    export_setting = (EXPORT_ROW_SCORE, setting[1] if margin is None else margin)
+    for result, path in zip(results, paths, strict=True):
+        if result.vae_model is None or result.scaler is None:
+            continue
+        rows, spec = rescore_vae(result, export_setting, config, options)
+        run_dir = out / result.name.replace("/", "_")
+        write_run_dir(
+            run_dir,
+            read_skab_file(path),
+            result.vae_model,
+            result.scaler,
+            config=config,
+            detrend_channels=options.detrend_channels,
+            train_rows=options.train_rows,
+            early_stopping=validation_mask(n_train_windows, options),
+            threshold=spec,
+            test_rows=rows,
+            history=result.vae_history,
+            benchmark_setting=setting,
+        )
+        log.info("%s: run directory %s (row rule end, threshold %.6g)", result.name, run_dir,
+                 spec["threshold"])
+        written.append(run_dir)
+    return written
 
 
 def anomaly_free_far(
@@ -458,10 +510,18 @@ def run_benchmark(
     limit: int | None = None,
     files: list[str] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
+    export_runs: Path | None = None,
+    export_margin: float | None = None,
 ) -> dict[str, Any]:
-    """The whole protocol; returns the JSON summary (also written to `out/metrics.json`)."""
+    """The whole protocol; returns the JSON summary (also written to `out/metrics.json`). With
+    `export_runs`, each file's VAE is also written there as a RUN_DIR for `edge-trainer export`
+    (`export_run_dirs`); the metrics and scores do not depend on it."""
     generic = config.data.generic.options if config.data.generic is not None else {}
     options = parse_options(generic)
+    if export_runs is not None and "vae" not in models:
+        raise ValueError("--export-runs writes the VAE's run directories: include vae in --models")
+    if export_margin is not None and not export_margin > 0:
+        raise ValueError(f"--export-margin must be positive, got {export_margin:g}")
     paths = labelled_files(data_dir)
     if files:
         wanted = set(files)
@@ -499,6 +559,9 @@ def run_benchmark(
         log.info("VAE setting chosen on the dev files: row_score %s, margin %g", *setting)
     row_score, margin = setting or (options.row_score, options.threshold_margin)
     save_vae_models(out / "models", results, config, options)
+    if export_runs is not None:
+        export_run_dirs(export_runs, results, paths, config, options, setting=(row_score, margin),
+                        margin=export_margin)
     summary = summarise(results, models)
     subsets: dict[str, Any] = {}
     if options.dev_files:
@@ -552,6 +615,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only these files, e.g. valve1/0 other/3",
     )
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run")
+    parser.add_argument(
+        "--export-runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each file's VAE as DIR/<folder>_<file>/, a run directory for `edge-trainer export "
+        "--run` (causal `end` row rule, threshold from the file's training part)",
+    )
+    parser.add_argument(
+        "--export-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="threshold margin of the exported run directories (default: the VAE's margin in this run)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -559,7 +637,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         summary = run_benchmark(
-            args.data_dir, args.out, config, models=tuple(args.models), limit=args.limit, files=args.files
+            args.data_dir,
+            args.out,
+            config,
+            models=tuple(args.models),
+            limit=args.limit,
+            files=args.files,
+            export_runs=args.export_runs,
+            export_margin=args.export_margin,
         )
     except (ConfigError, ValueError) as exc:
         log.error("benchmark skab: %s", exc)
