@@ -105,6 +105,7 @@ class Supervisor:
         self.sources: list[Source] = []
         self.alerts: AlertWriter | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._status_io: asyncio.Future[None] | None = None  # the status loop's write in a thread
         self.ever_ready = False  # READY=1 was sent once: a later failure is a crash, not a failed start
 
     # control ---------------------------------------------------------------------------------------------
@@ -179,6 +180,9 @@ class Supervisor:
         if self.alerts is not None and not self.alerts.retry():
             log.error("%d alerts could not be written to the outbox before the pipeline stopped",
                       len(self.alerts.unstored))
+        if self._status_io is not None:  # the status loop's last write lands before the final one
+            await asyncio.gather(self._status_io, return_exceptions=True)
+            self._status_io = None
         self._write_status()
         self.state.windower_retired(self.windower)
         self.windower = None
@@ -437,7 +441,12 @@ class Supervisor:
             if self.alerts is not None and self.alerts.unstored:
                 async with self._swap_lock:
                     self.alerts.retry()
-            self._write_status()
+            # the snapshot is taken on the loop; the file and the counters transaction go to a thread, so
+            # a slow disk (or the ring buffer's writer holding the store) never stalls the windows
+            snapshot, deltas = self.snapshot(), self.state.take_counter_deltas(self)
+            loop = asyncio.get_running_loop()
+            self._status_io = loop.run_in_executor(None, self._write_status_io, snapshot, deltas)
+            await asyncio.shield(self._status_io)  # cancelled or not, close_pipeline waits for it
             await asyncio.sleep(self.config.status_interval_s)
 
     def _window_dropped(self) -> None:
@@ -453,9 +462,12 @@ class Supervisor:
         return self.state.health(self)
 
     def _write_status(self) -> None:
+        self._write_status_io(self.snapshot(), self.state.take_counter_deltas(self))
+
+    def _write_status_io(self, snapshot: dict[str, Any], deltas: dict[str, int]) -> None:
         try:
-            write_status_file(self.config.status_path, self.snapshot())
+            write_status_file(self.config.status_path, snapshot)
             if self.store is not None:
-                self.store.incr_counters(self.state.take_counter_deltas(self))
+                self.store.incr_counters(deltas)
         except (OSError, ValueError) as exc:
             log.warning("cannot write status file %s: %s", self.config.status_path, exc)

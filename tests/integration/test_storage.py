@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from edge_agent.decisions import DecisionConfig, DecisionEngine, new_id
 from edge_agent.sinks.payload import alert_payload
 from edge_agent.storage import RetentionConfig, Store
 from edge_agent.types import AlertEvent, GatewayIdentity, RootCauseEntry, ScoredWindow, Window
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,39 @@ def test_open_sets_wal_and_schema(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"windows", "episodes", "outbox", "baselines", "counters"} <= tables
+
+
+def test_commits_never_checkpoint_the_wal_keeper_does(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = Store.open(path, checkpoint_interval_s=3600.0)
+    try:
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for i in range(300):  # far beyond SQLite's default auto-checkpoint of 1,000 pages
+            store.record_windows([scored(1_800_000_000.0 + i * 10 + k) for k in range(10)])
+        wal_pages = (path.parent / "state.db-wal").stat().st_size // 4096
+        assert wal_pages > 1000  # nothing was copied back and the WAL restarted: no commit checkpointed
+        assert store.wal_checkpoints == 0
+        assert store.checkpoint(timeout=10.0)
+        assert store.wal_checkpoints == 1
+        assert store.window_count() == 3000
+    finally:
+        store.close()
+
+
+def test_wal_keeper_checkpoints_by_itself_while_writes_come_in(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db", checkpoint_interval_s=0.05)
+    try:
+        add(store, [event()])
+        wait_until(lambda: store.wal_checkpoints >= 1, what="a background checkpoint")
+        seen = store.wal_checkpoints
+        time.sleep(0.3)  # no writes: no more checkpoints
+        assert store.wal_checkpoints == seen
+        store.record_windows([scored(1_800_000_000.0)])
+        wait_until(lambda: store.wal_checkpoints > seen, what="a checkpoint after the next write")
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
 
 
 def test_windows_ring_buffer_is_capped_by_rows_and_age(tmp_path: Path) -> None:
