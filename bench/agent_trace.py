@@ -10,7 +10,8 @@ record, in wall-clock seconds:
 - `decide`: decisions, outbox commit and hand-over to the sink of its batch begin and end;
 - spans (name, start, end) of storage and file work: `add_alerts`, `pending`, `mark_delivered`,
   `record_windows`, `incr_counters`, `prune`, the WAL keeper's `checkpoint`, `status_file`, and Python's
-  garbage collections (`gc0`..`gc2`).
+  garbage collections (`gc0`..`gc2`; `gc2` includes the supervisor's own full collection before READY=1,
+  `_freeze_long_lived_objects`).
 
 `summarise(trace, alerts)` joins them with the alerts a subscriber received into per-stage latencies.
 Tracing costs a little CPU and memory per window; use it to see where time goes, not for the headline
