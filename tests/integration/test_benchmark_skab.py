@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from trainer.benchmarks import skab
+from trainer.benchmarks.skab_file import rescore_vae, run_file
+from trainer.benchmarks.skab_options import parse_options
 from trainer.config import load_config
 from trainer.data.skab import CHANNELS, labelled_files, read_skab_file
 from trainer.train import load_checkpoint
@@ -219,14 +221,14 @@ def test_settings_chosen_on_dev_files_and_held_out_reported(
 def test_rescoring_matches_a_run_with_that_setting(tmp_path: Path) -> None:
     data = write_synthetic_skab(tmp_path / "skab", n_files=1)
     config = load_config(write_config(tmp_path, epochs=2))
-    options = skab.parse_options(config.data.generic.options if config.data.generic else {})
+    options = parse_options(config.data.generic.options if config.data.generic else {})
     series = read_skab_file(labelled_files(data)[0])
-    plain = skab.run_file(series, config, options, ("vae",))
-    direct = skab.run_file(series, config, options, ("vae",), vae_setting=("mean", 2.0))
-    rows, spec = skab.rescore_vae(plain, ("mean", 2.0), config, options)
+    plain = run_file(series, config, options, ("vae",))
+    direct = run_file(series, config, options, ("vae",), vae_setting=("mean", 2.0))
+    rows, spec = rescore_vae(plain, ("mean", 2.0), config, options)
     np.testing.assert_allclose(rows, direct.scores["vae"], rtol=1e-6)
     assert spec == direct.thresholds["vae"]
-    rows, spec = skab.rescore_vae(plain, (options.row_score, options.threshold_margin), config, options)
+    rows, spec = rescore_vae(plain, (options.row_score, options.threshold_margin), config, options)
     np.testing.assert_allclose(rows, plain.scores["vae"], rtol=1e-6)
     assert spec == plain.thresholds["vae"]
 

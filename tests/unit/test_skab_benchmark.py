@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from edge_agent.configtools import ConfigError
-from trainer.benchmarks.skab import SkabOptions, parse_options, read_leaderboard, validation_mask
+from trainer.benchmarks.skab_file import validation_mask
+from trainer.benchmarks.skab_options import SkabOptions, parse_options
 from trainer.benchmarks.skab_scoring import (
     channel_indices,
     lag1_variance_ratio,
     model_windows,
+    read_leaderboard,
     row_scores,
     training_row_scores,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.configtools import ConfigError
-from trainer.benchmarks.skab import parse_options
+from trainer.benchmarks.skab_options import parse_options
 from trainer.benchmarks.skab_select import Candidate, choose, in_subset
 
 

@@ -20,306 +20,40 @@ rescoring the kept window scores; the metrics are reported on all files and, sep
 and the held-out files.
 
 ``--export-runs DIR`` also writes each file's VAE as a RUN_DIR for `edge-trainer export`, with the causal
-``end`` row rule and that rule's threshold from the training part (`export_run_dirs`,
+``end`` row rule and that rule's threshold from the training part (`skab_outputs.export_run_dirs`,
 `trainer.benchmarks.skab_export`); nothing else in the outputs changes.
+
+This module runs the whole protocol (`run_benchmark`, the CLI's `add_arguments` and `run`), the dev-split
+selection (`select_vae_setting`) and the anomaly-free check (`anomaly_free_far`). The options are in
+`trainer.benchmarks.skab_options`, one file's run and rescoring in `trainer.benchmarks.skab_file`, what a run
+writes in `trainer.benchmarks.skab_outputs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_agent.configtools import ConfigError, Section
-from trainer.baselines import IsolationForestBaseline, PcaT2Q
-from trainer.benchmarks.skab_scoring import (
-    ROW_SCORES,
-    channel_indices,
-    lag1_variance_ratio,
-    model_windows,
-    read_leaderboard,
-    rows_over_threshold,
-)
+from edge_agent.configtools import ConfigError
+from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file
+from trainer.benchmarks.skab_options import DEFAULT_CONFIG, MODELS, SkabOptions, parse_options
+from trainer.benchmarks.skab_outputs import export_run_dirs, save_vae_models, summarise, write_outputs
+from trainer.benchmarks.skab_scoring import read_leaderboard
 from trainer.benchmarks.skab_select import Candidate, choose, in_subset
 from trainer.config import TrainerConfig, load_config
 from trainer.data.series import Series
-from trainer.data.skab import ANOMALY_FREE, CHANNELS, data_root, labelled_files, read_skab_file
-from trainer.data.windows import StandardScaler
-from trainer.metrics import binary_metrics, skab_metrics
+from trainer.data.skab import ANOMALY_FREE, data_root, labelled_files, read_skab_file
+from trainer.metrics import skab_metrics
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "skab.toml"
-MODELS = ("vae", "pca_t2q", "isolation_forest")
-BASELINE_INPUTS = ("rows", "windows")
-VALIDATIONS = ("tail", "interleaved")
-CALIBRATE_ON = ("rows", "windows")
-
-
-@dataclass(frozen=True)
-class SkabOptions:
-    """The `[data.skab]` table of the benchmark config."""
-
-    train_rows: int = 400  # protocol: first 400 rows of each file
-    row_score: str = "min"
-    threshold_margin: float = 1.0  # threshold = margin x calibrated value (see skab_scoring.threshold_spec)
-    validation: str = "tail"  # early-stopping windows: the last `val_fraction` in time, or every n-th
-    val_fraction: float = 0.1
-    baseline_input: str = "rows"  # baselines score single rows (as SKAB's T2+Q) or flattened windows
-    detrend_channels: tuple[str, ...] = ()  # VAE inputs: these channels centred on each window's mean
-    calibrate_on: str = "rows"  # threshold from training row scores (same rule as test rows) or windows
-    anomaly_free_rows: int = 0  # > 0: also measure the false-alarm rate on the anomaly-free run (see below)
-    # Development split (`trainer.benchmarks.skab_select`): files (``valve1/3``) or folders (``valve1``) whose
-    # test labels may be used to choose the VAE's row rule and margin; metrics are also reported separately
-    # for them and for the held-out files.
-    dev_files: tuple[str, ...] = ()
-    select_row_scores: tuple[str, ...] = ()  # candidates; empty: no selection, `row_score` as given
-    select_margins: tuple[float, ...] = ()  # candidates; empty: no selection, `threshold_margin` as given
-    select_max_far_pct: float = 15.0  # limits a candidate must meet on the development files
-    select_max_mar_pct: float = 25.0
-
-    @property
-    def selects(self) -> bool:
-        return bool(self.select_row_scores) and bool(self.select_margins)
-
-
-def parse_options(raw: dict[str, Any]) -> SkabOptions:
-    """Strictly parse `[data.skab]` (unknown keys are errors naming `data -> skab -> KEY`)."""
-    section = Section(raw, "data -> skab")
-    options = SkabOptions(
-        section.integer("train_rows", 400, minimum=2),
-        section.choice("row_score", ROW_SCORES, "min"),
-        section.number("threshold_margin", 1.0, minimum=0, exclusive_minimum=True),
-        section.choice("validation", VALIDATIONS, "tail"),
-        section.number("val_fraction", 0.1, minimum=0, maximum=0.5, exclusive_minimum=True),
-        section.choice("baseline_input", BASELINE_INPUTS, "rows"),
-        section.str_list("detrend_channels", []),
-        section.choice("calibrate_on", CALIBRATE_ON, "rows"),
-        section.integer("anomaly_free_rows", 0, minimum=0),
-        section.str_list("dev_files", []),
-        section.str_list("select_row_scores", []),
-        _positive_numbers(section, "select_margins"),
-        section.number("select_max_far_pct", 15.0, minimum=0, maximum=100),
-        section.number("select_max_mar_pct", 25.0, minimum=0, maximum=100),
-    )
-    section.finish()
-    for i, rule in enumerate(options.select_row_scores):
-        if rule not in ROW_SCORES:
-            raise ConfigError(
-                f"data -> skab -> select_row_scores -> {i}", f"must be one of {', '.join(ROW_SCORES)}", rule
-            )
-    if bool(options.select_row_scores) != bool(options.select_margins):
-        raise ConfigError(
-            "data -> skab -> select_margins",
-            "select_row_scores and select_margins are given together (both empty: no selection)",
-            list(options.select_margins),
-        )
-    if options.selects and not options.dev_files:
-        raise ConfigError(
-            "data -> skab -> dev_files", "selection needs the development files it chooses on", []
-        )
-    if 0 < options.anomaly_free_rows <= options.train_rows:
-        raise ConfigError(
-            "data -> skab -> anomaly_free_rows",
-            f"must be 0 or more than train_rows ({options.train_rows})",
-            options.anomaly_free_rows,
-        )
-    return options
-
-
-def _positive_numbers(section: Section, key: str) -> tuple[float, ...]:
-    values = section.get(key, list, [])
-    out: list[float] = []
-    for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{section.key_path(key)} -> {i}", "must be a positive number", value)
-        out.append(float(value))
-    return tuple(out)
-
-
-@dataclass
-class FileResult:
-    """One file's test-part rows: labels, per-model row scores (divided by the threshold) and thresholds."""
-
-    name: str
-    timestamps: np.ndarray
-    labels: np.ndarray
-    scores: dict[str, np.ndarray]
-    thresholds: dict[str, dict[str, Any]]
-    vae_epochs: int = 0
-    lag1_ratio: dict[str, float] = field(default_factory=dict)  # per channel, training rows (slow: near 0)
-    vae_window_scores: np.ndarray | None = None  # every window's VAE score, to rescore with another setting
-    vae_model: Any = None
-    scaler: StandardScaler | None = None
-    vae_history: dict[str, Any] = field(default_factory=dict)  # the VAE's loss history (`History.to_dict`)
-
-
-def validation_mask(n_windows: int, options: SkabOptions) -> np.ndarray:
-    """Which training windows are held out for early stopping: the last `val_fraction` of them in time
-    (``tail``, as Keras' ``validation_split`` in SKAB's notebooks; the VAE stops when it starts to fit the
-    early rows only) or every ``round(1 / val_fraction)``-th window (``interleaved``)."""
-    n_val = max(1, round(n_windows * options.val_fraction))
-    if options.validation == "tail":
-        return np.arange(n_windows) >= n_windows - n_val
-    every = max(2, round(1 / options.val_fraction))
-    return np.arange(n_windows) % every == every - 1
-
-
-def _vae_window_scores(
-    train: np.ndarray, val: np.ndarray, every: np.ndarray, config: TrainerConfig
-) -> tuple[np.ndarray, dict[str, Any], Any]:
-    """Fit the VAE on `train` (early stopping on `val`); return the scores of `every` window (all already
-    model inputs: standardised, slow channels centred), the loss history and the model."""
-    from trainer.scoring import build_scorer, score_windows
-    from trainer.train import fit_vae
-
-    model, history = fit_vae(train, val, config.model, config.training, progress=False)
-    n_channels = every.shape[1]
-    identity = StandardScaler(np.zeros(n_channels), np.ones(n_channels)).to_dict()
-    scorer = build_scorer(model, identity, "reconstruction", None)
-    return score_windows(scorer, every).score, history.to_dict(), model
-
-
-def _save_vae(
-    path: Path,
-    model: Any,
-    name: str,
-    scaler: StandardScaler,
-    *,
-    config: TrainerConfig,
-    threshold: dict[str, Any],
-    detrend_channels: tuple[str, ...],
-) -> None:
-    from trainer.train import save_checkpoint
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "file": name,
-        "channels": list(CHANNELS),
-        "scaler": scaler.to_dict(),
-        # model inputs: rows scaled by `scaler`, then these channels centred on each window's own mean
-        "detrend_channels": list(detrend_channels),
-        "window_length": config.windows.length,
-        "scoring": "reconstruction",
-        "threshold": threshold,  # includes the row rule the threshold applies to
-        "model_config": asdict(config.model),
-        "train_config": asdict(config.training),
-    }
-    save_checkpoint(path, model, metadata)
-
-
-def run_file(
-    series: Series,
-    config: TrainerConfig,
-    options: SkabOptions,
-    models: tuple[str, ...],
-    vae_setting: tuple[str, float] | None = None,
-) -> FileResult:
-    """Fit every model on the training part of one file and score its test part. The VAE uses
-    `vae_setting` (row rule, margin) when given, else the options' `row_score` and `threshold_margin`; its
-    window scores and model are kept in the result (`rescore_vae`, `save_vae_models`)."""
-    length = config.windows.length
-    if series.labels is None:
-        raise ValueError(f"SKAB file {series.name}: no labels")
-    if len(series) < options.train_rows + 1 or options.train_rows < length + 10:
-        raise ValueError(
-            f"SKAB file {series.name}: {len(series)} rows; need more than {options.train_rows} "
-            f"training rows, which must hold at least {length + 10} rows for windows of {length}"
-        )
-    scaler = StandardScaler.fit(series.values[: options.train_rows])
-    detrend = channel_indices(options.detrend_channels, series.channels, "data -> skab -> detrend_channels")
-    windows = model_windows(series.values, scaler, length, detrend)
-    n_train_windows = options.train_rows - length + 1
-    test = slice(options.train_rows, None)
-    scores: dict[str, np.ndarray] = {}
-    thresholds: dict[str, dict[str, Any]] = {}
-    epochs, vae, vae_scores = 0, None, None
-    history: dict[str, Any] = {}
-    for name in models:
-        rule, margin = options.row_score, options.threshold_margin
-        if name == "vae":
-            train_windows = windows[:n_train_windows]
-            held_out = validation_mask(n_train_windows, options)
-            window_scores, history, vae = _vae_window_scores(
-                train_windows[~held_out], train_windows[held_out], windows, config
-            )
-            epochs = len(history["val_loss"])
-            n_fit = n_train_windows
-            rule, margin = vae_setting or (rule, margin)
-        else:
-            baseline = (
-                PcaT2Q(seed=config.training.seed)
-                if name == "pca_t2q"
-                else IsolationForestBaseline(seed=config.training.seed)
-            )
-            if options.baseline_input == "rows":
-                inputs, n_fit = scaler.transform(series.values), options.train_rows
-            else:
-                inputs, n_fit = windows.reshape(len(windows), -1), n_train_windows
-            window_scores = baseline.fit(inputs[:n_fit]).score(inputs)
-        fit_scores = np.asarray(window_scores, dtype=np.float64)
-        if name == "vae":
-            vae_scores = fit_scores
-        try:
-            rows, thresholds[name] = rows_over_threshold(
-                fit_scores,
-                len(series),
-                n_fit,
-                per_row=name != "vae" and options.baseline_input == "rows",  # one score per row already
-                rule=rule,
-                margin=margin,
-                residual=name != "isolation_forest",
-                config=config,
-                calibrate_on=options.calibrate_on,
-            )
-        except ValueError as exc:
-            raise ValueError(f"SKAB file {series.name}: {name} {exc}") from exc
-        scores[name] = rows[test]
-    timestamps = series.timestamps if series.timestamps is not None else np.arange(len(series), dtype=float)
-    ratio = lag1_variance_ratio(series.values[: options.train_rows])
-    return FileResult(
-        series.name,
-        timestamps[test],
-        series.labels[test].astype(np.int8),
-        scores,
-        thresholds,
-        epochs,
-        {c: round(float(r), 4) for c, r in zip(series.channels, ratio, strict=True)},
-        vae_scores,
-        vae,
-        scaler,
-        history,
-    )
-
-
-def rescore_vae(
-    result: FileResult, setting: tuple[str, float], config: TrainerConfig, options: SkabOptions
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The VAE's test-row scores (divided by the threshold) and threshold spec of one file under another
-    (row rule, margin) setting, from the window scores kept in `result`: no retraining."""
-    if result.vae_window_scores is None:
-        raise ValueError(f"SKAB file {result.name}: no VAE window scores to rescore")
-    n_rows = options.train_rows + len(result.labels)
-    rows, spec = rows_over_threshold(
-        result.vae_window_scores,
-        n_rows,
-        options.train_rows - config.windows.length + 1,
-        per_row=False,
-        rule=setting[0],
-        margin=setting[1],
-        residual=True,
-        config=config,
-        calibrate_on=options.calibrate_on,
-    )
-    return rows[options.train_rows :], spec
 
 
 def select_vae_setting(
@@ -338,68 +72,6 @@ def select_vae_setting(
             m = skab_metrics(labels, (scores > 1.0).astype(np.int8))
             candidates.append(Candidate(rule, margin, m["f1"], m["far_pct"], m["mar_pct"]))
     return choose(candidates, options.select_max_far_pct, options.select_max_mar_pct), candidates
-
-
-def save_vae_models(
-    model_dir: Path, results: list[FileResult], config: TrainerConfig, options: SkabOptions
-) -> None:
-    """Each file's VAE as a checkpoint named after the file (weights, scaler, threshold spec)."""
-    for r in results:
-        if r.vae_model is None or r.scaler is None:
-            continue
-        _save_vae(
-            model_dir / f"{r.name.replace('/', '_')}.pt",
-            r.vae_model,
-            r.name,
-            r.scaler,
-            config=config,
-            threshold=r.thresholds["vae"],
-            detrend_channels=options.detrend_channels,
-        )
-
-
-def export_run_dirs(
-    out: Path,
-    results: list[FileResult],
-    paths: list[Path],
-    config: TrainerConfig,
-    options: SkabOptions,
-    *,
-    setting: tuple[str, float],
-    margin: float | None = None,
-) -> list[Path]:
-    """A RUN_DIR per file under `out` (`out/<folder>_<file>/`) for `edge-trainer export --run`
-    (`trainer.benchmarks.skab_export`): the file's VAE with the causal ``end`` row rule and its threshold from
-    the training part by that rule (`rescore_vae`), with `margin` (default: the VAE setting's margin).
-    `paths` are the files of `results`, in the same order."""
-    from trainer.benchmarks.skab_export import EXPORT_ROW_SCORE, write_run_dir
-
-    written: list[Path] = []
-    n_train_windows = options.train_rows - config.windows.length + 1
-    export_setting = (EXPORT_ROW_SCORE, setting[1] if margin is None else margin)
-    for result, path in zip(results, paths, strict=True):
-        if result.vae_model is None or result.scaler is None:
-            continue
-        rows, spec = rescore_vae(result, export_setting, config, options)
-        run_dir = out / result.name.replace("/", "_")
-        write_run_dir(
-            run_dir,
-            read_skab_file(path),
-            result.vae_model,
-            result.scaler,
-            config=config,
-            detrend_channels=options.detrend_channels,
-            train_rows=options.train_rows,
-            early_stopping=validation_mask(n_train_windows, options),
-            threshold=spec,
-            test_rows=rows,
-            history=result.vae_history,
-            benchmark_setting=setting,
-        )
-        log.info("%s: run directory %s (row rule end, threshold %.6g)", result.name, run_dir,
-                 spec["threshold"])
-        written.append(run_dir)
-    return written
 
 
 def anomaly_free_far(
@@ -440,65 +112,6 @@ def anomaly_free_far(
         flagged = sum(int((r.scores[name] > 1.0).sum()) for r in results)
         summary[name] = {"far_pct": 100.0 * flagged / max(1, rows)}
     return summary
-
-
-def summarise(results: list[FileResult], models: tuple[str, ...]) -> dict[str, Any]:
-    """Point-wise metrics over the concatenated test parts, per model."""
-    labels = np.concatenate([r.labels for r in results])
-    summary: dict[str, Any] = {}
-    for name in models:
-        scores = np.concatenate([r.scores[name] for r in results])
-        metrics = skab_metrics(labels, (scores > 1.0).astype(np.int8))
-        ranking = binary_metrics(labels, scores, 1.0)
-        summary[name] = {**metrics, "roc_auc": ranking["roc_auc"], "pr_auc": ranking["pr_auc"]}
-    return summary
-
-
-def write_outputs(
-    out: Path,
-    results: list[FileResult],
-    summary: dict[str, Any],
-    *,
-    leaderboard: list[dict[str, Any]],
-    meta: dict[str, Any],
-    models: tuple[str, ...],
-) -> None:
-    """metrics.json, scores.csv (the first model: the VAE), scores_<baseline>.csv and leaderboard.md (the
-    VAE checkpoints are already in `out/models/`)."""
-    out.mkdir(parents=True, exist_ok=True)
-    per_file = [
-        {
-            "file": r.name,
-            "rows": len(r.labels),
-            "anomalous_rows": int(r.labels.sum()),
-            "vae_epochs": r.vae_epochs,
-            "train_lag1_variance_ratio": r.lag1_ratio,
-            "thresholds": r.thresholds,
-            **{f"{m}_predicted_rows": int((r.scores[m] > 1.0).sum()) for m in models},
-        }
-        for r in results
-    ]
-    document = {**meta, "models": summary, "leaderboard": leaderboard, "files": per_file}
-    (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    for i, name in enumerate(models):
-        target = out / ("scores.csv" if i == 0 else f"scores_{name}.csv")
-        with target.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "datetime", "label", "score", "is_anomaly"])
-            for r in results:
-                for ts, label, score in zip(r.timestamps, r.labels, r.scores[name], strict=True):
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts)))
-                    writer.writerow([r.name, stamp, int(label), f"{score:.6g}", int(score > 1.0)])
-    lines = ["| Algorithm | F1 | FAR, % | MAR, % |", "|---|---|---|---|"]
-    lines += [
-        f"| {name} (this run) | {m['f1']:.2f} | {m['far_pct']:.2f} | {m['mar_pct']:.2f} |"
-        for name, m in summary.items()
-    ]
-    lines += [
-        f"| {r['algorithm']} (leaderboard) | {r['f1']:g} | {r['far_pct']:g} | {r['mar_pct']:g} |"
-        for r in leaderboard
-    ]
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def run_benchmark(

@@ -6,8 +6,9 @@ window's mean (`skab_scoring.model_windows`); the RUN_DIR records the scaler and
 (``detrend_channels``), so the exported graph takes raw windows and does both itself
 (`trainer.torch_model.ExportableScorer`). The agent scores each window as it arrives, which is the causal
 ``end`` row rule; the threshold is the benchmark's own for that rule on the file's training part
-(`skab.rescore_vae`: margin x the 99 % quantile of the training windows' scores), written as a threshold spec
-with ``params.margin`` so that export keeps the margin when it recalibrates on the exported graph's scores.
+(`skab_file.rescore_vae`: margin x the 99 % quantile of the training windows' scores), written as a
+threshold spec with ``params.margin`` so that export keeps the margin when it recalibrates on the exported
+graph's scores.
 
 RUN_DIR contents (the layout of `trainer.run`):
   checkpoint.pt      the benchmark's weights, with root-cause references fitted on the training part's
@@ -78,8 +79,8 @@ def write_run_dir(
     """Write one file's RUN_DIR (see the module docstring); returns run.json's content.
 
     `early_stopping` marks the training windows held out for early stopping, `threshold` is the benchmark's
-    threshold spec for the ``end`` rule (`skab.rescore_vae`) and `test_rows` the file's test-row scores under
-    it (divided by that threshold). `model` is not changed.
+    threshold spec for the ``end`` rule (`skab_file.rescore_vae`) and `test_rows` the file's test-row scores
+    under it (divided by that threshold). `model` is not changed.
     """
     if threshold.get("row_score") != EXPORT_ROW_SCORE:
         raise ValueError(f"SKAB file {series.name}: the exported threshold must be for the "
