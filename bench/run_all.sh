@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reruns every benchmark behind docs/benchmarks.md and leaves its JSON in bench/results/ (about 10 minutes on
+# Reruns every benchmark behind docs/benchmarks.md and leaves its JSON in bench/results/ (about 15 minutes on
 # 2 cores). Needs the project's virtualenv (bash scripts/test.sh or scripts/demo.sh makes it) and the real
 # datasets in ../shared/data (or DATA=/path/to/data).
 set -euo pipefail
