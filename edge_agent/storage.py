@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PRUNE_CHUNK_ROWS = 5_000  # rows deleted per retention transaction: the writer lock is never held long
+BUSY_TIMEOUT_S = 10.0  # worker threads wait this long for another process's lock on the database
+# Writes made on the event loop (alerts, delivery marks) wait at most this long, then fail and are retried
+# (`pipeline.AlertWriter` keeps the alerts in memory, the sink retries its marks): a `sqlite3` shell or a
+# backup holding the database must not stall the windows, nor the watchdog pings, for seconds.
+LOOP_BUSY_TIMEOUT_S = 0.25
 CHECKPOINT_INTERVAL_S = 10.0  # the WAL keeper's passive checkpoints, at most this often while writes come in
 
 _SCHEMA = """
@@ -369,7 +374,8 @@ class Store:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_S)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # FULL for alert transactions (`durable=True`)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_WalKeeper`, off the event loop
@@ -390,11 +396,15 @@ class Store:
         return cls(conn, path, retention or RetentionConfig(), clock, checkpoint_interval_s)
 
     @contextmanager
-    def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; `durable`: the commit is fsynced (synchronous=FULL) before it returns."""
+    def _transaction(self, durable: bool = False,
+                     busy_s: float = BUSY_TIMEOUT_S) -> Iterator[sqlite3.Connection]:
+        """One write transaction; `durable`: the commit is fsynced (synchronous=FULL) before it returns;
+        `busy_s`: how long to wait for another process's lock before `database is locked`."""
         with self._lock:
             if durable:
                 self._conn.execute("PRAGMA synchronous=FULL")
+            if busy_s != BUSY_TIMEOUT_S:
+                self._conn.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -407,6 +417,8 @@ class Store:
             finally:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
+                if busy_s != BUSY_TIMEOUT_S:
+                    self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -493,7 +505,7 @@ class Store:
             return
         rendered = [(e, topic_for(e), payload_for(e)) for e in events]
         now = self._clock()
-        with self._transaction(durable=True) as conn:
+        with self._transaction(durable=True, busy_s=LOOP_BUSY_TIMEOUT_S) as conn:
             for event, topic, payload in rendered:
                 conn.execute(
                     "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts)"
@@ -542,7 +554,7 @@ class Store:
             return
         # not fsynced: a mark lost in a power cut only sends that alert once more (receivers drop
         # duplicates by alert id), and an fsync here would hold up the next alerts on the event loop
-        with self._transaction() as conn:
+        with self._transaction(busy_s=LOOP_BUSY_TIMEOUT_S) as conn:
             conn.executemany("UPDATE outbox SET delivered_ts = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              ids)
 
@@ -552,7 +564,8 @@ class Store:
         rows = [(reason, alert_id) for alert_id, reason in rejections]
         if not rows:
             return
-        with self._transaction(durable=True) as conn:  # the rows and the `alerts_rejected` counter together
+        # the rows and the `alerts_rejected` counter together
+        with self._transaction(durable=True, busy_s=LOOP_BUSY_TIMEOUT_S) as conn:
             conn.executemany("UPDATE outbox SET rejected = ? WHERE alert_id = ? AND delivered_ts IS NULL",
                              rows)
             conn.execute("INSERT INTO counters (name, value) VALUES ('alerts_rejected', ?)"

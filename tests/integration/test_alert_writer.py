@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from edge_agent.decisions import DecisionConfig, DecisionEngine
 from edge_agent.pipeline import AlertWriter
-from edge_agent.storage import RetentionConfig, Store
+from edge_agent.storage import BUSY_TIMEOUT_S, LOOP_BUSY_TIMEOUT_S, RetentionConfig, Store
 from edge_agent.types import GatewayIdentity, ScoredWindow, Window
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,6 @@ def outbox(path: Path) -> list[dict[str, Any]]:
 def test_alert_kept_in_memory_while_the_database_is_locked_then_written(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
     store = Store.open(path)
-    store._conn.execute("PRAGMA busy_timeout=50")  # fail fast instead of the 10 s production wait
     alerts, wake = writer(store)
     engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
     other = sqlite3.connect(path, isolation_level=None)
@@ -80,10 +80,37 @@ def test_alert_kept_in_memory_while_the_database_is_locked_then_written(tmp_path
     store.close()
 
 
+def test_event_loop_writes_give_up_on_a_locked_database_in_a_quarter_second(tmp_path: Path) -> None:
+    """Alerts and delivery marks are written on the event loop: another process holding the database makes
+    them fail after `LOOP_BUSY_TIMEOUT_S` (kept and retried), not after the 10 s a worker thread waits."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    events = engine.process_batch([scored(T0, 3.0)], T0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        assert alerts.write(events) is False  # kept in memory
+        waited_alerts = time.monotonic() - began
+        began = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):  # the sink retries its marks
+            store.mark_delivered(["x"])
+        waited_marks = time.monotonic() - began
+        for waited in (waited_alerts, waited_marks):
+            assert LOOP_BUSY_TIMEOUT_S <= waited < BUSY_TIMEOUT_S / 2
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert alerts.retry() is True
+    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_S * 1000  # restored
+    store.close()
+
+
 def test_retry_writes_kept_alerts_without_new_ones(tmp_path: Path) -> None:
     path = tmp_path / "agent.db"
     store = Store.open(path)
-    store._conn.execute("PRAGMA busy_timeout=50")
     alerts, _wake = writer(store)
     engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
     other = sqlite3.connect(path, isolation_level=None)
