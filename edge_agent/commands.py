@@ -19,9 +19,12 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.configtools import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +82,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_config(path: Path) -> AgentConfig | None:
+    """The config at `path`, or None after printing why it is invalid (the commands then exit 1)."""
     from edge_agent.config import AgentConfig
-    from edge_agent.supervisor import Supervisor
 
     try:
-        config = AgentConfig.load(args.config)
+        return AgentConfig.load(path)
     except ConfigError as exc:
         print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.supervisor import Supervisor
+
+    config = _load_config(args.config)
+    if config is None:
         return 1
     setup_logging(config.logging.level, config.logging.format, getattr(args, "log_level", None))
     supervisor = Supervisor(config)
@@ -103,18 +114,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.bundle import BundleError
-    from edge_agent.config import AgentConfig
 
-    try:
-        config = AgentConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+    config = _load_config(args.config)
+    if config is None:
         return 1
     if not args.no_bundle:
         try:
             _check_bundle(config)
         except (ConfigError, BundleError) as exc:
-            print(f"invalid: {exc}", file=sys.stderr)
+            print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
             return 1
     print(f"{args.config}: OK ({len(config.sources)} sources, {len(config.assets)} assets)")
     return 0
@@ -186,12 +194,8 @@ def _from_database(path: Path) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edge_agent.config import AgentConfig
-
-    try:
-        config = AgentConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
+    config = _load_config(args.config)
+    if config is None:
         return 1
     status = read_status(config)
     if args.json:
