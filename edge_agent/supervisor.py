@@ -66,7 +66,8 @@ WINDOW_QUEUE_SIZE = 10_000
 BATCH_SIZE = 256
 PIPELINE_BATCHES = 16  # batches scored back to back before the detector lets a bundle swap in
 PRUNE_INTERVAL_S = 60.0
-# The event loop shares the GIL with paho's network threads, the inference thread and the storage writer.
+# The event loop shares the GIL with the MQTT source's paho thread, the inference thread and the storage
+# writer.
 # CPython lets a thread keep the GIL for 5 ms before it must hand it to a waiting one: long next to a 10 ms
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
 GIL_SWITCH_INTERVAL_S = 0.001

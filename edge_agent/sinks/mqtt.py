@@ -6,9 +6,11 @@ and marks a row delivered only when its PUBACK arrived *and* every older row in 
 too (ordered marking). After a lost connection the unacknowledged rows go out again, oldest first, so a
 receiver sees first occurrences in order and drops repeats by `alert_id`.
 
-Each connection uses a fresh paho client (VERSION2 callbacks, `loop_start` network thread, no paho
-auto-reconnect); paho callbacks hand their results to the event loop with `call_soon_threadsafe`, and
-reconnects are paced by `edge_agent.backoff`. The status topic is retained: `online` on every connect and
+Each connection uses a fresh paho client (VERSION2 callbacks, no paho auto-reconnect) driven by the event
+loop itself (paho's external-loop API): its socket is watched with `add_reader`/`add_writer`, keepalive runs
+from a 1 s timer, and a publish is written to the socket at once by the loop that decided the alert, with no
+hand-off to a network thread. Only the blocking TCP/TLS connect runs in a worker thread. Reconnects are paced
+by `edge_agent.backoff`. The status topic is retained: `online` on every connect and
 every `health_interval_s` (with a health summary), `offline` as the Last Will and at a clean shutdown.
 """
 
@@ -166,6 +168,8 @@ class MqttUpstream:
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
+        self._fd: int | None = None  # the client's socket while the loop watches it
+        self._tick_handle: asyncio.TimerHandle | None = None
         self._connected = False
         self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id)
         self._order: list[int] = []  # mids in publish order
@@ -288,7 +292,7 @@ class MqttUpstream:
         kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
         await asyncio.to_thread(client.connect, self.config.host, self.config.port, self.config.keepalive,
                                 **kwargs)
-        client.loop_start()
+        self._attach(client)
         await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
         # `_connected` was set by the CONNACK handler; a loss handled between CONNACK and this point has
         # cleared it again (and paho knows): do not report a dead client as connected.
@@ -305,10 +309,63 @@ class MqttUpstream:
         if client is None:
             return
         with contextlib.suppress(Exception):
-            client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+            client.disconnect()  # written at once; paho then closes the socket (on_socket_close: _detach)
+        self._detach()
 
-    # paho thread callbacks (hand over to the loop) ------------------------------------------------------
+    # network I/O on the event loop ----------------------------------------------------------------------
+    def _attach(self, client: mqtt.Client) -> None:
+        """Watch the connected client's socket from the loop; keepalive from a 1 s timer."""
+        assert self._loop is not None
+        sock = client.socket()
+        if sock is None:
+            raise ConnectRefusedError("no socket after connect")
+        self._fd = sock.fileno()
+        client.on_socket_close = lambda _c, _u, _s: self._detach()  # before paho closes the socket
+        self._loop.add_reader(self._fd, self._readable, client)
+        self._tick_handle = self._loop.call_later(1.0, self._tick, client)
+        self._flush(client)
+
+    def _detach(self) -> None:
+        if self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def _readable(self, client: mqtt.Client) -> None:
+        rc = client.loop_read()
+        sock = client.socket()
+        # TLS: records already decrypted wait inside the SSL object, invisible to the selector
+        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            rc = client.loop_read()
+        self._flush(client)
+
+    def _writable(self, client: mqtt.Client) -> None:
+        client.loop_write()
+        self._flush(client)
+
+    def _flush(self, client: mqtt.Client) -> None:
+        """Write what paho has queued; what the socket does not take now waits for it to be writable."""
+        if self._fd is None or client is not self._client:
+            return
+        if client.want_write():
+            client.loop_write()
+        if self._fd is None or self._loop is None:  # the write found the connection gone
+            return
+        if client.want_write():
+            self._loop.add_writer(self._fd, self._writable, client)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    def _tick(self, client: mqtt.Client) -> None:
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(1.0, self._tick, client)
+        client.loop_misc()  # keepalive: PINGREQ when due, drop a connection whose PINGRESP is overdue
+        self._flush(client)
+
+    # paho callbacks (they run inside paho's read on the loop; handled in the next loop turn) -------------
     # Each handler gets the client it came from: a late callback of an earlier connection's client must
     # not touch the current one (message ids restart with every client).
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -416,7 +473,9 @@ class MqttUpstream:
             health.setdefault("outbox_backlog", self._store.backlog())
             health.setdefault("outbox_rejected", self._store.rejected())
         payload = status_payload(self.identity, state, time.time(), health)
-        return self._client.publish(self.status_topic, payload, qos=1, retain=True)
+        info = self._client.publish(self.status_topic, payload, qos=1, retain=True)
+        self._flush(self._client)
+        return info
 
     def _fill(self) -> None:
         """Publish undelivered rows (oldest first) until `max_inflight` are in flight."""
@@ -434,6 +493,7 @@ class MqttUpstream:
                 return
             self._inflight[info.mid] = (row.seq, row.alert_id)
             self._order.append(info.mid)
+        self._flush(self._client)
 
     async def _serve(self) -> None:
         self._publish_status("online")

@@ -4,6 +4,7 @@ was acknowledged (pure logic; the broker round trips are in tests/integration/te
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from collections.abc import Iterable
 
@@ -113,28 +114,39 @@ def test_an_outbox_write_error_on_puback_keeps_the_rows_queued_and_wakes_the_sin
 
 
 class DeadClient:
-    """Stands in for paho: CONNACK (success) and the loss of the connection both arrive before the task
-    awaiting CONNACK resumes, as they can from paho's network thread."""
+    """Stands in for paho: CONNACK (success) and the loss of the connection come out of the same read on
+    the loop, before the task awaiting CONNACK resumes. The socket is a real socket pair, so the sink's
+    `add_reader` watches a real descriptor."""
 
     def __init__(self, upstream: MqttUpstream) -> None:
         self.upstream = upstream
+        self.ours, self.broker = socket.socketpair()
 
     def connect(self, *_args: object, **_kwargs: object) -> int:
+        self.broker.send(b"x")  # CONNACK and the loss wait to be read
         return 0
 
-    def loop_start(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self.upstream._connack_result, self, Reason(failure=False))
-        loop.call_soon(self.upstream._lost, self, Reason(failure=True))
+    def socket(self) -> socket.socket:
+        return self.ours
+
+    def loop_read(self) -> int:
+        self.ours.recv(16)
+        self.upstream._on_connect(self, None, None, Reason(failure=False), None)  # type: ignore[arg-type]
+        self.upstream._on_disconnect(self, None, None, Reason(failure=True), None)  # type: ignore[arg-type]
+        return 0
+
+    def want_write(self) -> bool:
+        return False
+
+    def loop_write(self) -> int:
+        return 0
 
     def is_connected(self) -> bool:
         return False
 
-    def disconnect(self) -> None:
-        pass
-
-    def loop_stop(self) -> None:
-        pass
+    def close(self) -> None:
+        self.ours.close()
+        self.broker.close()
 
 
 def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> None:
@@ -142,11 +154,16 @@ def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> No
         upstream = MqttUpstream(MqttUpstreamConfig(host="unused"), GatewayIdentity("s", "a", "l", "g"),
                                 FakeStore(), health=dict)  # type: ignore[arg-type]
         upstream._loop = asyncio.get_running_loop()
-        upstream._make_client = lambda: DeadClient(upstream)  # type: ignore[method-assign,assignment,return-value]
-        with pytest.raises(ConnectRefusedError, match="lost right after CONNACK"):
-            await upstream._connect()
-        assert upstream.state != "connected"
-        assert not upstream._connected
-        assert upstream.connects == 0
+        client = DeadClient(upstream)
+        upstream._make_client = lambda: client  # type: ignore[method-assign,assignment,return-value]
+        try:
+            with pytest.raises(ConnectRefusedError, match="lost right after CONNACK"):
+                await upstream._connect()
+            assert upstream.state != "connected"
+            assert not upstream._connected
+            assert upstream.connects == 0
+        finally:
+            upstream._detach()
+            client.close()
 
     asyncio.run(scenario())
