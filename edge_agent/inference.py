@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent.bundle import Bundle, ModelSpec, ScoreBaseline
-from edge_agent.storage import Store
+from edge_agent.storage import StorageError, Store
 from edge_agent.types import ScoredWindow, Window
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def choose_providers(settings: ProviderSettings,
 class _BaselineState:
     raw_scores: list[float]
     baseline: float | None
+    persisted: bool = True  # the store has what is above (False: the last write failed; tried again)
 
 
 class BaselineTracker:
@@ -120,6 +122,8 @@ class BaselineTracker:
                      else _BaselineState([], None))
             self._states[key] = state
         if state.baseline is not None:
+            if not state.persisted:
+                self._persist(key, state)
             return raw - state.baseline
         state.raw_scores.append(raw)
         median = float(np.median(state.raw_scores))
@@ -127,9 +131,24 @@ class BaselineTracker:
             state.baseline = median
             log.info("score baseline of %s/%s (bundle %s) fixed at %.6g from %d windows", asset, model,
                      bundle_version, median, len(state.raw_scores))
-        if self._store is not None:
-            self._store.put_baseline(asset, model, bundle_version, state.raw_scores, state.baseline)
+        self._persist(key, state)
         return raw - median
+
+    def _persist(self, key: tuple[str, str, str], state: _BaselineState) -> None:
+        """Store the asset's baseline state. This runs on the event loop: a database another process holds
+        (or a full disk) fails the write fast, it is logged once and tried again with the asset's next
+        window, and scoring goes on from memory."""
+        if self._store is None:
+            return
+        try:
+            self._store.put_baseline(*key, state.raw_scores, state.baseline)
+        except (sqlite3.Error, StorageError) as exc:
+            if state.persisted:
+                log.warning("score baseline of %s/%s (bundle %s) not stored yet (kept in memory, "
+                            "retried): %s", *key, exc)
+            state.persisted = False
+        else:
+            state.persisted = True
 
     def baseline(self, asset: str, model: str, bundle_version: str) -> float | None:
         state = self._states.get((asset, model, bundle_version))

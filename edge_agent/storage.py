@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PRUNE_CHUNK_ROWS = 5_000  # rows deleted per retention transaction: the writer lock is never held long
 BUSY_TIMEOUT_S = 10.0  # worker threads wait this long for another process's lock on the database
-# Writes made on the event loop (alerts, delivery marks) wait at most this long, then fail and are retried
-# (`pipeline.AlertWriter` keeps the alerts in memory, the sink retries its marks): a `sqlite3` shell or a
-# backup holding the database must not stall the windows, nor the watchdog pings, for seconds.
+# Writes made on the event loop (alerts, delivery marks, score baselines) wait at most this long, then fail
+# and are retried (`pipeline.AlertWriter` keeps the alerts in memory, the sink retries its marks, the baseline
+# tracker its state): a `sqlite3` shell or a backup holding the database must not stall the windows, nor the
+# watchdog pings, for seconds.
 LOOP_BUSY_TIMEOUT_S = 0.25
 CHECKPOINT_INTERVAL_S = 10.0  # the WAL keeper's passive checkpoints, at most this often while writes come in
 
@@ -591,7 +592,8 @@ class Store:
 
     def put_baseline(self, asset: str, model: str, bundle_version: str, raw_scores: Sequence[float],
                      baseline: float | None) -> None:
-        with self._transaction() as conn:
+        """Store an asset's score-baseline state (written from the event loop: the short busy timeout)."""
+        with self._transaction(busy_s=LOOP_BUSY_TIMEOUT_S) as conn:
             conn.execute(
                 "INSERT INTO baselines (asset, model, bundle_version, raw_scores, baseline, updated_ts)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset, model, bundle_version) DO UPDATE SET"

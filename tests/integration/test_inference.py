@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,32 @@ def test_real_bundle_scores_drive_one_episode_with_the_faulty_channel_first(tmp_
     assert [e.state for e in events] == ["open", "close"]  # debounce 2 of 3, clear after 3 below
     assert events[0].root_cause[0].channel == "flow"
     assert events[0].severity in {level.level for level in bundle.manifest.model("pump").severity}
+    engine.close()
+    store.close()
+
+
+def test_score_baseline_kept_in_memory_while_the_database_is_locked_then_stored(tmp_path: Path) -> None:
+    bundle = load(tmp_path, score_baseline={"kind": "per_asset_initial", "windows": 4, "statistic": "median"})
+    data = normal_windows(6, len(CHANNELS), LENGTH, seed=4)
+    db = tmp_path / "state.db"
+    store = Store.open(db)
+    engine = InferenceEngine(bundle, store=store)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the database while the baseline is learnt
+    try:
+        first = asyncio.run(engine.score(windows_of(data[:4])))  # no error: scoring goes on from memory
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    baseline = float(np.median([s.raw_score for s in first]))
+    version = bundle.manifest.version
+    assert engine.baselines.baseline("pump-1", "pump", version) == pytest.approx(baseline)
+    assert store.get_baseline("pump-1", "pump", version) is None
+    later = asyncio.run(engine.score(windows_of(data[4:5])))  # the next window stores it
+    assert later[0].score == pytest.approx(later[0].raw_score - baseline, abs=1e-6)
+    record = store.get_baseline("pump-1", "pump", version)
+    assert record is not None
+    assert record.baseline == pytest.approx(baseline)
     engine.close()
     store.close()
 
