@@ -99,10 +99,14 @@ def test_nonfinite_windows_are_dropped_and_counted(tmp_path: Path) -> None:
     engine.close()
 
 
-def test_score_baseline_is_applied_and_survives_restart(tmp_path: Path) -> None:
+def baseline_case(tmp_path: Path) -> tuple[Bundle, np.ndarray, Path]:
+    """A bundle whose model learns a per-asset baseline from 4 windows, 6 normal windows, a database path."""
     bundle = load(tmp_path, score_baseline={"kind": "per_asset_initial", "windows": 4, "statistic": "median"})
-    data = normal_windows(6, len(CHANNELS), LENGTH, seed=4)
-    db = tmp_path / "state.db"
+    return bundle, normal_windows(6, len(CHANNELS), LENGTH, seed=4), tmp_path / "state.db"
+
+
+def test_score_baseline_is_applied_and_survives_restart(tmp_path: Path) -> None:
+    bundle, data, db = baseline_case(tmp_path)
     store = Store.open(db)
     engine = InferenceEngine(bundle, store=store)
     first = asyncio.run(engine.score(windows_of(data[:4])))
@@ -144,9 +148,7 @@ def test_real_bundle_scores_drive_one_episode_with_the_faulty_channel_first(tmp_
 
 
 def test_score_baseline_kept_in_memory_while_the_database_is_locked_then_stored(tmp_path: Path) -> None:
-    bundle = load(tmp_path, score_baseline={"kind": "per_asset_initial", "windows": 4, "statistic": "median"})
-    data = normal_windows(6, len(CHANNELS), LENGTH, seed=4)
-    db = tmp_path / "state.db"
+    bundle, data, db = baseline_case(tmp_path)
     store = Store.open(db)
     engine = InferenceEngine(bundle, store=store)
     other = sqlite3.connect(db, isolation_level=None)
