@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_sc
 from trainer.datasets import Splits, load_splits
 from trainer.metrics import binary_metrics
 from trainer.scoring import build_scorer, latent_statistics, per_asset_baseline, score_windows
-from trainer.torch_model import SCORES
+from trainer.torch_model import SCORES, ConvVAE
 from trainer.train import fit_vae, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -236,12 +237,8 @@ def fit_run(
     metrics: dict[str, Any] = {"score_candidates": candidates}
     if data.val_labelled.labels is not None:
         metrics["validation"] = binary_metrics(data.val_labelled.labels, val_scores, threshold.value)
-    rng = np.random.default_rng(config.training.seed)
-    sample = rng.choice(cal_scores, size=min(2000, len(cal_scores)), replace=False)
     run = {
-        "trainer_version": trainer.__version__,
-        "git_commit": git_commit(),
-        "config_source": config.source_path,
+        **run_header(config),
         "data_source": config.data.source,
         "channels": data.channels,
         "input_channels": data.input_channels,
@@ -258,7 +255,7 @@ def fit_run(
         "score_baseline": chosen["score_baseline"],
         "threshold": threshold.to_dict(),
         "score_quantiles": score_quantiles(cal_scores),
-        "calibration_scores": sorted(sample.tolist()),
+        "calibration_scores": calibration_sample(cal_scores, config.training.seed),
         "metrics": metrics,
         "history": history.to_dict(),
         "model_shape": vae.shape.to_dict(),
@@ -268,31 +265,9 @@ def fit_run(
             for name in ("fit", "val", "calibration", "test")
         },
     }
-    save_checkpoint(
-        out / "checkpoint.pt",
-        vae,
-        {
-            k: run[k]
-            for k in (
-                "channels",
-                "input_channels",
-                "scaler",
-                "detrend_channels",
-                "scoring",
-                "latent_stats",
-                "score_baseline",
-                "threshold",
-                "window_length",
-                "stride",
-            )
-        },
-    )
-    (out / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
-    (out / "config.toml").write_text(config_to_toml(config), encoding="utf-8")
-    save_windows(out / "calibration.npz", data.calibration)
-    save_windows(out / "train_sample.npz", train_sample(data.fit))
-    save_windows(out / "evaluation.npz", data.test)
-    save_windows(out / "validation.npz", data.val_labelled)
+    write_run_files(out, vae, run, config, windows={
+        "calibration": data.calibration, "train_sample": train_sample(data.fit), "evaluation": data.test,
+        "validation": data.val_labelled})
     log.info(
         "run written to %s (score %s, baseline %s, threshold %.4g)",
         out,
@@ -301,6 +276,43 @@ def fit_run(
         threshold.value,
     )
     return run
+
+
+# run.json keys kept with the weights in checkpoint.pt
+CHECKPOINT_KEYS = ("channels", "input_channels", "scaler", "detrend_channels", "scoring", "latent_stats",
+                   "score_baseline", "threshold", "window_length", "stride")
+
+
+def run_header(config: TrainerConfig) -> dict[str, Any]:
+    """The run.json fields that say what made the run: trainer version, git commit, config file."""
+    return {"trainer_version": trainer.__version__, "git_commit": git_commit(),
+            "config_source": config.source_path}
+
+
+def calibration_sample(scores: np.ndarray, seed: int, limit: int = 2000) -> list[float]:
+    """Up to `limit` calibration scores drawn without replacement, sorted (run.json `calibration_scores`)."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(scores, size=min(limit, len(scores)), replace=False).tolist())
+
+
+def write_run_files(
+    out: Path,
+    vae: ConvVAE,
+    run: dict[str, Any],
+    config: TrainerConfig,
+    *,
+    windows: Mapping[str, WindowSet],
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write RUN_DIR's files (module docstring): the checkpoint (weights, `CHECKPOINT_KEYS` of `run` and
+    `extra_metadata`), run.json, config.toml and each of `windows` as NAME.npz."""
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {**{k: run[k] for k in CHECKPOINT_KEYS}, **(extra_metadata or {})}
+    save_checkpoint(out / "checkpoint.pt", vae, metadata)
+    (out / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
+    (out / "config.toml").write_text(config_to_toml(config), encoding="utf-8")
+    for name, subset in windows.items():
+        save_windows(out / f"{name}.npz", subset)
 
 
 def save_windows(path: Path, windows: WindowSet) -> None:

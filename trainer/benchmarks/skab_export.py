@@ -28,7 +28,6 @@ test windows and says so in the manifest (``guard_set: "evaluation"``).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,16 +35,14 @@ from typing import Any
 
 import numpy as np
 
-import trainer
 from trainer.calibration import ThresholdSpec, score_quantiles, with_margin
-from trainer.config import TrainerConfig, config_to_toml
+from trainer.config import TrainerConfig
 from trainer.data.series import Series
 from trainer.data.windows import StandardScaler, WindowSet, sliding_windows, window_end_rows
 from trainer.metrics import skab_metrics
-from trainer.run import git_commit, save_windows, train_sample
+from trainer.run import calibration_sample, run_header, train_sample, write_run_files
 from trainer.scoring import build_scorer, detrend_mask, score_windows
 from trainer.torch_model import ConvVAE
-from trainer.train import save_checkpoint
 
 EXPORT_ROW_SCORE = "end"  # the agent's rule: one score per window, as the window's last row arrives
 
@@ -103,12 +100,8 @@ def write_run_dir(
         float(threshold["margin"]),
     ).to_dict()
     labels = np.asarray(series.labels)[train_rows:].astype(np.int8)
-    rng = np.random.default_rng(config.training.seed)
-    sample = rng.choice(train_scores, size=min(2000, len(train_scores)), replace=False)
     run: dict[str, Any] = {
-        "trainer_version": trainer.__version__,
-        "git_commit": git_commit(),
-        "config_source": config.source_path,
+        **run_header(config),
         "data_source": "skab",
         "channels": channels,
         "input_channels": channels,
@@ -125,7 +118,7 @@ def write_run_dir(
         "score_baseline": None,
         "threshold": spec,
         "score_quantiles": score_quantiles(train_scores),
-        "calibration_scores": sorted(sample.tolist()),
+        "calibration_scores": calibration_sample(train_scores, config.training.seed),
         "metrics": {},
         "history": history,
         "model_shape": vae.shape.to_dict(),
@@ -144,14 +137,9 @@ def write_run_dir(
             "calibration": "the training part's windows (the protocol's threshold data)",
         },
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keys = ("channels", "input_channels", "scaler", "detrend_channels", "scoring", "latent_stats",
-            "score_baseline", "threshold", "window_length", "stride")
-    save_checkpoint(run_dir / "checkpoint.pt", vae,
-                    {**{k: run[k] for k in keys}, "model_config": asdict(config.model)})
-    (run_dir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
-    (run_dir / "config.toml").write_text(config_to_toml(config), encoding="utf-8")
-    save_windows(run_dir / "calibration.npz", training)
-    save_windows(run_dir / "train_sample.npz", train_sample(training.subset(~early_stopping)))
-    save_windows(run_dir / "evaluation.npz", windows.subset(windows.end_row >= train_rows))
+    write_run_files(run_dir, vae, run, config,
+                    windows={"calibration": training,
+                             "train_sample": train_sample(training.subset(~early_stopping)),
+                             "evaluation": windows.subset(windows.end_row >= train_rows)},
+                    extra_metadata={"model_config": asdict(config.model)})
     return run
