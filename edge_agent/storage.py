@@ -355,7 +355,8 @@ def _add_outbox_rejected(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """The single writer of the state database. Thread-safe (one lock) so the MQTT thread may read."""
+    """The single writer of the state database. Thread-safe (one lock): the event loop and the worker threads
+    (ring buffer, retention, status counters) share the connection."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, retention: RetentionConfig,
                  clock: Callable[[], float] = time.time,

@@ -365,7 +365,8 @@ class MqttUpstream:
         client.loop_misc()  # keepalive: PINGREQ when due, drop a connection whose PINGRESP is overdue
         self._flush(client)
 
-    # paho callbacks (they run inside paho's read on the loop; handled in the next loop turn) -------------
+    # paho callbacks: inside paho's reads and writes on the loop, or in the worker thread of the connect when
+    # the CONNECT cannot be written; `call_soon_threadsafe` serves both, and they are handled next loop turn
     # Each handler gets the client it came from: a late callback of an earlier connection's client must
     # not touch the current one (message ids restart with every client).
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
