@@ -1,9 +1,7 @@
 """The one reconnect helper: capped exponential backoff with full jitter.
 
-The agent's own reconnect loops (serial reopen, MQTT upstream) draw their delays from `backoff_delays()`.
-MQTT *sources* reconnect inside paho's network loop, paced by paho's `reconnect_delay_set(min_delay=1,
-max_delay=30)` (doubling, no jitter), not by this helper. Resetting after a success is taking a fresh
-iterator:
+The agent's reconnect loops (serial reopen, MQTT sources, MQTT upstream) draw their delays from
+`backoff_delays()`. Resetting after a success is taking a fresh iterator:
 
     delays = backoff_delays()
     while True:

@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
+from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop
 from edge_agent.sinks.payload import alert_topic, status_payload
 from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
@@ -144,10 +145,6 @@ def _template(section: Section, key: str, default: str, fields: dict[str, str]) 
     return value
 
 
-class ConnectRefusedError(ConnectionError):
-    """The broker answered CONNACK with a failure (bad credentials, not authorised, ...)."""
-
-
 class MqttUpstream:
     """Publishes the outbox to the upstream broker; `run()` until `aclose()`."""
 
@@ -168,8 +165,7 @@ class MqttUpstream:
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
-        self._fd: int | None = None  # the client's socket while the loop watches it
-        self._tick_handle: asyncio.TimerHandle | None = None
+        self._io: LoopIO | None = None  # the client's socket, watched by the loop
         self._connected = False
         self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id)
         self._order: list[int] = []  # mids in publish order
@@ -259,7 +255,7 @@ class MqttUpstream:
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         v5 = cfg.protocol == "5"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or
                              f"edge-agent-{self.identity.gateway_id}",
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                              clean_session=None if v5 else True, reconnect_on_failure=False)
@@ -290,9 +286,8 @@ class MqttUpstream:
         self._acked.clear()
         self._rejected.clear()
         kwargs: dict[str, Any] = {"clean_start": True} if self.config.protocol == "5" else {}
-        await asyncio.to_thread(client.connect, self.config.host, self.config.port, self.config.keepalive,
-                                **kwargs)
-        self._attach(client)
+        self._io = await connect_on_loop(self._loop, client, self.config.host, self.config.port,
+                                         self.config.keepalive, **kwargs)
         await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
         # `_connected` was set by the CONNACK handler; a loss handled between CONNACK and this point has
         # cleared it again (and paho knows): do not report a dead client as connected.
@@ -305,65 +300,19 @@ class MqttUpstream:
 
     async def _teardown(self) -> None:
         client, self._client = self._client, None
+        io, self._io = self._io, None
         self._connected = False
         if client is None:
             return
         with contextlib.suppress(Exception):
-            client.disconnect()  # written at once; paho then closes the socket (on_socket_close: _detach)
-        self._detach()
+            client.disconnect()  # written at once; paho then closes the socket (on_socket_close: detach)
+        if io is not None:
+            io.detach()
 
-    # network I/O on the event loop ----------------------------------------------------------------------
-    def _attach(self, client: mqtt.Client) -> None:
-        """Watch the connected client's socket from the loop; keepalive from a 1 s timer."""
-        assert self._loop is not None
-        sock = client.socket()
-        if sock is None:
-            raise ConnectRefusedError("no socket after connect")
-        self._fd = sock.fileno()
-        client.on_socket_close = lambda _c, _u, _s: self._detach()  # before paho closes the socket
-        self._loop.add_reader(self._fd, self._readable, client)
-        self._tick_handle = self._loop.call_later(1.0, self._tick, client)
-        self._flush(client)
-
-    def _detach(self) -> None:
-        if self._loop is not None and self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-        self._fd = None
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-            self._tick_handle = None
-
-    def _readable(self, client: mqtt.Client) -> None:
-        rc = client.loop_read()
-        sock = client.socket()
-        # TLS: records already decrypted wait inside the SSL object, invisible to the selector
-        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            rc = client.loop_read()
-        self._flush(client)
-
-    def _writable(self, client: mqtt.Client) -> None:
-        client.loop_write()
-        self._flush(client)
-
-    def _flush(self, client: mqtt.Client) -> None:
-        """Write what paho has queued; what the socket does not take now waits for it to be writable."""
-        if self._fd is None or client is not self._client:
-            return
-        if client.want_write():
-            client.loop_write()
-        if self._fd is None or self._loop is None:  # the write found the connection gone
-            return
-        if client.want_write():
-            self._loop.add_writer(self._fd, self._writable, client)
-        else:
-            self._loop.remove_writer(self._fd)
-
-    def _tick(self, client: mqtt.Client) -> None:
-        assert self._loop is not None
-        self._tick_handle = self._loop.call_later(1.0, self._tick, client)
-        client.loop_misc()  # keepalive: PINGREQ when due, drop a connection whose PINGRESP is overdue
-        self._flush(client)
+    def _flush(self) -> None:
+        """Write what the current client has queued (nothing when not connected)."""
+        if self._io is not None:
+            self._io.flush()
 
     # paho callbacks: inside paho's reads and writes on the loop, or in the worker thread of the connect when
     # the CONNECT cannot be written; `call_soon_threadsafe` serves both, and they are handled next loop turn
@@ -475,7 +424,7 @@ class MqttUpstream:
             health.setdefault("outbox_rejected", self._store.rejected())
         payload = status_payload(self.identity, state, time.time(), health)
         info = self._client.publish(self.status_topic, payload, qos=1, retain=True)
-        self._flush(self._client)
+        self._flush()
         return info
 
     def _fill(self) -> None:
@@ -494,7 +443,7 @@ class MqttUpstream:
                 return
             self._inflight[info.mid] = (row.seq, row.alert_id)
             self._order.append(info.mid)
-        self._flush(self._client)
+        self._flush()
 
     async def _serve(self) -> None:
         self._publish_status("online")

@@ -7,31 +7,33 @@ Two payload shapes:
   prefix produces fields named `prefix.field`, so one source can carry many assets with the same field names.
 - `payload = "number"`: each message is one number; `topics` is a table `{exact topic = "field"}`.
 
-Timestamps come from `timestamp_field` of a JSON payload, else arrival time. paho runs its network loop in its
-own thread (with its own reconnect; the first connect may fail while the broker is down and is retried);
-messages wait in an inbox and one `call_soon_threadsafe` per burst hands them all to the event loop, where
-they are parsed and queued (bounded).
+Timestamps come from `timestamp_field` of a JSON payload, else arrival time. The paho client is driven by the
+event loop (`edge_agent.mqttloop`): a message is parsed and queued (bounded, drop-oldest) in the loop turn
+that read it, with no network thread. While the broker is away (also at start) the source reconnects with
+`edge_agent.backoff` delays; each connection subscribes afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import json
 import logging
 import math
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
-from edge_agent.sources.base import SecretRef, Source, read_secret, secret_file, secret_path
+from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop
+from edge_agent.sources.base import RateLimitedLog, SecretRef, Source, read_secret, secret_file, secret_path
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
     LineFormatError,
@@ -142,21 +144,21 @@ class MqttSource(Source):
     """Subscribes to the configured topics and yields one `Reading` per valid message."""
 
     kind = "mqtt"
+    produces_on_loop = True
 
-    def __init__(self, name: str, config: MqttSourceConfig) -> None:
+    def __init__(self, name: str, config: MqttSourceConfig,
+                 delays: Callable[[], Iterator[float]] = backoff_delays) -> None:
         super().__init__(name, config.queue_size)
         self.config = config
+        self._delays = delays
         self._client: mqtt.Client | None = None
+        self._io: LoopIO | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self._lost = asyncio.Event()
         self._route_cache: dict[str, str | None] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # prefix -> (output name, JSON key)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # messages from paho's thread wait here; one loop callback drains all that arrived meanwhile
-        # bounded like the reading queue: under overload the oldest messages are dropped and counted
-        self._inbox: collections.deque[tuple[str, bytes, float]] = collections.deque(
-            maxlen=config.queue_size)
-        self._inbox_overflow = 0  # written by paho's thread only
-        self._inbox_overflow_seen = 0  # written by the event loop only
-        self._drain_scheduled = False
+        self._unreachable_log = RateLimitedLog(log, interval_s=60.0)
 
     @property
     def task_name(self) -> str:
@@ -164,7 +166,8 @@ class MqttSource(Source):
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                             reconnect_on_failure=False)
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
@@ -176,62 +179,95 @@ class MqttSource(Source):
                            certfile=str(secret_path(cfg.tls_cert)) if cfg.tls_cert else None,
                            keyfile=str(secret_path(cfg.tls_key)) if cfg.tls_key else None,
                            cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     async def _run(self) -> None:
+        """Connect (retrying with backoff while the broker is away), subscribe, read until the connection is
+        lost; again. Messages are handled inside the loop's reads (`_on_message`)."""
         self._loop = asyncio.get_running_loop()
-        self._client = self._make_client()
         self.stats.state = "disconnected"
-        # connect_async + loop_start: paho keeps retrying in its thread while the broker is down.
-        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
-        self._client.loop_start()
-        await asyncio.Event().wait()  # runs until cancelled; the work happens in the callbacks
+        delays = self._delays()
+        while True:
+            try:
+                await self._connect()
+            except (OSError, ConfigError, asyncio.TimeoutError) as exc:  # ConnectRefusedError is an OSError
+                self._teardown()
+                delay = next(delays)
+                self._unreachable_log.warning(
+                    "source %s: broker %s:%d not reachable (%s); retrying in %.1f s",
+                    self.name, self.config.host, self.config.port, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            delays = self._delays()
+            self._unreachable_log = RateLimitedLog(log, interval_s=60.0)
+            try:
+                await self._lost.wait()
+            finally:
+                self._teardown()
+            self._set_state("disconnected")
+            await asyncio.sleep(next(delays))
 
-    async def _cleanup(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-
-    # paho thread -> event loop
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning("source %s: broker refused the connection: %s", self.name, reason)
-            return
+    async def _connect(self) -> None:
+        assert self._loop is not None
+        client = self._client = self._make_client()
+        self._connack = self._loop.create_future()
+        self._lost.clear()
+        self._io = await connect_on_loop(self._loop, client, self.config.host, self.config.port,
+                                         self.config.keepalive)
+        await asyncio.wait_for(self._connack, timeout=max(10.0, float(self.config.keepalive)))
+        if self._lost.is_set() or not client.is_connected():
+            raise ConnectRefusedError("connection lost right after CONNACK")
         sock = client.socket()
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             # small sensor messages: no Nagle delay on what we send (subscriptions, PUBACKs)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
-        self._call(self._set_state, "connected")
+        self._io.flush()
+        self._set_state("connected")
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
-                       _props: Any) -> None:
-        self._call(self._set_state, "disconnected")
+    def _teardown(self) -> None:
+        client, self._client = self._client, None
+        io, self._io = self._io, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.disconnect()  # written at once; paho then closes the socket
+        if io is not None:
+            io.detach()
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        if len(self._inbox) == self._inbox.maxlen:
-            self._inbox_overflow += 1  # the append below drops the oldest message
-        self._inbox.append((msg.topic, payload, time.time()))
-        if not self._drain_scheduled:  # one hand-off per burst of messages, not one per message
-            self._drain_scheduled = True
-            if not self._call(self._drain):
-                self._drain_scheduled = False
+    async def _cleanup(self) -> None:
+        self._teardown()
 
-    def _call(self, func: Any, *args: Any) -> bool:
+    # paho callbacks. `on_message` and `on_connect` run inside the loop's reads; `on_disconnect` may also come
+    # from the connect worker thread (the CONNECT could not be written), so it is handed over thread-safely.
+    # Each handler checks the client it came from: a late callback of an earlier client must not count.
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        fut = self._connack
+        if client is not self._client or fut is None or fut.done():
+            return
+        if getattr(reason, "is_failure", False):
+            fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
+        else:
+            fut.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(func, *args)
-            except RuntimeError:  # the loop closed meanwhile
-                return False
-            return True
-        return False
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._connection_lost, client, reason)
+
+    def _connection_lost(self, client: mqtt.Client, reason: Any) -> None:
+        if client is not self._client:
+            return
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectRefusedError(f"disconnected before CONNACK: {reason}"))
+        self._lost.set()
+
+    def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        self.handle_message(msg.topic, payload, time.time())
 
     def _set_state(self, state: str) -> None:
         if state == "connected" and self.stats.state == "disconnected" and self.stats.received:
@@ -239,17 +275,6 @@ class MqttSource(Source):
         if state != self.stats.state:
             log.info("source %s: %s to %s:%d", self.name, state, self.config.host, self.config.port)
         self.stats.state = state
-
-    # on the event loop
-    def _drain(self) -> None:
-        self._drain_scheduled = False  # first: a message appended from now on schedules a new drain
-        overflow = self._inbox_overflow
-        if overflow != self._inbox_overflow_seen:
-            self.stats.dropped += overflow - self._inbox_overflow_seen
-            self._inbox_overflow_seen = overflow
-        inbox = self._inbox
-        while inbox:
-            self.handle_message(*inbox.popleft())
 
     def route(self, topic: str) -> str | None:
         """The prefix (json) or field (number) for a topic, None when no configured topic matches."""

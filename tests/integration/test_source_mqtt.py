@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,47 @@ def test_mqtt_source_keeps_retrying_while_the_broker_is_down_at_start(
 
     async def scenario() -> None:
         async with source:
-            await asyncio.sleep(1.5)  # refused connects (paho retries after 1 s, 2 s, ...)
+            await asyncio.sleep(1.5)  # refused connects, retried with backoff
             assert source.stats.state == "disconnected"
             await asyncio.to_thread(mqtt_broker.start)
             await poll_until(lambda: source.stats.state == "connected", "connected once the broker is up", 40)
 
     asyncio.run(scenario())
+
+
+def test_mqtt_source_reads_a_burst_in_order_without_a_network_thread(
+        mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
+    """600 messages sent back to back arrive in order, and paho runs no thread of its own (the event loop
+    drives the client)."""
+    source = source_for(mqtt_broker, mqtt_topic, tmp_path)
+    count = 600
+    received: list[Reading] = []
+
+    def publish_burst() -> None:
+        publisher = connect_publisher(mqtt_broker.host, mqtt_broker.port)
+        infos = [publisher.publish(f"{mqtt_topic}/m{i % 7}/telemetry",
+                                   json.dumps({"ts": float(i), "a": i * 0.5}).encode(), qos=1)
+                 for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(10)
+        publisher.disconnect()
+        publisher.loop_stop()
+
+    async def scenario() -> None:
+        async with source:
+            async def read() -> None:
+                async for reading in source:
+                    received.append(reading)
+
+            reader = asyncio.create_task(read())
+            await poll_until(lambda: source.stats.state == "connected", "connected")
+            assert not [t.name for t in threading.enumerate() if t.name.startswith("paho")]
+            await asyncio.to_thread(publish_burst)
+            await poll_until(lambda: len(received) == count, f"{count} readings", timeout=20)
+            reader.cancel()
+
+    asyncio.run(scenario())
+    assert [r.ts for r in received] == [float(i) for i in range(count)]
+    assert [next(iter(r.values)) for r in received[:7]] == ["plant.a"] * 7
+    assert source.stats.received == count
+    assert source.stats.dropped == 0

@@ -163,7 +163,7 @@ def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> No
             assert not upstream._connected
             assert upstream.connects == 0
         finally:
-            upstream._detach()
+            await upstream._teardown()
             client.close()
 
     asyncio.run(scenario())

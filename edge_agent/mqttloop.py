@@ -1,0 +1,160 @@
+"""A paho-mqtt client driven by the asyncio event loop (paho's external-loop API), for sources and sinks.
+
+paho's own `loop_start()` runs the network in a thread: every message then crosses to the event loop with
+`call_soon_threadsafe`, and the two threads take turns at the interpreter lock while the agent is busy. Here
+the loop itself watches the client's socket (`add_reader`, `add_writer` while paho has bytes queued) and
+runs keepalive from a 1 s timer, so a message is read, parsed and acted on in the same loop turn, and a
+publish is written to the socket by the code that decided it. Only the blocking TCP/TLS connect runs in a
+worker thread (`connect_on_loop`).
+
+`BufferedClient` reads the socket in large chunks: paho asks the socket for each packet's header byte,
+length bytes and body separately, and every such `recv` is a system call that lets go of the interpreter lock
+(which the event loop may then wait to get back). With the buffer, a readable event costs one `recv` however
+many packets arrived, and whether more packets wait is known without asking the kernel.
+
+paho calls `on_message`, `on_publish` and `on_connect` from inside `loop_read`/`loop_write`, so on the loop
+thread. `on_disconnect` can also come from the connect worker thread, when writing the CONNECT packet
+fails; handlers of it must hand over with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+# Packets read per readable event before the loop gets a turn for other work. paho reads one packet per
+# `loop_read`; reading on while the buffer has more saves a pass through the selector per packet.
+READ_BURST = 64
+RECV_BYTES = 65536
+
+
+class BufferedClient(mqtt.Client):
+    """A paho client whose socket reads go through a buffer (one `recv` of up to 64 KiB at a time).
+
+    It overrides paho's internal `_sock_recv` (paho-mqtt 2.x, pinned below 3 in pyproject.toml), the one
+    place paho reads its socket. The buffer belongs to one connection and is emptied at each (re)connect."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0
+        return super().reconnect()
+
+    def buffered(self) -> bool:
+        """Bytes already read from the socket wait to be parsed."""
+        return self._rpos < len(self._rbuf)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(RECV_BYTES)  # BlockingIOError when nothing is there; b"" at EOF
+            if len(data) <= bufsize:
+                return data
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = end = min(start + bufsize, len(self._rbuf))
+        return self._rbuf[start:end]
+
+
+class ConnectRefusedError(ConnectionError):
+    """The broker answered CONNACK with a failure (bad credentials, not authorised, ...), or the connection
+    ended before it was established."""
+
+
+class NoSocketError(ConnectionError):
+    """paho reported a connection but has no socket."""
+
+
+async def connect_on_loop(loop: asyncio.AbstractEventLoop, client: mqtt.Client, host: str, port: int,
+                          keepalive: int, **kwargs: Any) -> LoopIO:
+    """Open the TCP (and TLS) connection in a worker thread, send CONNECT, and hand the socket to the loop.
+    The CONNACK arrives later through `on_connect`. Raises OSError (and ssl.SSLError) when unreachable."""
+    await asyncio.to_thread(client.connect, host, port, keepalive, **kwargs)
+    io = LoopIO(loop, client)
+    io.attach()
+    return io
+
+
+class LoopIO:
+    """One connected client's socket, watched by the event loop until the connection closes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
+        self.loop = loop
+        self.client = client
+        self._fd: int | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def attached(self) -> bool:
+        """The loop still watches the socket (False once paho closed it)."""
+        return self._fd is not None
+
+    def attach(self) -> None:
+        sock = self.client.socket()
+        if sock is None:
+            raise NoSocketError("no socket after connect")
+        self._fd = sock.fileno()
+        self.client.on_socket_close = lambda _c, _u, _s: self.detach()  # before paho closes the socket
+        self.loop.add_reader(self._fd, self._readable)
+        self._tick_handle = self.loop.call_later(1.0, self._tick)
+        self.flush()
+
+    def detach(self) -> None:
+        """Stop watching the socket (idempotent)."""
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+            self.loop.remove_writer(self._fd)
+        self._fd = None
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def flush(self) -> None:
+        """Write what paho has queued; what the socket does not take now waits for it to be writable."""
+        if self._fd is None:
+            return
+        client = self.client
+        if client.want_write():
+            client.loop_write()
+        if self._fd is None:  # the write found the connection gone
+            return
+        if client.want_write():
+            self.loop.add_writer(self._fd, self._writable)
+        else:
+            self.loop.remove_writer(self._fd)
+
+    def _more_to_read(self) -> bool:
+        client = self.client
+        if isinstance(client, BufferedClient) and client.buffered():
+            return True
+        sock = client.socket()
+        # TLS: records already decrypted wait inside the SSL object, invisible to the selector
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def _readable(self) -> None:
+        if self._fd is None:  # a scheduled read after the connection closed
+            return
+        client = self.client
+        rc = client.loop_read()
+        reads = 1
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._fd is not None and self._more_to_read():
+            if reads == READ_BURST:  # let other work run; what is buffered needs no readable event
+                self.loop.call_soon(self._readable)
+                break
+            rc = client.loop_read()
+            reads += 1
+        self.flush()
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+        self.flush()
+
+    def _tick(self) -> None:
+        self._tick_handle = self.loop.call_later(1.0, self._tick)
+        self.client.loop_misc()  # keepalive: PINGREQ when due, drop a connection whose PINGRESP is overdue
+        self.flush()
