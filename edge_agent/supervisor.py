@@ -55,7 +55,7 @@ from edge_agent.sources import Source, build_source
 from edge_agent.sources.base import DropOldestQueue
 from edge_agent.storage import Store, WindowRecorder
 from edge_agent.systemd import Notifier
-from edge_agent.types import AlertEvent, ScoredWindow, Window
+from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window
 from edge_agent.windows import Windower
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ WINDOW_QUEUE_SIZE = 10_000
 BATCH_SIZE = 256
 PIPELINE_BATCHES = 16  # batches scored back to back before the detector lets a bundle swap in
 PRUNE_INTERVAL_S = 60.0
-# The event loop shares the GIL with the MQTT source's paho thread, the inference thread and the storage
-# writer.
+# The event loop shares the GIL with the inference thread and the storage threads (WAL keeper, status file).
 # CPython lets a thread keep the GIL for 5 ms before it must hand it to a waiting one: long next to a 10 ms
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
 GIL_SWITCH_INTERVAL_S = 0.001
@@ -344,13 +343,21 @@ class Supervisor:
 
     async def _source_loop(self, source: Source) -> None:
         async with source:
-            async for reading in source:
+            if not source.lossless:
+                await source.deliver(self._push_reading)
+                return
+            async for reading in source:  # a replay: waits for room instead of having windows dropped
                 windower = self.windower
                 assert windower is not None
                 for window in windower.push(reading):
-                    if source.lossless:
-                        await self._windows.wait_for_room()
+                    await self._windows.wait_for_room()
                     self._windows.put(window)
+
+    def _push_reading(self, reading: Reading) -> None:
+        windower = self.windower
+        assert windower is not None
+        for window in windower.push(reading):
+            self._windows.put(window)
 
     async def _detect_loop(self) -> None:
         while True:

@@ -96,6 +96,7 @@ class AssetAligner:
         self._anchor: float | None = None
         self._latest_ts = -math.inf  # newest sample seen before the current reading
         self._latest_held = -math.inf  # newest sample held (max of held timestamps)
+        self._oldest_held: float | None = -math.inf  # min of held timestamps; None: not known, recompute
 
     def accept(self, ts: float) -> bool:
         """Whether a reading at `ts` fits the asset's timeline (see the module docstring); counts drops."""
@@ -128,6 +129,7 @@ class AssetAligner:
             self._held[channel] = value
             self._held_ts[channel] = ts
             self._latest_held = max(self._latest_held, ts)
+            self._oldest_held = None
         elif ts > self._prev_ts[channel]:
             self._prev[channel] = value
             self._prev_ts[channel] = ts
@@ -142,7 +144,7 @@ class AssetAligner:
                 self._prev_ts, self._held_ts = self._held_ts, self._prev_ts
                 self._held[:] = values
                 self._held_ts.fill(ts)
-                self._latest_held = ts
+                self._latest_held = self._oldest_held = ts
                 return
             index = np.arange(len(self._held))
         newer = self._held_ts[index] <= ts
@@ -152,6 +154,7 @@ class AssetAligner:
             self._held[index] = values
             self._held_ts[index] = ts
             self._latest_held = max(self._latest_held, ts)
+            self._oldest_held = None
             return
         for channel, value in zip(index.tolist(), values.tolist(), strict=True):
             self.hold(channel, ts, value)
@@ -219,7 +222,10 @@ class AssetAligner:
         held_ts = self._held_ts
         if self._latest_held <= limit:  # common case: every held sample is at or before t
             values, sample_ts = self._held, held_ts
-            stale = bool(t - held_ts.min() > spec.staleness_s)
+            oldest = self._oldest_held
+            if oldest is None:
+                oldest = self._oldest_held = float(held_ts.min())
+            stale = t - oldest > spec.staleness_s
         else:
             use_held = held_ts <= limit
             values = np.where(use_held, self._held, self._prev)

@@ -133,6 +133,9 @@ class Source:
     kind = "base"
     # A lossless source (a replay) waits for room downstream instead of having windows dropped.
     lossless = False
+    # Readings are made on the event loop, where they were read (the MQTT source): `deliver` can hand each
+    # one straight to its consumer, without the reading queue and a task switch per reading.
+    produces_on_loop = False
 
     def __init__(self, name: str, queue_size: int = 1000) -> None:
         self.name = name
@@ -140,6 +143,7 @@ class Source:
         self._queue_size = queue_size
         self._queue: DropOldestQueue[Reading] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._consumer: Callable[[Reading], None] | None = None
         self._invalid_log = RateLimitedLog(logging.getLogger(f"{__name__}.{name}"))
 
     @property
@@ -184,6 +188,38 @@ class Source:
                 return
             yield item
 
+    async def deliver(self, consumer: Callable[[Reading], None]) -> None:
+        """Hand every reading to `consumer` until the source ends (inside `async with`); raises the source's
+        error or the consumer's. A source that `produces_on_loop` calls `consumer` in the loop turn that made
+        the reading (its queue is bypassed); any other is iterated as with `async for`."""
+        if not self.produces_on_loop:
+            async for reading in self:
+                consumer(reading)
+            return
+        if self._task is None or self._queue is None:
+            raise RuntimeError(f"source {self.name!r} used outside 'async with'")
+        failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def guarded(reading: Reading) -> None:
+            try:
+                consumer(reading)
+            except Exception as exc:  # noqa: BLE001 - ends `deliver` with it, like an error of `async for`
+                self._consumer = None  # the readings after it go to the queue, read by the next consumer
+                if not failure.done():
+                    failure.set_exception(exc)
+
+        while (queued := self._queue.get_nowait()) is not None:  # made before the hand-over
+            consumer(queued)
+        self._consumer = guarded
+        try:
+            await asyncio.wait({self._task, failure}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._consumer = None
+        if failure.done():
+            failure.result()  # raises the consumer's error
+        if self._task.done() and not self._task.cancelled() and (error := self._task.exception()):
+            raise error
+
     async def _run_and_close(self) -> None:
         try:
             await self._run()
@@ -203,7 +239,9 @@ class Source:
 
     def _emit(self, reading: Reading) -> None:
         self.stats.received += 1
-        if self._queue is not None:
+        if self._consumer is not None:
+            self._consumer(reading)
+        elif self._queue is not None:
             self._queue.put(reading)
 
     def _dropped(self) -> None:

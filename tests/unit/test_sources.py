@@ -6,7 +6,10 @@ import asyncio
 import ssl
 from pathlib import Path
 
+import pytest
+
 from edge_agent.configtools import Section
+from edge_agent.sources.base import Source
 from edge_agent.sources.mqtt import MqttSource, MqttSourceConfig
 from edge_agent.sources.replay import ReplayConfig, ReplaySource
 from edge_agent.sources.serial import SerialConfig, SerialSource
@@ -101,6 +104,11 @@ def test_serial_a_line_that_breaks_parsing_is_counted_and_the_chunk_goes_on(tmp_
     assert source.stats.invalid == 2
 
 
+class FakeMessage:
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic, self.payload = topic, payload
+
+
 def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp_path: Path) -> None:
     config = MqttSourceConfig.from_section(Section({
         "host": "h", "payload": "json", "fields": ["a"], "topics": ["t/#"], "queue_size": 10}), tmp_path)
@@ -108,8 +116,7 @@ def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp
     asyncio.run(_with_queue(source))
     for payload in (b'{"a": 1}', b'{"a": 1' + b"0" * 400 + b"}", b'{"a": ' + b"9" * 5000 + b"}",
                     b'{"a": 2}'):
-        source._inbox.append(("t/x", payload, 3.0))
-    source._drain()
+        source._on_message(None, None, FakeMessage("t/x", payload))  # type: ignore[arg-type]
     assert [r.values["a"] for r in drain(source)] == [1.0, 2.0]
     assert source.stats.invalid == 2
     number = MqttSource("n", MqttSourceConfig.from_section(Section({
@@ -121,20 +128,13 @@ def test_mqtt_a_payload_that_breaks_parsing_is_counted_and_the_burst_goes_on(tmp
     assert number.stats.invalid == 2
 
 
-class FakeMessage:
-    def __init__(self, topic: str, payload: bytes) -> None:
-        self.topic, self.payload = topic, payload
-
-
-def test_mqtt_handoff_from_the_network_thread_is_bounded_drop_oldest(tmp_path: Path) -> None:
+def test_mqtt_messages_beyond_the_queue_drop_the_oldest_and_count_them(tmp_path: Path) -> None:
     config = MqttSourceConfig.from_section(Section({
         "host": "h", "payload": "number", "topics": {"f/v": "v"}, "queue_size": 3}), tmp_path)
     source = MqttSource("m", config)
     asyncio.run(_with_queue(source))
-    for i in range(10):  # the event loop is not draining (no loop yet): an overloaded agent
+    for i in range(10):  # nobody consumes the readings: an overloaded agent
         source._on_message(None, None, FakeMessage("f/v", str(i).encode()))  # type: ignore[arg-type]
-    assert len(source._inbox) == 3
-    source._drain()
     assert [r.values["v"] for r in drain(source)] == [7.0, 8.0, 9.0]
     assert source.stats.dropped == 7
 
@@ -154,3 +154,49 @@ def test_mqtt_tls_table_without_ca_still_uses_tls(tmp_path: Path) -> None:
     plain = MqttSource("m", MqttSourceConfig.from_section(Section({
         "host": "h", "topics": ["t/#"], "fields": ["a"]}), tmp_path))._make_client()
     assert not plain._ssl
+
+
+class LoopSource(Source):
+    """Emits the readings it is given, on the event loop (as the MQTT source does)."""
+
+    kind = "test"
+    produces_on_loop = True
+
+    def __init__(self) -> None:
+        super().__init__("loop", queue_size=10)
+        self.feed: asyncio.Queue[float] = asyncio.Queue()
+
+    async def _run(self) -> None:
+        while True:
+            ts = await self.feed.get()
+            self._emit(Reading(self.name, ts, {"a": ts}))
+
+
+def test_deliver_hands_readings_straight_over_and_ends_with_the_consumers_error() -> None:
+    async def scenario() -> tuple[list[tuple[float, int]], list[float]]:
+        source = LoopSource()
+        seen: list[tuple[float, int]] = []
+
+        def consumer(reading: Reading) -> None:
+            if reading.ts == 3.0:
+                raise ValueError("bad reading 3")
+            seen.append((reading.ts, source.stats.received))
+
+        async with source:
+            source._emit(Reading("loop", 0.0, {"a": 0.0}))  # made before the hand-over: queued
+            delivering = asyncio.create_task(source.deliver(consumer))
+            await asyncio.sleep(0)
+            for ts in (1.0, 2.0, 3.0, 4.0):
+                source.feed.put_nowait(ts)
+            with pytest.raises(ValueError, match="bad reading 3"):
+                await asyncio.wait_for(delivering, 5)
+            await asyncio.sleep(0.01)
+            queue = source._queue
+            assert queue is not None
+            left = [r.ts for r in (queue.get_nowait() for _ in range(3)) if r is not None]
+        return seen, left
+
+    seen, left = asyncio.run(scenario())
+    # in order, each consumed as it is made (through a queue, 1.0 would be seen after 4.0 was made)
+    assert seen == [(0.0, 1), (1.0, 2), (2.0, 3)]
+    assert left == [4.0]  # after the consumer failed, readings wait in the queue for the next one
