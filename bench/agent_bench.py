@@ -15,8 +15,10 @@
    publisher renders every sample into its MQTT packet before the clock starts and sends each with one
    `sendall` from the thread that timestamps it. `broker_path_only` is the same measurement for raw samples
    (publisher -> broker -> subscriber, no agent) in the same run: the floor this machine gives at that
-   moment. `--trace` runs the agent under `bench/agent_trace.py` and adds where the time of each `open`
-   alert went (stages) and how long storage and file work took.
+   moment; `disk_commit_only` times a durable one-row SQLite commit (WAL, synchronous=FULL, as the outbox
+   writes an alert) four times a second on the state directory's file system: the disk's floor. `--trace`
+   runs the agent under `bench/agent_trace.py` and adds where the time of each `open` alert went (stages)
+   and how long storage and file work took.
 3. resources: CPU (% of one core) and resident memory of the agent process during benchmark 2, and the CPU
    the load generator, the broker and the subscriber took from the same two cores.
    Targets: <= 25 % of a core, <= 120 MB.
@@ -204,6 +206,7 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
 
     from bench.agent_trace import summarise
     from tests.support.broker import MosquittoBroker
+    from tests.support.mqtt_packets import publish_packet
 
     workdir.mkdir(parents=True, exist_ok=True)
     stride = 10
@@ -242,6 +245,10 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
     assert sub.stdout is not None
     if sub.stdout.readline().strip() != b"subscribed":
         raise RuntimeError("the alert subscriber did not subscribe")
+    # the disk's own floor in the same run: a durable one-row SQLite commit (as an alert's outbox write)
+    # four times a second, on the same file system as the agent's state directory
+    probe = subprocess.Popen([sys.executable, "-c", _DISK_PROBE, str(workdir / "probe.db"), "0.25"],
+                             stdout=subprocess.PIPE)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect(broker.host, broker.port)
     _nodelay(pub)
@@ -289,8 +296,8 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
                 if inject and a in targets:
                     values[3] += 25.0
                 payload = json.dumps({"ts": due, **{c: round(float(v), 4)
-                                                    for c, v in zip(CHANNELS, values, strict=True)}})
-                schedule.append((due, f"asset{a}", _publish_packet(f"plant/asset{a}/telemetry", payload)))
+                                                    for c, v in zip(CHANNELS, values, strict=True)}}).encode()
+                schedule.append((due, f"asset{a}", publish_packet(f"plant/asset{a}/telemetry", payload)))
         sock = pub.socket()
         assert isinstance(sock, socket.socket)
         sock.setblocking(True)
@@ -322,7 +329,10 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
         pub.disconnect()
         sub.terminate()
         sub.wait(30)
+        probe.terminate()
+        probe_out, _ = probe.communicate(timeout=30)
         broker.stop()
+    commit_ms = np.asarray(json.loads(probe_out or b"[]"))
     latencies = []
     by_state: dict[str, list[float]] = {}
     received, floor = [], []
@@ -360,6 +370,11 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
                         "samples": int(path_ms.size),
                         "p50_ms": round(float(np.percentile(path_ms, 50)), 2) if path_ms.size else None,
                         "p99_ms": round(float(np.percentile(path_ms, 99)), 2) if path_ms.size else None},
+                    "disk_commit_only": {
+                        "commits": int(commit_ms.size),
+                        "p50_ms": round(float(np.percentile(commit_ms, 50)), 2) if commit_ms.size else None,
+                        "p99_ms": round(float(np.percentile(commit_ms, 99)), 2) if commit_ms.size else None,
+                        "max_ms": round(float(commit_ms.max()), 2) if commit_ms.size else None},
                     "load": {"assets": assets, "channels": 14, "rate_hz": 10, "messages_per_s": assets * 10,
                              "phase": phase,
                              "window": LENGTH, "stride": stride, "duration_s": duration}},
@@ -393,16 +408,23 @@ out.close()
 """
 
 
-def _publish_packet(topic: str, payload: str) -> bytes:
-    """An MQTT 3.1.1 PUBLISH packet at QoS 0 (no packet id): fixed header, topic, payload."""
-    name = topic.encode()
-    body = len(name).to_bytes(2, "big") + name + payload.encode()
-    length, size = bytearray(), len(body)
-    while True:  # "remaining length": 7 bits a byte, least significant first
-        size, digit = divmod(size, 128)
-        length.append(digit | (0x80 if size else 0))
-        if not size:
-            return bytes([0x30]) + bytes(length) + body
+_DISK_PROBE = """
+import json, signal, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA synchronous=FULL")
+conn.execute("CREATE TABLE IF NOT EXISTS t (ts REAL, payload BLOB)")
+period, times, running = float(sys.argv[2]), [], [True]
+signal.signal(signal.SIGTERM, lambda *_a: running.pop())
+while running:
+    time.sleep(period)
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO t VALUES (?, ?)", (time.time(), b"x" * 600))
+    conn.execute("COMMIT")
+    times.append((time.perf_counter() - start) * 1000.0)
+print(json.dumps(times))
+"""
 
 
 def _nodelay(client: Any) -> None:
