@@ -256,9 +256,9 @@ class MqttUpstream:
         cfg = self.config
         v5 = cfg.protocol == "5"
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or
-                             f"edge-agent-{self.identity.gateway_id}",
-                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                             clean_session=None if v5 else True, reconnect_on_failure=False)
+                                f"edge-agent-{self.identity.gateway_id}",
+                                protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                                clean_session=None if v5 else True, reconnect_on_failure=False)
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:

@@ -8,9 +8,10 @@ Two payload shapes:
 - `payload = "number"`: each message is one number; `topics` is a table `{exact topic = "field"}`.
 
 Timestamps come from `timestamp_field` of a JSON payload, else arrival time. The paho client is driven by the
-event loop (`edge_agent.mqttloop`): a message is parsed and queued (bounded, drop-oldest) in the loop turn
-that read it, with no network thread. While the broker is away (also at start) the source reconnects with
-`edge_agent.backoff` delays; each connection subscribes afresh.
+event loop (`edge_agent.mqttloop`), with no network thread: a message is parsed in the loop turn that read
+it, and the reading goes straight to the windowing (`Source.deliver`; the reading queue, bounded and
+drop-oldest, only holds readings while the pipeline (re)starts). While the broker is away (also at start)
+the source reconnects with `edge_agent.backoff` delays; each connection subscribes afresh.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class MqttSource(Source):
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                             reconnect_on_failure=False)
+                                reconnect_on_failure=False)
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
