@@ -70,6 +70,15 @@ class NoSocketError(ConnectionError):
     """paho reported a connection but has no socket."""
 
 
+def settle_connack(fut: asyncio.Future[None], reason: Any) -> bool:
+    """Resolve the future a connect awaits from CONNACK's reason code; True when the broker accepted."""
+    if getattr(reason, "is_failure", False):
+        fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
+        return False
+    fut.set_result(None)
+    return True
+
+
 async def connect_on_loop(loop: asyncio.AbstractEventLoop, client: mqtt.Client, host: str, port: int,
                           keepalive: int, **kwargs: Any) -> LoopIO:
     """Open the TCP (and TLS) connection in a worker thread, send CONNECT, and hand the socket to the loop.

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop
+from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop, settle_connack
 from edge_agent.sinks.payload import alert_topic, status_payload
 from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
@@ -335,11 +335,8 @@ class MqttUpstream:
         fut = self._connack
         if client is not self._client or fut is None or fut.done():
             return
-        if getattr(reason, "is_failure", False):
-            fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
-        else:
+        if settle_connack(fut, reason):
             self._connected = True  # here, so a `_lost` queued right behind this CONNACK clears it
-            fut.set_result(None)
 
     def _lost(self, client: mqtt.Client, reason: Any) -> None:
         if client is not self._client:

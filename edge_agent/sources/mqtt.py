@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
-from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop
+from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop, settle_connack
 from edge_agent.sources.base import RateLimitedLog, SecretRef, Source, read_secret, secret_file, secret_path
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
@@ -246,12 +246,8 @@ class MqttSource(Source):
     # Each handler checks the client it came from: a late callback of an earlier client must not count.
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         fut = self._connack
-        if client is not self._client or fut is None or fut.done():
-            return
-        if getattr(reason, "is_failure", False):
-            fut.set_exception(ConnectRefusedError(f"broker refused the connection: {reason}"))
-        else:
-            fut.set_result(None)
+        if client is self._client and fut is not None and not fut.done():
+            settle_connack(fut, reason)
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         loop = self._loop

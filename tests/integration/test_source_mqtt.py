@@ -27,6 +27,18 @@ def source_for(broker: MosquittoBroker, topic: str, tmp_path: Path) -> MqttSourc
     return MqttSource("plant", config)
 
 
+async def read_when_connected(source: MqttSource, received: list[Reading]) -> asyncio.Task[None]:
+    """Start appending the source's readings to `received`; return once it is connected."""
+
+    async def read() -> None:
+        async for reading in source:
+            received.append(reading)
+
+    reader = asyncio.create_task(read())
+    await poll_until(lambda: source.stats.state == "connected", "connected")
+    return reader
+
+
 def test_mqtt_source_reconnects_after_a_broker_restart(
         mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
     source = source_for(mqtt_broker, mqtt_topic, tmp_path)
@@ -41,12 +53,7 @@ def test_mqtt_source_reconnects_after_a_broker_restart(
 
     async def scenario() -> None:
         async with source:
-            async def read() -> None:
-                async for reading in source:
-                    received.append(reading)
-
-            reader = asyncio.create_task(read())
-            await poll_until(lambda: source.stats.state == "connected", "connected")
+            reader = await read_when_connected(source, received)
             await asyncio.to_thread(publish, 1.0)
             await asyncio.to_thread(publish, 2.0, b"not json")
             await asyncio.to_thread(publish, 3.0)
@@ -101,12 +108,7 @@ def test_mqtt_source_reads_a_burst_in_order_without_a_network_thread(
 
     async def scenario() -> None:
         async with source:
-            async def read() -> None:
-                async for reading in source:
-                    received.append(reading)
-
-            reader = asyncio.create_task(read())
-            await poll_until(lambda: source.stats.state == "connected", "connected")
+            reader = await read_when_connected(source, received)
             assert not [t.name for t in threading.enumerate() if t.name.startswith("paho")]
             await asyncio.to_thread(publish_burst)
             await poll_until(lambda: len(received) == count, f"{count} readings", timeout=20)
