@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import logging
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -19,10 +16,6 @@ import jsonschema
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
@@ -33,6 +26,7 @@ from edge_agent.storage import Store
 from edge_agent.types import GatewayIdentity, ScoredWindow, Window
 from tests.support import wait_until
 from tests.support.broker import MosquittoBroker
+from tests.support.pki import tls_broker
 
 pytestmark = pytest.mark.integration
 
@@ -293,48 +287,16 @@ def test_last_will_offline_when_the_connection_dies_then_online_again(
         store.close()
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey,
-          issuer: str, *, ca: bool = False, san: bool = False) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> None:
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        path.with_suffix(".key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-
-
 def test_tls_with_client_certificate_and_password_file(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    _write(pki / "ca", _cert("test-ca", ca_key, ca_key, "test-ca", ca=True))
-    _write(pki / "server", _cert("localhost", server_key, ca_key, "test-ca", san=True), server_key)
-    _write(pki / "client", _cert("gw-7", client_key, ca_key, "test-ca"), client_key)
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "gw-7", "s3cret-pw"], check=True)
-    (tmp_path / "password").write_text("s3cret-pw\n")
-    broker = MosquittoBroker(tmp_path / "mosquitto", extra_config=(
-        f"user root\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
-        f"require_certificate true\npassword_file {passwd}\nallow_anonymous false\n"))
-    broker.start()
-    tls = TlsConfig(pki / "ca.crt", pki / "client.crt", pki / "client.key")
-    sub = Subscriber(broker.port, ["plant1/#"], tls=(pki / "ca.crt", pki / "client.crt", pki / "client.key"),
-                     auth=("gw-7", "s3cret-pw"))
-    store, upstream, runner, identity = make(tmp_path, broker.port, tls=tls, username="gw-7",
+    pki = tls_broker(tmp_path)
+    broker = pki.broker
+    (tmp_path / "password").write_text(f"{pki.password}\n")
+    tls = TlsConfig(pki.ca, pki.cert, pki.key)
+    sub = Subscriber(broker.port, ["plant1/#"], tls=(pki.ca, pki.cert, pki.key),
+                     auth=(pki.username, pki.password))
+    store, upstream, runner, identity = make(tmp_path, broker.port, tls=tls, username=pki.username,
                                              password_file=tmp_path / "password", protocol="5")
     try:
         Episode(store, upstream, runner, identity).feed(1.5)
@@ -345,7 +307,7 @@ def test_tls_with_client_certificate_and_password_file(tmp_path: Path,
         sub.close()
     # a wrong password is refused: the upstream keeps retrying and never reports connected
     (tmp_path / "password").write_text("wrong\n")
-    _store2, upstream2, runner2, _ = make(tmp_path / "b", broker.port, tls=tls, username="gw-7",
+    _store2, upstream2, runner2, _ = make(tmp_path / "b", broker.port, tls=tls, username=pki.username,
                                          password_file=tmp_path / "password")
     try:
         wait_until(lambda: upstream2.state == "disconnected", what="refused connect reported")
@@ -353,7 +315,7 @@ def test_tls_with_client_certificate_and_password_file(tmp_path: Path,
     finally:
         runner2.stop()
         broker.stop()
-    assert "s3cret-pw" not in caplog.text
+    assert pki.password not in caplog.text
     assert "not reachable" in caplog.text  # the refused connect was logged, without the password
 
 

@@ -1,13 +1,16 @@
 """The MQTT source on a real mosquitto: reconnects after the broker went away and when it is down at start,
-wildcard topics with prefixes, bad payloads counted while the good ones go on."""
+wildcard topics with prefixes, bad payloads counted while the good ones go on, bursts in order, TLS with a
+client certificate and a password."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.configtools import Section
@@ -16,6 +19,7 @@ from edge_agent.types import Reading
 from tests.support import poll_until
 from tests.support.broker import MosquittoBroker
 from tests.support.mqtt_client import connect_publisher
+from tests.support.pki import tls_broker
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +123,58 @@ def test_mqtt_source_reads_a_burst_in_order_without_a_network_thread(
     assert [next(iter(r.values)) for r in received[:7]] == ["plant.a"] * 7
     assert source.stats.received == count
     assert source.stats.dropped == 0
+
+
+def test_mqtt_source_over_tls_with_client_certificate_and_password(
+        tmp_path: Path, mqtt_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """TLS records carry many messages each: a burst read through the TLS socket arrives whole and in order.
+    A wrong password is refused, retried, and never logged."""
+    caplog.set_level(logging.DEBUG)
+    pki = tls_broker(tmp_path)
+    (tmp_path / "password").write_text(f"{pki.password}\n")
+
+    def tls_source(password_file: str) -> MqttSource:
+        return MqttSource("plant", MqttSourceConfig.from_section(Section({
+            "host": "localhost", "port": pki.broker.port, "payload": "json", "fields": ["a"],
+            "timestamp_field": "ts", "topics": {f"{mqtt_topic}/+/telemetry": "plant"},
+            "username": pki.username, "password_file": password_file,
+            "tls": {"ca": str(pki.ca), "cert": str(pki.cert), "key": str(pki.key)}}), tmp_path))
+
+    count = 300
+    received: list[Reading] = []
+
+    def publish_burst() -> None:
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        publisher.tls_set(ca_certs=str(pki.ca), certfile=str(pki.cert), keyfile=str(pki.key))
+        publisher.username_pw_set(pki.username, pki.password)
+        publisher.connect("localhost", pki.broker.port)
+        publisher.loop_start()
+        topic = f"{mqtt_topic}/m1/telemetry"
+        infos = [publisher.publish(topic, json.dumps({"ts": float(i), "a": 1.0}), qos=1)
+                 for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(10)
+        publisher.disconnect()
+        publisher.loop_stop()
+
+    async def scenario(source: MqttSource) -> None:
+        async with source:
+            reader = await read_when_connected(source, received)
+            await asyncio.to_thread(publish_burst)
+            await poll_until(lambda: len(received) == count, f"{count} readings over TLS", timeout=20)
+            reader.cancel()
+
+    async def refused(source: MqttSource) -> None:
+        async with source:
+            await asyncio.sleep(2.0)  # refused CONNACKs, retried with backoff
+            assert source.stats.state == "disconnected"
+
+    try:
+        asyncio.run(scenario(tls_source("password")))
+        assert [r.ts for r in received] == [float(i) for i in range(count)]
+        (tmp_path / "wrong").write_text("wrong\n")
+        asyncio.run(refused(tls_source("wrong")))
+    finally:
+        pki.broker.stop()
+    assert "not reachable" in caplog.text
+    assert pki.password not in caplog.text
