@@ -157,6 +157,7 @@ class MqttSource(Source):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
         self._lost = asyncio.Event()
+        self._subscription: tuple[mqtt.Client, int | None] | None = None  # the client, mid of its SUBSCRIBE
         self._route_cache: dict[str, str | None] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # prefix -> (output name, JSON key)
         self._unreachable_log = RateLimitedLog(log, interval_s=60.0)
@@ -183,6 +184,7 @@ class MqttSource(Source):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def _run(self) -> None:
@@ -225,7 +227,8 @@ class MqttSource(Source):
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             # small sensor messages: no Nagle delay on what we send (subscriptions, PUBACKs)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
+        _rc, mid = client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
+        self._subscription = (client, mid)
         self._io.flush()
         self._set_state("connected")
 
@@ -261,6 +264,16 @@ class MqttSource(Source):
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(ConnectRefusedError(f"disconnected before CONNACK: {reason}"))
         self._lost.set()
+
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, mid: int, reasons: list[Any], _p: Any) -> None:
+        """SUBACK: a filter the broker refused (its ACL, a bad filter) would never deliver data; say which."""
+        if (client, mid) != self._subscription:
+            return
+        for topic, reason in zip(self.config.topics, reasons, strict=False):
+            if getattr(reason, "is_failure", False):
+                log.error("source %s: the broker %s:%d refused the subscription to %r (%s): no data will "
+                          "arrive from it; check the broker's ACL for this client", self.name,
+                          self.config.host, self.config.port, topic, reason)
 
     def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,21 @@ def test_deliver_hands_readings_straight_over_and_ends_with_the_consumers_error(
     # in order, each consumed as it is made (through a queue, 1.0 would be seen after 4.0 was made)
     assert seen == [(0.0, 1), (1.0, 2), (2.0, 3)]
     assert left == [4.0]  # after the consumer failed, readings wait in the queue for the next one
+
+
+def test_mqtt_a_refused_subscription_is_logged_naming_the_filter(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = MqttSourceConfig.from_section(Section({"host": "h", "payload": "json", "fields": ["a"],
+                                                    "topics": ["plant/ok/#", "plant/secret/#"]}), tmp_path)
+    source = MqttSource("m", config)
+    client: Any = object()
+    source._subscription = (client, 7)
+    refused = type("Reason", (), {"is_failure": True, "__str__": lambda _s: "Not authorized"})()
+    granted = type("Reason", (), {"is_failure": False})()
+    other_client: Any = object()
+    source._on_subscribe(other_client, None, 7, [refused, refused], None)  # an earlier client's late SUBACK
+    source._on_subscribe(client, None, 8, [refused, refused], None)  # another SUBSCRIBE's
+    assert "refused the subscription" not in caplog.text
+    source._on_subscribe(client, None, 7, [granted, refused], None)
+    assert "refused the subscription to 'plant/secret/#' (Not authorized)" in caplog.text
+    assert "plant/ok/#" not in caplog.text
