@@ -15,9 +15,11 @@ of residual lies above what healthy windows show, in healthy standard deviations
 healthy window; see `ExportableScorer.peak_statistics`). The residual (reconstruction - model input,
 standardised units) is divided by the channel's healthy RMS residual in the time step's operating regime;
 over a moving window of `ROOT_CAUSE_SPAN` steps, two peaks per channel are taken: the largest mean squared
-residual (energy: spikes, noise) and the largest squared mean residual (bias: offsets, drifts). Each is
-centred and scaled by its mean and std on healthy validation windows, and `channel_error` is the larger of
-the two, clipped at 0. The references are `ConvVAE` buffers saved with the weights
+residual (energy: spikes, noise) and the largest squared mean residual (bias: offsets, drifts). A third
+statistic looks at the model input itself: flatness, -log(the smallest mean squared step-to-step change over
+`ROOT_CAUSE_SPAN` steps + `FLAT_EPS`), high where a reading stopped moving (a stuck sensor, whose residual
+can be as small as a healthy one's). Each is centred and scaled by its mean and std on healthy validation
+windows, and `channel_error` is the largest of the three, clipped at 0. The references are `ConvVAE` buffers saved with the weights
 (`ExportableScorer.fit_root_cause_reference`, fitted on the same centred inputs; without regimes a level
 offset over a whole window of a centred channel shows in no output). It was chosen on faults injected into
 validation units (docs/evaluation.md): a mean over the window dilutes short or late faults, and healthy error
@@ -39,6 +41,13 @@ from torch import nn
 
 SCORES = ("reconstruction", "elbo", "latent")
 ROOT_CAUSE_SPAN = 5  # time steps of the moving window in the root-cause peak statistics
+# Floor of the flatness statistic (standardised units squared): a frozen reading scores -log(FLAT_EPS), not
+# infinity, so a rare natural flat stretch cannot outrank a real fault of a few sigma on another channel.
+# Chosen on faults injected into validation units (docs/evaluation.md).
+FLAT_EPS = 1e-3
+PEAK_STATISTICS = 3  # energy, bias, flatness
+# Reference rows for a statistic a checkpoint has no reference for: it can never be the largest.
+_NEUTRAL_CENTRE = 1e9
 
 
 @dataclass(frozen=True)
@@ -98,11 +107,11 @@ class ConvVAE(nn.Module):
         # Root-cause references from healthy windows training never saw (set after training by
         # `ExportableScorer.fit_root_cause_reference`, saved with the weights): the mean squared residual
         # per channel [C] and per operating regime and channel [K, C] (K = 1 without regimes), and the healthy
-        # mean and std of the two peak statistics (energy, bias) per channel [2, C].
+        # mean and std of the three peak statistics (energy, bias, flatness) per channel [3, C].
         self.register_buffer("channel_error_scale", torch.ones(shape.n_channels))
         self.register_buffer("regime_error_scale", torch.ones(1, shape.n_channels))
-        self.register_buffer("peak_centre", torch.zeros(2, shape.n_channels))
-        self.register_buffer("peak_spread", torch.ones(2, shape.n_channels))
+        self.register_buffer("peak_centre", torch.zeros(PEAK_STATISTICS, shape.n_channels))
+        self.register_buffer("peak_spread", torch.ones(PEAK_STATISTICS, shape.n_channels))
         if length * 2 ** len(shape.hidden) < shape.length:
             raise ValueError(
                 f"decoder output {length * 2 ** len(shape.hidden)} shorter than window {shape.length}"
@@ -113,14 +122,22 @@ class ConvVAE(nn.Module):
     ) -> None:
         # `regime_error_scale` has one row per regime of the run that saved it: take its shape. A checkpoint
         # from before the peak statistics has only `channel_error_scale`: use it for every regime, with
-        # neutral peak references (its channel_error is then uncalibrated, but it loads).
+        # neutral peak references (its channel_error is then uncalibrated, but it loads). A checkpoint from
+        # before the flatness statistic has two reference rows: the third is made neutral (flatness never
+        # wins), so its channel_error is what it was.
         regime_key = prefix + "regime_error_scale"
+        centre_key, spread_key = prefix + "peak_centre", prefix + "peak_spread"
         if regime_key in state_dict:
             self.regime_error_scale = torch.empty_like(state_dict[regime_key])
         elif prefix + "channel_error_scale" in state_dict:
             state_dict[regime_key] = state_dict[prefix + "channel_error_scale"].reshape(1, -1)
-            state_dict[prefix + "peak_centre"] = torch.zeros_like(self.peak_centre)
-            state_dict[prefix + "peak_spread"] = torch.ones_like(self.peak_spread)
+            state_dict[centre_key] = torch.zeros(2, self.peak_centre.shape[1])
+            state_dict[spread_key] = torch.ones(2, self.peak_spread.shape[1])
+        if centre_key in state_dict and state_dict[centre_key].shape[0] == 2:
+            channels = state_dict[centre_key].shape[1]
+            state_dict[centre_key] = torch.cat([state_dict[centre_key],
+                                                torch.full((1, channels), _NEUTRAL_CENTRE)])
+            state_dict[spread_key] = torch.cat([state_dict[spread_key], torch.ones(1, channels)])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,13 +277,15 @@ class ExportableScorer(nn.Module):
         inv_std = self.inv_std[regime].permute(0, 2, 1)
         return (x - mean) * inv_std, regime
 
-    def peak_statistics(self, residual: torch.Tensor, regime: torch.Tensor | None) -> torch.Tensor:
-        """Energy and bias peaks `[B, 2, C]` of the residual `[B, C, L]` (reconstruction - standardised
-        input).
+    def peak_statistics(self, residual: torch.Tensor, regime: torch.Tensor | None,
+                        inputs: torch.Tensor) -> torch.Tensor:
+        """Energy, bias and flatness peaks `[B, 3, C]` of the residual `[B, C, L]` (reconstruction -
+        standardised input) and of the model inputs `[B, C, L]`.
 
         The residual is divided by the healthy RMS residual of its channel in the time step's regime. Over
         every run of `ROOT_CAUSE_SPAN` steps: energy = mean of the squared residual, bias = square of the mean
-        residual; each peak is the largest over the window.
+        residual; each peak is the largest over the window. Flatness = -log(the smallest mean squared change
+        between consecutive inputs over a run of `ROOT_CAUSE_SPAN` steps + `FLAT_EPS`).
         """
         reference = self.vae.regime_error_scale  # [K, C]; one row when not fitted per regime
         if regime is not None and self.per_regime_reference:
@@ -277,7 +296,10 @@ class ExportableScorer(nn.Module):
         span = min(ROOT_CAUSE_SPAN, self.vae.shape.length)  # a constant in the exported graph
         energy = F.avg_pool1d(scaled * scaled, span, stride=1).amax(dim=2)
         bias = F.avg_pool1d(scaled, span, stride=1).pow(2).amax(dim=2)
-        return torch.stack([energy, bias], dim=1)
+        step = inputs[:, :, 1:] - inputs[:, :, :-1]
+        quietest = F.avg_pool1d(step * step, max(span - 1, 1), stride=1).amin(dim=2)
+        flatness = -torch.log(quietest + FLAT_EPS)
+        return torch.stack([energy, bias, flatness], dim=1)
 
     @torch.no_grad()
     def fit_root_cause_reference(self, windows: np.ndarray, batch_size: int = 1024) -> None:
@@ -292,11 +314,11 @@ class ExportableScorer(nn.Module):
         n_regimes = int(self.mean.shape[0]) if self.regime else 1
         sums = torch.zeros(n_regimes, self.n_model, dtype=torch.float64)
         counts = torch.zeros(n_regimes, dtype=torch.float64)
-        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         for start in range(0, len(data), batch_size):
             z, regime = self._model_inputs(torch.from_numpy(data[start : start + batch_size]))
             residual = self.vae.decode(self.vae.encode(z)[0]) - z
-            parts.append((residual, regime))
+            parts.append((residual, regime, z))
             squared = (residual * residual).double()
             if regime is None:
                 sums[0] += squared.sum(dim=(0, 2))
@@ -311,7 +333,7 @@ class ExportableScorer(nn.Module):
         self.vae.channel_error_scale.copy_(overall.clamp(min=floor).float())
         self.vae.regime_error_scale = per_regime.clamp(min=floor).float()
         self.per_regime_reference = n_regimes > 1
-        peaks = torch.cat([self.peak_statistics(r, g) for r, g in parts]).double()  # [N, 2, C]
+        peaks = torch.cat([self.peak_statistics(r, g, z) for r, g, z in parts]).double()  # [N, 3, C]
         self.vae.peak_centre.copy_(peaks.mean(dim=0).float())
         std = peaks.std(dim=0, unbiased=False) if len(peaks) > 1 else torch.ones_like(peaks[0])
         self.vae.peak_spread.copy_(std.clamp(min=floor).float())
@@ -321,7 +343,7 @@ class ExportableScorer(nn.Module):
         mu, logvar = self.vae.encode(z)
         residual = self.vae.decode(mu) - z
         err = residual**2  # [B, C, L]
-        peaks = (self.peak_statistics(residual, regime) - self.vae.peak_centre) / self.vae.peak_spread
+        peaks = (self.peak_statistics(residual, regime, z) - self.vae.peak_centre) / self.vae.peak_spread
         channel_error = torch.relu(peaks.amax(dim=1))
         time_error = err.sum(dim=1)
         if self.scoring == "reconstruction":

@@ -12,6 +12,7 @@ import torch
 from trainer.data.windows import RegimeScaler, StandardScaler
 from trainer.run import scale_windows
 from trainer.torch_model import (
+    FLAT_EPS,
     ROOT_CAUSE_SPAN,
     ConvVAE,
     ExportableScorer,
@@ -81,11 +82,13 @@ def test_in_graph_scaling_matches_numpy_scalers() -> None:
 
 def _numpy_root_cause(scorer: ExportableScorer, windows: np.ndarray) -> np.ndarray:
     """Independent numpy twin of `channel_error` (model channels): peaks of moving averages of the residual
-    over `ROOT_CAUSE_SPAN` steps, per-regime RMS scaling, healthy centre/spread, max of the two, clipped."""
+    over `ROOT_CAUSE_SPAN` steps, per-regime RMS scaling, the input's flatness, healthy centre/spread, max of
+    the three, clipped."""
     vae = scorer.vae
     with torch.no_grad():
         z = scorer.standardise(torch.from_numpy(windows))
         residual = (vae.decode(vae.encode(z)[0]) - z).numpy().astype(np.float64)
+    inputs = z.numpy().astype(np.float64)
     n, c, length = residual.shape
     reference = vae.regime_error_scale.numpy().astype(np.float64)
     if reference.shape[0] > 1:
@@ -98,9 +101,12 @@ def _numpy_root_cause(scorer: ExportableScorer, windows: np.ndarray) -> np.ndarr
     span = ROOT_CAUSE_SPAN
     energy = np.stack([np.mean(scaled[:, :, t : t + span] ** 2, axis=2) for t in range(length - span + 1)], 2)
     bias = np.stack([np.mean(scaled[:, :, t : t + span], axis=2) ** 2 for t in range(length - span + 1)], 2)
-    peaks = np.stack([energy.max(axis=2), bias.max(axis=2)], axis=1)  # [N, 2, C]
+    steps = np.diff(inputs, axis=2) ** 2
+    quiet = np.stack([np.mean(steps[:, :, t : t + span - 1], axis=2) for t in range(length - span + 1)], 2)
+    flatness = -np.log(quiet.min(axis=2) + FLAT_EPS)
+    peaks = np.stack([energy.max(axis=2), bias.max(axis=2), flatness], axis=1)  # [N, 3, C]
     standard = (peaks - vae.peak_centre.numpy()) / vae.peak_spread.numpy()
-    assert standard.shape == (n, 2, c)
+    assert standard.shape == (n, 3, c)
     return np.maximum(standard.max(axis=1), 0.0)
 
 
@@ -122,8 +128,8 @@ def test_scorer_outputs_and_their_relations() -> None:
     torch.testing.assert_close(score, time_error.sum(dim=1) / (3 * 16))  # reconstruction score
     # the root-cause references change channel_error only (score and time_error are unchanged)
     vae.regime_error_scale = torch.tensor([[1.0, 2.0, 4.0], [0.5, 1.0, 3.0]])
-    vae.peak_centre.copy_(torch.tensor([[0.5, 1.0, 0.2], [0.1, 0.3, 0.2]]))
-    vae.peak_spread.copy_(torch.tensor([[0.5, 2.0, 1.0], [0.2, 1.0, 0.5]]))
+    vae.peak_centre.copy_(torch.tensor([[0.5, 1.0, 0.2], [0.1, 0.3, 0.2], [2.0, 3.0, 1.0]]))
+    vae.peak_spread.copy_(torch.tensor([[0.5, 2.0, 1.0], [0.2, 1.0, 0.5], [0.8, 1.0, 0.6]]))
     scorer = ExportableScorer(vae, scaler.to_dict())
     with torch.no_grad():
         score2, scaled_error, _, time_error2 = scorer(torch.from_numpy(windows))
@@ -154,7 +160,7 @@ def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> No
     # on the reference windows themselves the standardised peaks have mean 0 and std 1 per channel
     with torch.no_grad():
         regime = scorer._standardise(torch.from_numpy(windows))[1]
-        peaks = scorer.peak_statistics(torch.from_numpy(residual), regime)
+        peaks = scorer.peak_statistics(torch.from_numpy(residual), regime, z)
     standard = ((peaks - vae.peak_centre) / vae.peak_spread).numpy()
     np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(standard.std(axis=0), 1.0, rtol=1e-4)
@@ -175,7 +181,22 @@ def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> No
     legacy = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
     legacy.load_state_dict(old)
     torch.testing.assert_close(legacy.regime_error_scale, vae.channel_error_scale.view(1, -1))
-    torch.testing.assert_close(legacy.peak_spread, torch.ones(2, 3))
+    torch.testing.assert_close(legacy.peak_spread, torch.ones(3, 3))
+    assert torch.all(legacy.peak_centre[2] > 1e8)  # no flatness reference: flatness can never win
+    # a state dict from before the flatness statistic (two reference rows) loads, and its channel_error is
+    # what it was: energy and bias only
+    two_rows = dict(vae.state_dict())
+    two_rows["peak_centre"], two_rows["peak_spread"] = vae.peak_centre[:2].clone(), vae.peak_spread[:2].clone()
+    older = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    older.load_state_dict(two_rows)
+    torch.testing.assert_close(older.peak_centre[:2], vae.peak_centre[:2])
+    with torch.no_grad():
+        older_scorer = ExportableScorer(older, scaler.to_dict())
+        z_in = older_scorer.model_inputs(torch.from_numpy(windows))
+        res = older.decode(older.encode(z_in)[0]) - z_in
+        peaks2 = older_scorer.peak_statistics(res, older_scorer._standardise(torch.from_numpy(windows))[1], z_in)
+        want = torch.relu(((peaks2[:, :2] - vae.peak_centre[:2]) / vae.peak_spread[:2]).amax(dim=1))
+        torch.testing.assert_close(older_scorer(torch.from_numpy(windows))[1][:, :3], want)
     with pytest.raises(ValueError, match="no healthy windows"):
         scorer.fit_root_cause_reference(windows[:0])
     plain = StandardScaler.fit(windows[:, :3].transpose(0, 2, 1).reshape(-1, 3))
@@ -287,7 +308,7 @@ def test_root_cause_reference_is_fitted_on_the_centred_inputs() -> None:
     with torch.no_grad():
         z = scorer.model_inputs(torch.from_numpy(windows))
         residual = (vae.decode(vae.encode(z)[0]) - z).numpy()
-        peaks = scorer.peak_statistics(torch.from_numpy(residual), None)
+        peaks = scorer.peak_statistics(torch.from_numpy(residual), None, z)
     np.testing.assert_allclose(vae.channel_error_scale.numpy(), (residual**2).mean(axis=(0, 2)), rtol=1e-5)
     standard = ((peaks - vae.peak_centre) / vae.peak_spread).numpy()
     np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-4)  # healthy peaks standardised
@@ -323,3 +344,33 @@ def test_onnx_export_of_a_detrend_mask_matches_torch(tmp_path: Path, regime: boo
     other = windows.copy()
     other[:, 1] += 7.5
     assert np.all(np.abs(run_ort(session(path), other)["score"] - got["score"]) > 1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export uses
+def test_a_frozen_channel_is_the_root_cause_through_its_flatness_and_the_onnx_graph_agrees(
+        tmp_path: Path) -> None:
+    """A reading frozen for the last 8 steps leaves a residual no larger than a healthy one's; the flatness
+    statistic names it, in torch and in the exported graph."""
+    rng = np.random.default_rng(9)
+    levels = np.array([20.0, -3.0, 0.5, 7.0])[None, :, None]
+    healthy = (rng.normal(0, 1, (400, 4, 16)) + levels).astype(np.float32)
+    scaler = StandardScaler.fit(healthy.transpose(0, 2, 1).reshape(-1, 4)).to_dict()
+    torch.manual_seed(0)
+    scorer = ExportableScorer(ConvVAE(VaeShape(4, 16, 2, (4, 4), 3)), scaler).eval()
+    scorer.fit_root_cause_reference(healthy)
+    faulty = (rng.normal(0, 1, (50, 4, 16)) + levels).astype(np.float32)
+    channels = np.arange(50) % 4
+    for i, channel in enumerate(channels):
+        faulty[i, channel, 8:] = faulty[i, channel, 8]
+    with torch.no_grad():
+        error = scorer(torch.from_numpy(faulty))[1].numpy()
+    assert np.mean(error.argmax(axis=1) == channels) >= 0.95
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = tmp_path / "scorer.onnx"
+    torch.onnx.export(scorer, (torch.from_numpy(faulty),), str(path), dynamo=False, opset_version=17,
+                      input_names=["window"],
+                      output_names=["score", "channel_error", "latent_mean", "time_error"],
+                      dynamic_axes={"window": {0: "batch"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_error = session.run(["channel_error"], {"window": faulty})[0]
+    np.testing.assert_allclose(onnx_error, error, rtol=1e-4, atol=1e-4)
