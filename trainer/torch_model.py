@@ -19,13 +19,13 @@ residual (energy: spikes, noise) and the largest squared mean residual (bias: of
 statistic looks at the model input itself: flatness, -log(the smallest mean squared step-to-step change over
 `ROOT_CAUSE_SPAN` steps + `FLAT_EPS`), high where a reading stopped moving (a stuck sensor, whose residual
 can be as small as a healthy one's). Each is centred and scaled by its mean and std on healthy validation
-windows, and `channel_error` is the largest of the three, clipped at 0. The references are `ConvVAE` buffers saved with the weights
-(`ExportableScorer.fit_root_cause_reference`, fitted on the same centred inputs; without regimes a level
-offset over a whole window of a centred channel shows in no output). It was chosen on faults injected into
-validation units (docs/evaluation.md): a mean over the window dilutes short or late faults, and healthy error
-differs between regimes and channels. Condition channels are inputs only, so their `channel_error` is 0.
-`time_error` is the squared error summed over channels; the score does not depend on the root-cause
-references.
+windows, and `channel_error` is the largest of the three, clipped at 0. The references are `ConvVAE` buffers
+saved with the weights (`ExportableScorer.fit_root_cause_reference`, fitted on the same centred inputs;
+without regimes a level offset over a whole window of a centred channel shows in no output). It was chosen on
+faults injected into validation units (docs/evaluation.md): a mean over the window dilutes short or late
+faults, and healthy error differs between regimes and channels. Condition channels are inputs only, so their
+`channel_error` is 0. `time_error` is the squared error summed over channels; the score does not depend on the
+root-cause references.
 """
 
 from __future__ import annotations

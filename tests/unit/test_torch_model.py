@@ -186,7 +186,8 @@ def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> No
     # a state dict from before the flatness statistic (two reference rows) loads, and its channel_error is
     # what it was: energy and bias only
     two_rows = dict(vae.state_dict())
-    two_rows["peak_centre"], two_rows["peak_spread"] = vae.peak_centre[:2].clone(), vae.peak_spread[:2].clone()
+    two_rows["peak_centre"] = vae.peak_centre[:2].clone()
+    two_rows["peak_spread"] = vae.peak_spread[:2].clone()
     older = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
     older.load_state_dict(two_rows)
     torch.testing.assert_close(older.peak_centre[:2], vae.peak_centre[:2])
@@ -194,7 +195,8 @@ def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> No
         older_scorer = ExportableScorer(older, scaler.to_dict())
         z_in = older_scorer.model_inputs(torch.from_numpy(windows))
         res = older.decode(older.encode(z_in)[0]) - z_in
-        peaks2 = older_scorer.peak_statistics(res, older_scorer._standardise(torch.from_numpy(windows))[1], z_in)
+        regimes = older_scorer._standardise(torch.from_numpy(windows))[1]
+        peaks2 = older_scorer.peak_statistics(res, regimes, z_in)
         want = torch.relu(((peaks2[:, :2] - vae.peak_centre[:2]) / vae.peak_spread[:2]).amax(dim=1))
         torch.testing.assert_close(older_scorer(torch.from_numpy(windows))[1][:, :3], want)
     with pytest.raises(ValueError, match="no healthy windows"):
