@@ -20,6 +20,7 @@ fails; handlers of it must hand over with `call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import Any
 
@@ -77,6 +78,17 @@ def settle_connack(fut: asyncio.Future[None], reason: Any) -> bool:
         return False
     fut.set_result(None)
     return True
+
+
+def close_connection(client: mqtt.Client | None, io: LoopIO | None) -> None:
+    """End a connection: DISCONNECT is written at once (paho then closes the socket, and `on_socket_close`
+    detaches `io`); the loop stops watching the socket in any case. Either may be None (a connect that
+    failed half-way)."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+    if io is not None:
+        io.detach()
 
 
 async def connect_on_loop(loop: asyncio.AbstractEventLoop, client: mqtt.Client, host: str, port: int,

@@ -31,7 +31,14 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop, settle_connack
+from edge_agent.mqttloop import (
+    BufferedClient,
+    ConnectRefusedError,
+    LoopIO,
+    close_connection,
+    connect_on_loop,
+    settle_connack,
+)
 from edge_agent.sinks.payload import alert_topic, status_payload
 from edge_agent.sources.base import SecretRef, read_secret, secret_file
 from edge_agent.storage import Store
@@ -302,12 +309,7 @@ class MqttUpstream:
         client, self._client = self._client, None
         io, self._io = self._io, None
         self._connected = False
-        if client is None:
-            return
-        with contextlib.suppress(Exception):
-            client.disconnect()  # written at once; paho then closes the socket (on_socket_close: detach)
-        if io is not None:
-            io.detach()
+        close_connection(client, io)
 
     def _flush(self) -> None:
         """Write what the current client has queued (nothing when not connected)."""

@@ -33,7 +33,14 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
-from edge_agent.mqttloop import BufferedClient, ConnectRefusedError, LoopIO, connect_on_loop, settle_connack
+from edge_agent.mqttloop import (
+    BufferedClient,
+    ConnectRefusedError,
+    LoopIO,
+    close_connection,
+    connect_on_loop,
+    settle_connack,
+)
 from edge_agent.sources.base import RateLimitedLog, SecretRef, Source, read_secret, secret_file, secret_path
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
@@ -235,11 +242,7 @@ class MqttSource(Source):
     def _teardown(self) -> None:
         client, self._client = self._client, None
         io, self._io = self._io, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.disconnect()  # written at once; paho then closes the socket
-        if io is not None:
-            io.detach()
+        close_connection(client, io)
 
     async def _cleanup(self) -> None:
         self._teardown()
