@@ -190,7 +190,8 @@ class MqttSource(Source):
                            cert_reqs=ssl.CERT_REQUIRED)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_message = self._on_message  # what `read_publishes` leaves to paho (QoS 2, properties)
+        client.fast_message = self._on_fast_message
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -279,8 +280,16 @@ class MqttSource(Source):
                           self.config.host, self.config.port, topic, reason)
 
     def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # raised inside paho's read, it would stall the connection on this packet
+            self._invalid("topic", LineFormatError(f"topic is not UTF-8: {msg._topic[:60]!r}"))
+            return
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        self.handle_message(msg.topic, payload, time.time())
+        self.handle_message(topic, payload, time.time())
+
+    def _on_fast_message(self, topic: str, payload: bytes) -> None:
+        self.handle_message(topic, payload, time.time())
 
     def _set_state(self, state: str) -> None:
         if state == "connected" and self.stats.state == "disconnected" and self.stats.received:

@@ -4,10 +4,12 @@ reads), and a burst larger than one read turn still delivered without a new read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from edge_agent import mqttloop
 from edge_agent.mqttloop import BufferedClient, LoopIO
@@ -83,3 +85,91 @@ def test_a_burst_beyond_one_read_turn_is_delivered_without_another_readable_even
 
     received = asyncio.run(scenario())
     assert [payload for _topic, payload in received] == [str(i).encode() for i in range(10)]
+
+
+# --- fast path: PUBLISH packets read from the buffer without paho's per-packet handling ----------------------
+
+def mixed_stream() -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Packets of every kind the fast path takes or leaves to paho, and the messages they deliver in order."""
+    big = bytes(range(256)) * 80  # 20,480 bytes: a 3-byte remaining length
+    packets = [
+        (publish_packet("plant/a", b'{"v": 1.5}'), (b"plant/a", b'{"v": 1.5}')),
+        (publish_packet("plant/q1", b"7", qos=1, mid=7), (b"plant/q1", b"7")),
+        (publish_packet("plant/mid", b"x" * 200), (b"plant/mid", b"x" * 200)),  # 2-byte length
+        (publish_packet("plant/big", big), (b"plant/big", big)),
+        (bytes([0xD0, 0x00]), None),  # PINGRESP: paho's
+        (publish_packet("plant/q2", b"9", qos=2, mid=9), None),  # QoS 2: paho's, delivered on PUBREL
+        (bytes([0x62, 0x02, 0x00, 0x09]), (b"plant/q2", b"9")),  # PUBREL 9
+        (publish_packet(b"plant/\xff", b"bad topic"), (b"plant/\xff", b"bad topic")),  # not UTF-8: paho's
+        (publish_packet("plant/empty", b""), (b"plant/empty", b"")),
+        (publish_packet("plant/q1b", b"8", qos=1, mid=300), (b"plant/q1b", b"8")),
+    ]
+    return b"".join(p for p, _ in packets), [m for _, m in packets if m is not None]
+
+
+async def read_stream(stream: bytes, fast: bool, chunk: int, protocol: int = mqtt.MQTTv311) -> dict[str, Any]:
+    """Feed `stream` to a loop-driven client in `chunk`-byte pieces; what it delivered and wrote back."""
+    ours, broker = socket.socketpair()
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
+    got: list[tuple[bytes, bytes]] = []
+    by_paho: list[bytes] = []
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        by_paho.append(msg._topic)
+        got.append((msg._topic, bytes(msg.payload)))
+
+    client.on_message = on_message
+    if fast:
+        client.fast_message = lambda topic, payload: got.append((topic.encode(), payload))
+    ours.setblocking(False)
+    client._sock = ours
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    io = LoopIO(asyncio.get_running_loop(), client)
+    io.attach()
+    try:
+        for start in range(0, len(stream), chunk):
+            broker.sendall(stream[start:start + chunk])
+            for _ in range(3):  # the loop's selector sees the bytes: a readable event may get any part of a packet
+                await asyncio.sleep(0)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if not client.buffered():
+                break
+        broker.setblocking(False)
+        written = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk_out := broker.recv(65536):
+                written += chunk_out
+        return {"got": got, "by_paho": by_paho, "written": written}
+    finally:
+        io.detach()
+        ours.close()
+        broker.close()
+
+
+@pytest.mark.parametrize("chunk", [1_000_000, 4096, 7, 1])
+def test_fast_path_delivers_exactly_what_paho_delivers(chunk: int) -> None:
+    stream, expected = mixed_stream()
+    paho_only = asyncio.run(read_stream(stream, fast=False, chunk=chunk))
+    fast = asyncio.run(read_stream(stream, fast=True, chunk=chunk))
+    assert paho_only["got"] == expected
+    assert fast["got"] == expected
+    # the same bytes back to the broker: PUBACK 7, PUBREC 9, PUBCOMP 9, PUBACK 300
+    assert fast["written"] == paho_only["written"] == bytes(
+        [0x40, 2, 0, 7, 0x50, 2, 0, 9, 0x70, 2, 0, 9, 0x40, 2, 1, 44])
+    if chunk == 1_000_000:  # everything buffered at once: paho only sees what the fast path leaves
+        assert fast["by_paho"] == [b"plant/q2", b"plant/\xff"]
+
+
+def test_fast_path_with_mqtt5_takes_packets_without_properties_only() -> None:
+    content_type = bytes([0x03]) + len(b"json").to_bytes(2, "big") + b"json"
+    stream = b"".join([publish_packet("t/plain", b"1", properties=b""),
+                       publish_packet("t/props", b"2", properties=content_type),
+                       publish_packet("t/q1", b"3", qos=1, mid=5, properties=b"")])
+    paho_only = asyncio.run(read_stream(stream, fast=False, chunk=1_000_000, protocol=mqtt.MQTTv5))
+    fast = asyncio.run(read_stream(stream, fast=True, chunk=1_000_000, protocol=mqtt.MQTTv5))
+    expected = [(b"t/plain", b"1"), (b"t/props", b"2"), (b"t/q1", b"3")]
+    assert paho_only["got"] == fast["got"] == expected
+    assert fast["by_paho"] == [b"t/props"]
+    assert fast["written"] == paho_only["written"]
+    assert fast["written"][0] == 0x40  # the PUBACK for packet id 5

@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.configtools import Section
@@ -62,6 +63,21 @@ def test_mqtt_json_routing_by_topic_prefix(tmp_path: Path) -> None:
     source.handle_message("other/topic", b'{"t": 6, "F": 1}', 9.0)
     assert [(r.ts, r.values) for r in drain(source)] == [(5.0, {"p3.flow": 1.5}), (6.0, {"p4.flow": 2.0})]
     assert source.stats.invalid == 2
+
+
+def test_mqtt_a_topic_that_is_not_utf8_is_counted_not_raised(tmp_path: Path) -> None:
+    config = MqttSourceConfig.from_section(Section({
+        "host": "h", "payload": "number", "topics": {"f/1": "v"}}), tmp_path)
+    source = MqttSource("m", config)
+    asyncio.run(_with_queue(source))
+    bad = mqtt.MQTTMessage(topic=b"f/\xff")
+    bad.payload = b"1"
+    source._on_message(None, None, bad)  # paho's path (the fast path leaves such topics to paho)
+    good = mqtt.MQTTMessage(topic=b"f/1")
+    good.payload = b"2"
+    source._on_message(None, None, good)
+    assert [r.values for r in drain(source)] == [{"v": 2.0}]
+    assert source.stats.invalid == 1
 
 
 def test_mqtt_number_payloads(tmp_path: Path) -> None:
