@@ -24,9 +24,9 @@ from tests.support.pki import tls_broker
 pytestmark = pytest.mark.integration
 
 
-def source_for(broker: MosquittoBroker, topic: str, tmp_path: Path) -> MqttSource:
+def source_for(broker: MosquittoBroker, topic: str, tmp_path: Path, qos: int = 0) -> MqttSource:
     config = MqttSourceConfig.from_section(Section({
-        "host": broker.host, "port": broker.port, "payload": "json", "fields": ["a"],
+        "host": broker.host, "port": broker.port, "payload": "json", "fields": ["a"], "qos": qos,
         "timestamp_field": "ts", "keepalive": 5, "topics": {f"{topic}/+/telemetry": "plant"}}), tmp_path)
     return MqttSource("plant", config)
 
@@ -92,11 +92,18 @@ def test_mqtt_source_keeps_retrying_while_the_broker_is_down_at_start(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("qos", [0, 1])
 def test_mqtt_source_reads_a_burst_in_order_without_a_network_thread(
-        mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path) -> None:
+        mqtt_broker: MosquittoBroker, mqtt_topic: str, tmp_path: Path, qos: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """600 messages sent back to back arrive in order, and paho runs no thread of its own (the event loop
-    drives the client)."""
-    source = source_for(mqtt_broker, mqtt_topic, tmp_path)
+    drives the client). Every one is taken from the read buffer without paho's per-message handling; at QoS 1
+    each is acknowledged (mosquitto stops sending after 20 unacknowledged ones)."""
+    by_paho: list[str] = []
+    paho_path = MqttSource._on_message
+    monkeypatch.setattr(MqttSource, "_on_message",
+                        lambda self, c, u, msg: (by_paho.append(msg.topic), paho_path(self, c, u, msg)))
+    source = source_for(mqtt_broker, mqtt_topic, tmp_path, qos=qos)
     count = 600
     received: list[Reading] = []
 
@@ -123,6 +130,7 @@ def test_mqtt_source_reads_a_burst_in_order_without_a_network_thread(
     assert [next(iter(r.values)) for r in received[:7]] == ["plant.a"] * 7
     assert source.stats.received == count
     assert source.stats.dropped == 0
+    assert by_paho == []
 
 
 def test_mqtt_source_over_tls_with_client_certificate_and_password(
