@@ -93,10 +93,10 @@ class BufferedClient(mqtt.Client):
         return True
 
     def read_publishes(self, limit: int) -> int:
-        """Hand up to `limit` complete PUBLISH packets at the front of the buffer to `fast_message`, acknowledging
-        QoS 1 ones (PUBACK) as paho does. Stops at the first packet that is anything else (another type, QoS 2,
-        MQTT 5 properties, a topic that is not UTF-8, a malformed length) or not complete yet: paho's
-        `loop_read` reads that one. Returns the packets handled."""
+        """Hand up to `limit` complete PUBLISH packets at the front of the buffer to `fast_message`,
+        acknowledging QoS 1 ones (PUBACK) as paho does. Stops at the first packet that is anything else
+        (another type, QoS 2, MQTT 5 properties, a topic that is not UTF-8, a malformed length) or not
+        complete yet: paho's `loop_read` reads that one. Returns the packets handled."""
         handler = self.fast_message
         if handler is None or self._in_packet["command"] != 0:
             return 0
@@ -246,14 +246,14 @@ class LoopIO:
         if self._fd is None:  # a scheduled read after the connection closed
             return
         client = self.client
-        fast = isinstance(client, BufferedClient) and client.fast_message is not None
+        fast = client if isinstance(client, BufferedClient) and client.fast_message is not None else None
         reads = 0
         while True:
             if reads >= READ_BURST:  # let other work run; what is buffered needs no readable event
                 self.loop.call_soon(self._readable)
                 break
-            if fast and client.fill():
-                handled = client.read_publishes(READ_BURST - reads)
+            if fast is not None and fast.fill():
+                handled = fast.read_publishes(READ_BURST - reads)
                 reads += handled
                 if handled:
                     if self._fd is None or not self._more_to_read():

@@ -87,7 +87,7 @@ def test_a_burst_beyond_one_read_turn_is_delivered_without_another_readable_even
     assert [payload for _topic, payload in received] == [str(i).encode() for i in range(10)]
 
 
-# --- fast path: PUBLISH packets read from the buffer without paho's per-packet handling ----------------------
+# --- fast path: PUBLISH packets read from the buffer without paho's per-packet handling ------------------
 
 def mixed_stream() -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Packets of every kind the fast path takes or leaves to paho, and the messages they deliver in order."""
@@ -129,7 +129,7 @@ async def read_stream(stream: bytes, fast: bool, chunk: int, protocol: int = mqt
     try:
         for start in range(0, len(stream), chunk):
             broker.sendall(stream[start:start + chunk])
-            for _ in range(3):  # the loop's selector sees the bytes: a readable event may get any part of a packet
+            for _ in range(3):  # the selector sees the bytes: a readable event may get any part of a packet
                 await asyncio.sleep(0)
         for _ in range(200):
             await asyncio.sleep(0.005)
