@@ -209,6 +209,7 @@ class MqttSink:
         self.published = self.dropped = 0
         self._last: mqtt.MQTTMessageInfo | None = None
         self._connected = threading.Event()
+        self._closing = False  # close() disconnects: not a lost broker
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=target.client_id)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -235,7 +236,7 @@ class MqttSink:
             self._connected.set()
 
     def _on_disconnect(self, *_args: object) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             log.warning("simulator lost the MQTT broker %s:%d", self.target.host, self.target.port)
         self._connected.clear()
 
@@ -265,6 +266,7 @@ class MqttSink:
 
     def close(self) -> None:
         self.flush()
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 

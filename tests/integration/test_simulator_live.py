@@ -133,8 +133,10 @@ def test_command_streams_to_mqtt_and_serial_until_sigterm(mqtt_broker: Mosquitto
     assert len(truth) == 5  # generated over the default hour even though the run is endless
 
 
-def test_mqtt_publishing_survives_a_broker_outage(mqtt_broker: MosquittoBroker, mqtt_topic: str) -> None:
-    """Samples made while the broker is down are dropped and counted; publishing resumes after it returns."""
+def test_mqtt_publishing_survives_a_broker_outage(mqtt_broker: MosquittoBroker, mqtt_topic: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Samples made while the broker is down are dropped and counted; publishing resumes after it returns.
+    The outage is logged as a lost broker; the closing disconnect is not."""
     collector = MqttCollector(mqtt_broker.host, mqtt_broker.port, [f"{mqtt_topic}/#"])
     sink = MqttSink(MqttTarget(mqtt_broker.host, mqtt_broker.port, f"{mqtt_topic}/{{asset}}/telemetry"))
     stop = threading.Event()
@@ -163,3 +165,5 @@ def test_mqtt_publishing_survives_a_broker_outage(mqtt_broker: MosquittoBroker, 
         collector.close()
     assert not publisher.is_alive()
     assert sink.published >= len(collector.messages)
+    lost = [r for r in caplog.records if "simulator lost the MQTT broker" in r.getMessage()]
+    assert len(lost) == 1  # the outage, not the close
