@@ -132,9 +132,13 @@ def load_run(run_dir: Path | str) -> RunInputs:
         quant, quant_source = calibration, "calibration.npz"
     if validation is not evaluation and _both_classes(validation.labels):
         guard, guard_set = validation, "validation"
-    else:
+    elif _both_classes(evaluation.labels):
         log.warning("%s: validation windows lack labels of both classes; the int8 guard falls back to the "
                     "evaluation (test) windows", root)
+        guard, guard_set = evaluation, "evaluation"
+    else:  # normal data only (a plant's own history): no ROC-AUC to guard int8 with
+        log.info("%s: no labelled windows of both classes (validation or evaluation): the int8 guard cannot "
+                 "measure ROC-AUC, so --precision auto keeps fp32 (--precision int8 forces it)", root)
         guard, guard_set = evaluation, "evaluation"
     return RunInputs(root, run, scorer, calibration, evaluation, validation, _calibration_settings(root, run),
                      quant, quant_source, guard, guard_set)

@@ -215,13 +215,22 @@ def fit_run(
                 }
             )
     chosen = choose_score(candidates)
-    log.info(
-        "score choice on validation: %s",
-        ", ".join(
-            f"{c['scoring']}{'+baseline' if c['score_baseline'] else ''}={c['val_roc_auc']}"
-            for c in candidates
-        ),
-    )
+    if all(c["val_roc_auc"] is None for c in candidates):
+        log.info(
+            "score choice: the validation windows lack labels of both classes, so no ROC-AUC to choose by; "
+            "using %s%s",
+            chosen["scoring"],
+            " with the per-asset baseline" if chosen["score_baseline"] else "",
+        )
+    else:
+        log.info(
+            "score choice on validation (ROC-AUC): %s",
+            ", ".join(
+                f"{c['scoring']}{'+baseline' if c['score_baseline'] else ''}="
+                + ("n/a" if c["val_roc_auc"] is None else f"{c['val_roc_auc']:.4f}")
+                for c in candidates
+            ),
+        )
     scorer = build_scorer(vae, scaler_dict, chosen["scoring"], latent_stats)
 
     cal_raw = score_windows(scorer, data.calibration.data).score

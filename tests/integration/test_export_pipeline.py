@@ -339,6 +339,26 @@ def test_old_run_dirs_fall_back_with_a_warning(run_dir: Path, tmp_path: Path,
     assert model.threshold.method == "percentile"
 
 
+def test_a_run_with_normal_windows_only_keeps_fp32_and_says_why(run_dir: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A plant's own history has no labelled faults: no ROC-AUC can guard int8, so auto keeps fp32."""
+    normal = tmp_path / "normal"
+    shutil.copytree(run_dir, normal)
+    for name in ("validation.npz", "evaluation.npz"):
+        with np.load(normal / name) as blob:
+            arrays = {key: blob[key] for key in blob.files}
+        if "labels" in arrays:
+            arrays["labels"] = np.zeros_like(arrays["labels"])
+        np.savez(normal / name, **arrays)
+    with caplog.at_level("INFO", logger="export.run_dir"):
+        result = export_run(normal, tmp_path / "normal.bundle", precision="auto", latency_repeats=REPEATS)
+    assert "no labelled windows of both classes" in caplog.text
+    assert "falls back to the evaluation (test) windows" not in caplog.text
+    model = result.manifest.model(result.manifest.models[0].name)
+    assert model.precision == "fp32"
+    assert "ROC-AUC could not be measured" in model.precision_decision.reason
+
+
 def test_int8_with_nothing_to_quantise_falls_back_to_fp32(run_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import export.pipeline
