@@ -199,7 +199,7 @@ def bench_throughput(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: float | None = None,
-                  trace: bool = False) -> dict[str, Any]:
+                  trace: bool = False, *, device_profile: str | None = None) -> dict[str, Any]:
     """Agent subprocess; 50 assets x 14 channels x 10 Hz published on MQTT; anomalies injected in turn."""
     import paho.mqtt.client as mqtt
     import tomli_w
@@ -228,6 +228,8 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
                 "bundle": {"path": str(bundle), "trusted_keys": str(keys)}, "sources": {"plant": source},
                 "assets": asset_cfg, "mqtt": {"host": broker.host, "port": broker.port, "max_inflight": 100},
                 "decisions": {"update_interval_s": 3600.0}, "logging": {"level": "warning"}}
+    if device_profile is not None:  # its ONNX Runtime threads and providers instead of one CPU thread
+        document["device_profile"] = device_profile
     config_path = workdir / "lat.toml"
     config_path.write_text(tomli_w.dumps(document))
 
@@ -471,19 +473,24 @@ def main() -> int:
                              "`open` alerts and storage/file timings (costs some CPU: not for headline runs)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of load per latency run (default 180, --quick 20)")
+    parser.add_argument("--device-profile", default=None,
+                        help="latency runs: the agent's `device_profile` (a name in device_profiles/ or a "
+                             "path; default none: the CPU provider on one thread)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "quick": args.quick}
+                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "quick": args.quick,
+                               "device_profile": args.device_profile}
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         if args.only in (None, "throughput"):
             results["throughput"] = bench_throughput(Path(tmp), args.quick)
         if args.only in (None, "latency"):
             for phase in (("burst", "spread") if args.phase == "both" else (args.phase,)):
-                run = bench_latency(Path(tmp) / phase, args.quick, phase, args.duration, args.trace)
+                run = bench_latency(Path(tmp) / phase, args.quick, phase, args.duration, args.trace,
+                                    device_profile=args.device_profile)
                 for key, value in run.items():
                     results.setdefault(key, {})[phase] = value
     text = json.dumps(results, indent=2)
