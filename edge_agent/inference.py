@@ -45,11 +45,30 @@ class InferenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    """Execution providers in order of preference (name, provider options) and ORT thread counts."""
+    """Execution providers in order of preference (name, provider options), ORT thread counts, and whether
+    ORT's worker threads may spin (busy-wait) for work between runs (`allow_spinning`; off by default)."""
 
     providers: tuple[tuple[str, dict[str, Any]], ...] = ((CPU, {}),)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    allow_spinning: bool = False
+
+
+def session_options(settings: ProviderSettings) -> ort.SessionOptions:
+    """ONNX Runtime session options for `settings`: thread counts, sequential execution, all graph
+    optimisations, and ORT's worker threads spinning only when `allow_spinning` is set. They spin (busy-wait
+    for the next run) by default; the agent runs small batches tens of times a second on cores it shares
+    with its event loop, where spinning doubled the agent's CPU for no gain in latency
+    (docs/device-profiles.md, "Threads")."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spin = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
 
 
 def choose_providers(settings: ProviderSettings,
@@ -210,12 +229,7 @@ class InferenceEngine:
                                  f"(models: {', '.join(self._models)})") from None
 
     def _options(self) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads
-        options.inter_op_num_threads = self.settings.inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return options
+        return session_options(self.settings)
 
     def _load(self, spec: ModelSpec) -> _Loaded:
         path = self.bundle.model_path(spec.name)

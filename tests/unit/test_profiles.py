@@ -59,6 +59,7 @@ def test_load_by_path_and_by_search_path(tmp_path: Path, monkeypatch: pytest.Mon
     ("colour = 1\n", "colour: unknown key"),
     ("[threads]\nintra_op = 0\n", "threads -> intra_op: must be at least 1"),
     ("[threads]\nintra = 2\n", "threads -> intra: unknown key"),
+    ('[threads]\nspin = "yes"\n', "threads -> spin: expected"),
     ('preferred_precision = ["fp64"]\n', "preferred_precision -> 0: must be one of fp32, fp16, int8"),
     ('[[providers]]\nname = "CUDAExecutionProvider"\n',
      "providers -> 0: the last provider must be CPUExecutionProvider"),
@@ -93,3 +94,22 @@ def test_provider_settings_keeps_order_and_falls_back_to_cpu() -> None:
     assert (full.intra_op_threads, full.inter_op_threads) == (2, 1)
     here = jetson.provider_settings(available=["CPUExecutionProvider"])
     assert here.providers == (("CPUExecutionProvider", {}),)
+
+
+def test_worker_threads_do_not_spin_unless_the_profile_says_so(tmp_path: Path) -> None:
+    """ORT's intra/inter-op threads busy-wait between runs by default; the agent's sessions turn that off
+    unless a profile sets `[threads] spin = true`."""
+    from edge_agent.inference import ProviderSettings, session_options
+
+    def spin_entries(settings: ProviderSettings) -> tuple[str, str]:
+        options = session_options(settings)
+        return (options.get_session_config_entry("session.intra_op.allow_spinning"),
+                options.get_session_config_entry("session.inter_op.allow_spinning"))
+
+    ipc = load_profile("x86-64-ipc")
+    assert ipc.spin_threads is False
+    assert spin_entries(ipc.provider_settings()) == ("0", "0")
+    assert session_options(ipc.provider_settings()).intra_op_num_threads == 2
+    spinning = load_profile(_write(tmp_path, "[threads]\nintra_op = 2\nspin = true\n"))
+    assert spinning.provider_settings().allow_spinning is True
+    assert spin_entries(spinning.provider_settings()) == ("1", "1")
