@@ -42,7 +42,7 @@ import trainer
 from edge_agent.configtools import ConfigError
 from trainer.calibration import calibrate, score_quantiles
 from trainer.config import TrainerConfig, config_to_toml
-from trainer.data.cmapss import informative_channels
+from trainer.data.series import informative_channels
 from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_scaler, make_windows
 from trainer.datasets import Splits, load_splits
 from trainer.metrics import binary_metrics

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data.cmapss import CmapssFormatError, informative_channels, load_subset, unit_number
+from trainer.data.cmapss import CmapssFormatError, load_subset, unit_number
+from trainer.data.series import informative_channels
 
 
 def _row(

@@ -8,8 +8,9 @@ early and the RUL file gives the RUL after their last cycle, so RUL at a row is
 
 Every unit becomes one `Series` named `FD00x/train/<unit>` or `FD00x/test/<unit>`: `values` are the 21
 sensors, `conditions` the 3 operational settings, `timestamps` the cycle numbers, `rul` the remaining useful
-life. Which sensors carry information is decided from the training data (`informative_channels`), per
-operating regime when there are several (regimes from `trainer.data.windows.RegimeScaler`).
+life. Which sensors carry information is decided from the training data
+(`trainer.data.series.informative_channels`, shared by every reader), per operating regime when there are
+several (regimes from `trainer.data.windows.RegimeScaler`).
 """
 
 from __future__ import annotations
@@ -152,34 +153,3 @@ def load_subset(data_dir: str | Path, subset: str) -> CmapssSubset:
 def unit_number(series: Series) -> int:
     """The engine unit number from a series name `FD00x/<part>/<unit>`."""
     return int(series.name.rsplit("/", 1)[1])
-
-
-def informative_channels(
-    series: list[Series], regimes: list[np.ndarray] | None = None, max_dominant_share: float = 0.95
-) -> list[str]:
-    """Channels that vary in the training data, judged within each operating regime.
-
-    A channel is constant (or near constant) in a regime when a single value accounts for at least
-    `max_dominant_share` of that regime's rows (FD001's sensor_6 reads 21.61 in 98 % of rows, the odd 21.60 is
-    quantisation noise). A relative-std rule would not do: sensor_8 (about 2388 +- 0.07) carries degradation.
-    A channel constant within every regime carries no information once the regime is known and is dropped.
-    `regimes` gives each series' per-row regime index (one regime when omitted).
-    """
-    if not series:
-        raise ValueError("no training series to judge channels on")
-    values = np.concatenate([s.values for s in series]).astype(np.float64)
-    labels = np.concatenate(regimes) if regimes is not None else np.zeros(len(values), dtype=np.int64)
-    keep = np.zeros(values.shape[1], dtype=bool)
-    for regime in np.unique(labels):
-        block = values[labels == regime]
-        if len(block) < 2:
-            continue
-        for channel in range(values.shape[1]):
-            _, counts = np.unique(block[:, channel], return_counts=True)
-            keep[channel] |= counts.max() < max_dominant_share * len(block)
-    channels = [c for c, k in zip(series[0].channels, keep, strict=True) if k]
-    dropped = [c for c, k in zip(series[0].channels, keep, strict=True) if not k]
-    log.info("constant within every regime, dropped: %s", ", ".join(dropped) or "none")
-    if not channels:
-        raise ValueError("every channel is constant in the training data: nothing to learn from")
-    return channels
