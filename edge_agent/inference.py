@@ -228,15 +228,13 @@ class InferenceEngine:
             raise InferenceError(f"bundle {self.bundle_name} {self.bundle_version} has no model {name!r} "
                                  f"(models: {', '.join(self._models)})") from None
 
-    def _options(self) -> ort.SessionOptions:
-        return session_options(self.settings)
-
     def _load(self, spec: ModelSpec) -> _Loaded:
         path = self.bundle.model_path(spec.name)
         where = f"bundle {self.bundle_name} {self.bundle_version}, model {spec.name} ({path.name})"
         chosen = choose_providers(self.settings, ort.get_available_providers())
+        options = session_options(self.settings)
         try:
-            session = ort.InferenceSession(str(path), self._options(), providers=[n for n, _ in chosen],
+            session = ort.InferenceSession(str(path), options, providers=[n for n, _ in chosen],
                                            provider_options=[o for _, o in chosen])
         except Exception as exc:
             if [n for n, _ in chosen] == [CPU]:
@@ -244,7 +242,7 @@ class InferenceEngine:
             log.warning("%s: providers %s failed (%s); falling back to CPU", where,
                         [n for n, _ in chosen], exc)
             try:
-                session = ort.InferenceSession(str(path), self._options(), providers=[CPU])
+                session = ort.InferenceSession(str(path), options, providers=[CPU])
             except Exception as cpu_exc:
                 raise InferenceError(f"{where}: onnxruntime cannot load the model: {cpu_exc}") from cpu_exc
         inputs = {i.name for i in session.get_inputs()}

@@ -36,8 +36,6 @@ import paho.mqtt.client as mqtt
 # `loop_read`; reading on while the buffer has more saves a pass through the selector per packet.
 READ_BURST = 64
 RECV_BYTES = 65536
-
-
 PUBLISH = 0x30  # fixed-header packet type of PUBLISH (high nibble 3)
 
 
@@ -45,8 +43,8 @@ class BufferedClient(mqtt.Client):
     """A paho client whose socket reads go through a buffer (one `recv` of up to 64 KiB at a time).
 
     It overrides paho's internal `_sock_recv` (paho-mqtt 2.x, pinned below 3 in pyproject.toml), the one
-    place paho reads its socket, and reads paho's `_in_packet` state (to leave a packet paho has begun to
-    paho). The buffer belongs to one connection and is emptied at each (re)connect.
+    place paho reads its socket, and reads paho's `_in_packet` state (a packet paho has begun to read stays
+    paho's). The buffer belongs to one connection and is emptied at each (re)connect.
 
     `fast_message(topic, payload)`, when set, receives the PUBLISH packets `read_publishes` takes from the
     buffer; it must not raise (paho's `on_message` contract: the MQTT source catches everything itself)."""
@@ -79,7 +77,7 @@ class BufferedClient(mqtt.Client):
         """Have bytes in the buffer for `read_publishes`: True when some are buffered or one `recv` brought
         some. False when paho should read instead: it is inside a packet, or the socket has nothing, is at
         EOF or failed (paho's own `recv` in `loop_read` then meets the same state and reports it)."""
-        if self._rpos < len(self._rbuf):
+        if self.buffered():
             return True
         if self._in_packet["command"] != 0:
             return False
@@ -248,21 +246,18 @@ class LoopIO:
         client = self.client
         fast = client if isinstance(client, BufferedClient) and client.fast_message is not None else None
         reads = 0
-        while True:
-            if reads >= READ_BURST:  # let other work run; what is buffered needs no readable event
-                self.loop.call_soon(self._readable)
-                break
-            if fast is not None and fast.fill():
-                handled = fast.read_publishes(READ_BURST - reads)
+        while reads < READ_BURST:
+            handled = fast.read_publishes(READ_BURST - reads) if fast is not None and fast.fill() else 0
+            if handled:
                 reads += handled
-                if handled:
-                    if self._fd is None or not self._more_to_read():
-                        break
-                    continue
-            rc = client.loop_read()  # any other packet, EOF and errors: paho
-            reads += 1
-            if rc != mqtt.MQTT_ERR_SUCCESS or self._fd is None or not self._more_to_read():
+            else:
+                reads += 1
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:  # any other packet, EOF and errors: paho
+                    break
+            if self._fd is None or not self._more_to_read():
                 break
+        else:  # let other work run; what is buffered needs no readable event
+            self.loop.call_soon(self._readable)
         self.flush()
 
     def _writable(self) -> None:
