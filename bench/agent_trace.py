@@ -11,7 +11,11 @@ record, in wall-clock seconds:
 - spans (name, start, end) of storage and file work: `add_alerts`, `pending`, `mark_delivered`,
   `record_windows`, `incr_counters`, `prune`, the WAL keeper's `checkpoint`, `status_file`, and Python's
   garbage collections (`gc0`..`gc2`; `gc2` includes the supervisor's own full collection before READY=1,
-  `_freeze_long_lived_objects`).
+  `_freeze_long_lived_objects`);
+- spans of the parts of a batch's way: `infer_thread` (the inference thread's work for a batch),
+  `session_run` (each ONNX Runtime run in it), and on the event loop `process_batch` (the decision engine),
+  `alert_write` (rendering the alerts and `add_alerts`), `scored_batch` (the status counters) and
+  `recorder_submit` (the hand-over to the ring-buffer thread).
 
 `summarise(trace, alerts)` joins them with the alerts a subscriber received into per-stage latencies.
 Tracing costs a little CPU and memory per window; use it to see where time goes, not for the headline
@@ -77,6 +81,14 @@ def _install(points: list[Any], spans: list[Any]) -> None:
     for name in ("add_alerts", "pending", "mark_delivered", "record_windows", "incr_counters", "prune"):
         wrap(storage.Store, name, name)
     wrap(storage._WalKeeper, "_checkpoint", "checkpoint")
+    from edge_agent import decisions, inference, pipeline
+
+    wrap(decisions.DecisionEngine, "process_batch", "process_batch")
+    wrap(pipeline.AlertWriter, "write", "alert_write")
+    wrap(agentstate.AgentState, "scored_batch", "scored_batch")
+    wrap(storage.WindowRecorder, "submit", "recorder_submit")
+    wrap(inference.InferenceEngine, "_infer", "infer_thread")
+    wrap(inference.InferenceEngine, "run_batch", "session_run")
     wrap(agentstate, "write_status_file", "status_file")
     supervisor.write_status_file = agentstate.write_status_file  # the name the supervisor calls
     started: dict[str, float] = {}

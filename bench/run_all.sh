@@ -22,6 +22,8 @@ stamp "export fp32 vs int8 (FD001 run)"
 $PY bench/export_bench.py --run "$WORK/fd001/run" > "$OUT/export_fd001.json"
 stamp "agent throughput, latency, CPU and memory"
 $PY bench/agent_bench.py --out "$OUT/agent_bench.json" > /dev/null
+stamp "inference: a batch split over parallel session runs"
+$PY bench/inference_bench.py --out "$OUT/inference_bench.json" > /dev/null
 stamp "demo (simulator faults, detection, root cause)"
 $PY scripts/demo.py --workdir "$WORK/demo" --summary-json "$OUT/demo.json" > "$WORK/demo.log"
 stamp "done: $OUT (work files in $WORK)"

@@ -3,7 +3,11 @@
 The exported graph does scaling and scoring itself (docs/architecture.md), so the agent has no
 model-specific code: it stacks windows of one model into a `[batch, channels, length]` float32 tensor,
 runs the session off the event loop (one worker thread, so inference never competes with itself for the
-cores the device profile gave it) and reads the outputs by the names the manifest lists.
+cores the device profile gave it) and reads the outputs by the names the manifest lists. A profile's
+`[threads] parallel_runs = N` splits a large batch (a burst of windows that are ready together) into up to
+N parts run concurrently on the same session, by the worker and N - 1 helper threads: ONNX Runtime allows
+concurrent runs of one session, and on small models that parallelises a batch better than intra-op threads
+(docs/device-profiles.md, "Threads").
 
 Per-asset score baseline (manifest `score_baseline = {kind: per_asset_initial, windows: N, statistic:
 median}`): adjusted score = raw - median(raw scores of the asset's first N windows); the threshold applies
@@ -19,6 +23,7 @@ closed by a fresh ~0 baseline nor absorbed into it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import sqlite3
@@ -37,6 +42,9 @@ from edge_agent.types import ScoredWindow, Window
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
+# a batch is split for parallel runs only into parts of at least this many windows (smaller parts cost more
+# in hand-offs than a second core gives back)
+MIN_PARALLEL_PART = 8
 
 
 class InferenceError(RuntimeError):
@@ -45,13 +53,15 @@ class InferenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    """Execution providers in order of preference (name, provider options), ORT thread counts, and whether
-    ORT's worker threads may spin (busy-wait) for work between runs (`allow_spinning`; off by default)."""
+    """Execution providers in order of preference (name, provider options), ORT thread counts, whether
+    ORT's worker threads may spin (busy-wait) for work between runs (`allow_spinning`; off by default), and
+    into how many concurrent session runs a large batch is split (`parallel_runs`)."""
 
     providers: tuple[tuple[str, dict[str, Any]], ...] = ((CPU, {}),)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     allow_spinning: bool = False
+    parallel_runs: int = 1
 
 
 def session_options(settings: ProviderSettings) -> ort.SessionOptions:
@@ -197,6 +207,9 @@ class InferenceEngine:
         self.dropped_nonfinite = 0
         self._models = {spec.name: self._load(spec) for spec in bundle.manifest.models}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        runs = self.settings.parallel_runs
+        self._helpers = (ThreadPoolExecutor(max_workers=runs - 1, thread_name_prefix="inference-helper")
+                         if runs > 1 else None)
         # at most `max_pending` batches queued for the worker: callers beyond that wait (back-pressure
         # reaches the supervisor's bounded window queue, which drops the oldest and counts it)
         self._pending = asyncio.Semaphore(max_pending)
@@ -281,7 +294,8 @@ class InferenceEngine:
         return np.stack([windows[index].data for index in chunk]).astype(np.float32, copy=False)
 
     def _infer(self, windows: Sequence[Window]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
-        """Runs in the worker thread: micro-batches per model of at most `max_batch` windows."""
+        """Runs in the worker thread: micro-batches per model of at most `max_batch` windows, each split
+        over the helper threads when it is large enough (`_split`)."""
         groups: dict[str, list[int]] = {}
         for index, window in enumerate(windows):
             groups.setdefault(window.model, []).append(index)
@@ -290,8 +304,21 @@ class InferenceEngine:
             loaded = self._loaded(model)
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
-                results.append((chunk, self.run_batch(model, self._batch(windows, chunk, loaded))))
+                first, *rest = self._split(chunk)  # rest: only with helper threads (parallel_runs > 1)
+                helpers = self._helpers
+                helped = [(part, helpers.submit(self.run_batch, model, self._batch(windows, part, loaded)))
+                          for part in rest if helpers is not None]
+                results.append((first, self.run_batch(model, self._batch(windows, first, loaded))))
+                results.extend((part, future.result()) for part, future in helped)
         return results
+
+    def _split(self, chunk: list[int]) -> list[list[int]]:
+        """`chunk` in up to `parallel_runs` consecutive parts of at least `MIN_PARALLEL_PART` windows."""
+        count = min(self.settings.parallel_runs, len(chunk) // MIN_PARALLEL_PART)
+        if count <= 1:
+            return [chunk]
+        bounds = [round(i * len(chunk) / count) for i in range(count + 1)]
+        return [chunk[a:b] for a, b in itertools.pairwise(bounds)]
 
     async def score(self, windows: Sequence[Window]) -> list[ScoredWindow]:
         """Score windows (any mix of models) off the event loop; results in input order.
@@ -331,3 +358,5 @@ class InferenceEngine:
     def close(self) -> None:
         """Stop the worker thread after the windows already submitted are done."""
         self._executor.shutdown(wait=True)
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=True)

@@ -12,6 +12,7 @@ A profile is a small TOML file in `device_profiles/` (shipped with the agent) or
     intra_op = 2
     inter_op = 1
     spin = false                               # ORT worker threads busy-wait between runs (default false)
+    parallel_runs = 1                          # a large batch split over this many concurrent session runs
 
     [[providers]]                              # ONNX Runtime execution providers, in order of preference
     name = "OpenVINOExecutionProvider"
@@ -117,6 +118,7 @@ class DeviceProfile:
     audio: AudioDefaults
     source: Path | None = None
     spin_threads: bool = False
+    parallel_runs: int = 1
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -150,7 +152,8 @@ class DeviceProfile:
         if CPU_PROVIDER not in (name for name, _ in chosen):
             chosen.append((CPU_PROVIDER, {}))
         return ProviderSettings(providers=tuple(chosen), intra_op_threads=self.intra_op_threads,
-                                inter_op_threads=self.inter_op_threads, allow_spinning=self.spin_threads)
+                                inter_op_threads=self.inter_op_threads, allow_spinning=self.spin_threads,
+                                parallel_runs=self.parallel_runs)
 
 
 def profile_search_path() -> list[Path]:
@@ -225,6 +228,7 @@ def parse_profile(data: Mapping[str, Any], name: str, source: Path | None = None
     intra = threads.integer("intra_op", 1, minimum=1, maximum=256)
     inter = threads.integer("inter_op", 1, minimum=1, maximum=256)
     spin = threads.get("spin", bool, False)
+    parallel = threads.integer("parallel_runs", 1, minimum=1, maximum=64)
     threads.finish()
     providers = _parse_providers(top.raw("providers", [{"name": CPU_PROVIDER}]))
     camera = _parse_camera(top.section("camera"))
@@ -233,7 +237,7 @@ def parse_profile(data: Mapping[str, Any], name: str, source: Path | None = None
     return DeviceProfile(name=name, description=description, arch=arch, providers=providers,
                          intra_op_threads=intra, inter_op_threads=inter, preferred_precision=precision,
                          memory_budget_mb=memory_budget_mb, min_cpus=min_cpus, camera=camera, audio=audio,
-                         source=source, spin_threads=spin)
+                         source=source, spin_threads=spin, parallel_runs=parallel)
 
 
 def _parse_providers(raw: Any) -> tuple[ProviderSpec, ...]:
@@ -299,7 +303,8 @@ def describe(profile: DeviceProfile) -> Sequence[str]:
         f"profile {profile.name}: {profile.description}".rstrip(": "),
         f"  providers: {providers}",
         (f"  threads: intra-op {profile.intra_op_threads}, inter-op {profile.inter_op_threads}"
-         f"{', spinning' if profile.spin_threads else ''}"),
+         f"{', spinning' if profile.spin_threads else ''}"
+         f"{f', {profile.parallel_runs} parallel runs' if profile.parallel_runs > 1 else ''}"),
         f"  precision preference: {', '.join(profile.preferred_precision)}",
         f"  memory budget: {profile.memory_budget_mb} MB, at least {profile.min_cpus} CPU(s)",
     )

@@ -3,13 +3,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent.bundle import Bundle, read_bundle
-from edge_agent.inference import InferenceEngine, InferenceError, ProviderSettings, choose_providers
+from edge_agent.inference import (
+    MIN_PARALLEL_PART,
+    InferenceEngine,
+    InferenceError,
+    ProviderSettings,
+    choose_providers,
+)
 from edge_agent.storage import Store
 from edge_agent.types import Window
 from tests.support.bundles import build_test_bundle, normal_windows, write_test_public_key
@@ -65,6 +72,38 @@ def test_batching_gives_the_same_scores_as_batch_one(tmp_path: Path) -> None:
                                rtol=1e-6)
     one.close()
     many.close()
+
+
+def test_parallel_runs_split_a_large_batch_and_give_the_same_scores_in_order(tmp_path: Path) -> None:
+    bundle = load(tmp_path)
+    data = normal_windows(45, len(CHANNELS), LENGTH, seed=6)
+    mixed = windows_of(data[:30], "pump-1") + windows_of(data[30:], "pump-2")
+    serial = InferenceEngine(bundle, max_batch=64)
+    parallel = InferenceEngine(bundle, ProviderSettings(parallel_runs=3), max_batch=64)
+    runs: list[tuple[str, int]] = []
+    run_batch = parallel.run_batch
+
+    def recording(model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        runs.append((threading.current_thread().name, len(batch)))
+        return run_batch(model, batch)
+
+    parallel.run_batch = recording  # type: ignore[method-assign]
+    a = asyncio.run(serial.score(mixed))
+    b = asyncio.run(parallel.score(mixed))
+    # 45 windows in three parts of 15: one in the inference thread, two in helper threads
+    assert sorted(size for _, size in runs) == [15, 15, 15]
+    assert sorted(name.split("_")[0] for name, _ in runs) == ["inference", "inference-helper",
+                                                              "inference-helper"]
+    assert [(s.window.asset, s.window.end_ts) for s in b] == [(w.asset, w.end_ts) for w in mixed]
+    np.testing.assert_allclose([s.raw_score for s in a], [s.raw_score for s in b], rtol=1e-6)
+    np.testing.assert_allclose(np.stack([s.latent_mean for s in a]), np.stack([s.latent_mean for s in b]),
+                               rtol=1e-6, atol=1e-7)
+    # a small batch is not split: parts under MIN_PARALLEL_PART windows cost more than they give
+    runs.clear()
+    asyncio.run(parallel.score(mixed[:2 * MIN_PARALLEL_PART - 1]))
+    assert [size for _, size in runs] == [2 * MIN_PARALLEL_PART - 1]
+    serial.close()
+    parallel.close()
 
 
 def test_unavailable_provider_falls_back_to_cpu_with_a_log(tmp_path: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.configtools import ConfigError
-from edge_agent.profiles import BUILTIN_PROFILE_DIR, available_profiles, load_profile
+from edge_agent.profiles import BUILTIN_PROFILE_DIR, available_profiles, describe, load_profile
 
 SHIPPED = ("x86-64-ipc", "jetson-orin", "arm64-rpi")
 
@@ -60,6 +60,7 @@ def test_load_by_path_and_by_search_path(tmp_path: Path, monkeypatch: pytest.Mon
     ("[threads]\nintra_op = 0\n", "threads -> intra_op: must be at least 1"),
     ("[threads]\nintra = 2\n", "threads -> intra: unknown key"),
     ('[threads]\nspin = "yes"\n', "threads -> spin: expected"),
+    ("[threads]\nparallel_runs = 0\n", "threads -> parallel_runs: must be at least 1"),
     ('preferred_precision = ["fp64"]\n', "preferred_precision -> 0: must be one of fp32, fp16, int8"),
     ('[[providers]]\nname = "CUDAExecutionProvider"\n',
      "providers -> 0: the last provider must be CPUExecutionProvider"),
@@ -113,3 +114,11 @@ def test_worker_threads_do_not_spin_unless_the_profile_says_so(tmp_path: Path) -
     spinning = load_profile(_write(tmp_path, "[threads]\nintra_op = 2\nspin = true\n"))
     assert spinning.provider_settings().allow_spinning is True
     assert spin_entries(spinning.provider_settings()) == ("1", "1")
+
+
+def test_parallel_runs_default_to_one_and_reach_the_provider_settings(tmp_path: Path) -> None:
+    assert load_profile("x86-64-ipc").provider_settings().parallel_runs == 1
+    profile = load_profile(_write(tmp_path, "[threads]\nparallel_runs = 2\n"))
+    assert profile.parallel_runs == 2
+    assert profile.provider_settings().parallel_runs == 2
+    assert "2 parallel runs" in describe(profile)[2]
