@@ -192,6 +192,7 @@ class LoopIO:
         self.client = client
         self._fd: int | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._watching_writes = False  # add_writer/remove_writer only on a change (flush runs every read)
 
     @property
     def attached(self) -> bool:
@@ -214,6 +215,7 @@ class LoopIO:
             self.loop.remove_reader(self._fd)
             self.loop.remove_writer(self._fd)
         self._fd = None
+        self._watching_writes = False
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -228,9 +230,12 @@ class LoopIO:
         if self._fd is None:  # the write found the connection gone
             return
         if client.want_write():
-            self.loop.add_writer(self._fd, self._writable)
-        else:
+            if not self._watching_writes:
+                self.loop.add_writer(self._fd, self._writable)
+                self._watching_writes = True
+        elif self._watching_writes:
             self.loop.remove_writer(self._fd)
+            self._watching_writes = False
 
     def _more_to_read(self) -> bool:
         client = self.client

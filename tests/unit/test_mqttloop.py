@@ -173,3 +173,50 @@ def test_fast_path_with_mqtt5_takes_packets_without_properties_only() -> None:
     assert fast["by_paho"] == [b"t/props"]
     assert fast["written"] == paho_only["written"]
     assert fast["written"][0] == 0x40  # the PUBACK for packet id 5
+
+
+def test_a_write_the_socket_cannot_take_at_once_finishes_when_writable_and_then_stops_watching() -> None:
+    """`flush` watches the socket for writability only while paho has bytes queued: the rest of a large
+    message goes out as the peer reads, and then the loop stops asking (no busy loop on a writable socket)."""
+
+    async def scenario() -> tuple[bytes, int, int]:
+        ours, broker = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client, _counting, _received = client_on(ours)
+        writes = 0
+        loop_write = client.loop_write
+
+        def counting_write() -> mqtt.MQTTErrorCode:
+            nonlocal writes
+            writes += 1
+            return loop_write()
+
+        client.loop_write = counting_write  # type: ignore[method-assign]
+        io = LoopIO(asyncio.get_running_loop(), client)
+        io.attach()
+        payload = bytes(range(256)) * 2048  # 512 KiB: far more than the socket buffers take at once
+        expected = publish_packet("big", payload)
+        try:
+            client.publish("big", payload)
+            io.flush()
+            assert client.want_write()  # the socket took only part of it
+            broker.setblocking(False)
+            got = bytearray()
+            for _ in range(500):
+                with contextlib.suppress(BlockingIOError):
+                    got += broker.recv(1 << 16)
+                if len(got) >= len(expected):
+                    break
+                await asyncio.sleep(0.002)
+            done = writes
+            await asyncio.sleep(0.1)  # writable all along now: a loop still watching would call again
+            return bytes(got), done, writes
+        finally:
+            io.detach()
+            ours.close()
+            broker.close()
+
+    got, writes_when_done, writes_later = asyncio.run(scenario())
+    assert got == publish_packet("big", bytes(range(256)) * 2048)
+    assert writes_when_done > 1  # the rest went out on writable events
+    assert writes_later == writes_when_done
