@@ -1,14 +1,16 @@
-"""Inference engine benchmark: one batch of windows through `InferenceEngine.score`, split over
-`parallel_runs` concurrent session runs (`[threads] parallel_runs` of a device profile), printed as JSON.
+"""Inference engine benchmark: batches of windows through `InferenceEngine.score` at several thread
+settings, printed as JSON.
 
-    nice .venv/bin/python bench/inference_bench.py [--batch 50] [--parallel 1 2] [--rounds 5] [--out F]
+    nice .venv/bin/python bench/inference_bench.py [--batch 1 50] [--settings 1x1 2x1 1x2] [--out F]
 
-The model is the agent benchmark's (the trainer's ConvVAE, 14 channels x 50 samples, one intra-op thread
-per run). Two cases, alternated between the settings round by round so the machine's state hits them alike:
-`back_to_back`, batch after batch (sustained load: catching up after an outage, many assets on a multi-core
-box), and `after_pause`, each batch after `--pause` seconds of idleness (a burst of windows that are ready
-together, as at the agent benchmark's burst load: the helper threads start from idle each time).
-Reports the median and p90 milliseconds per batch, and each setting's median against one run's.
+A setting `INTRAxPARALLEL` is ONNX Runtime's intra-op threads per run (not spinning, as the agent runs
+them) x the device profile's `[threads] parallel_runs` (a batch of at least 16 windows split over that many
+concurrent runs of the session). The model is the agent benchmark's (the trainer's ConvVAE, 14 channels x 50
+samples). Each batch size is timed in two cases, the settings alternated round by round so the machine's
+state hits them alike: `back_to_back`, batch after batch (sustained load: catching up after an outage, many
+assets), and `after_pause`, each batch after `--pause` seconds of idleness (a burst of windows that are ready
+together, as at the agent benchmark's burst load: the threads start from idle each time). Reports median and
+p90 milliseconds per batch and each setting's speed against the first (the baseline).
 """
 
 from __future__ import annotations
@@ -31,22 +33,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def _setting(text: str) -> tuple[int, int]:
+    """`INTRAxPARALLEL`, e.g. `1x2`: ONNX Runtime intra-op threads per run x parallel runs per batch."""
+    try:
+        intra, parallel = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INTRAxPARALLEL such as 1x2, got {text!r}") from None
+    if intra < 1 or parallel < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be at least 1, got {text!r}")
+    return intra, parallel
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=50, help="windows per batch (default 50: one burst)")
-    parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2], help="parallel_runs settings")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 50],
+                        help="windows per batch (default 1: the spread load's single windows, 50: one burst)")
+    parser.add_argument("--settings", type=_setting, nargs="+", default=[(1, 1), (2, 1), (1, 2)],
+                        help="INTRAxPARALLEL: intra-op threads x parallel_runs; the first is the baseline "
+                             "(default 1x1 2x1 1x2)")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the settings")
     parser.add_argument("--per-round", type=int, default=20, help="batches per setting, case and round")
     parser.add_argument("--pause", type=float, default=0.2, help="idle seconds before each after_pause batch")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    if 1 not in args.parallel:
-        parser.error("--parallel must include 1 (the baseline)")
 
     from bench.agent_bench import CHANNELS, LENGTH, build_bundle
     from edge_agent.bundle import read_bundle
     from edge_agent.inference import InferenceEngine, ProviderSettings
     from edge_agent.types import Window
+
+    Key = tuple[tuple[int, int], int, str]  # setting, batch size, case
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -56,22 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         windows = [Window(f"asset{i}", model, 0.0, (LENGTH - 1) * 0.1,
                           rng.standard_normal((len(CHANNELS), LENGTH)).astype(np.float32))
-                   for i in range(args.batch)]
+                   for i in range(max(args.batch))]
 
-        async def measure() -> dict[tuple[int, str], list[float]]:
-            engines = {runs: InferenceEngine(bundle, ProviderSettings(parallel_runs=runs))
-                       for runs in args.parallel}
-            times: dict[tuple[int, str], list[float]] = {}
+        async def measure() -> dict[Key, list[float]]:
+            engines = {setting: InferenceEngine(bundle, ProviderSettings(intra_op_threads=setting[0],
+                                                                         parallel_runs=setting[1]))
+                       for setting in args.settings}
+            times: dict[Key, list[float]] = {}
             try:
                 for _ in range(args.rounds):
-                    for runs, engine in engines.items():
-                        for case, pause in (("back_to_back", 0.0), ("after_pause", args.pause)):
-                            for _ in range(args.per_round):
-                                if pause:
-                                    await asyncio.sleep(pause)
-                                start = time.perf_counter()
-                                await engine.score(windows)
-                                times.setdefault((runs, case), []).append(time.perf_counter() - start)
+                    for setting, engine in engines.items():
+                        for size in args.batch:
+                            for case, pause in (("back_to_back", 0.0), ("after_pause", args.pause)):
+                                for _ in range(args.per_round):
+                                    if pause:
+                                        await asyncio.sleep(pause)
+                                    start = time.perf_counter()
+                                    await engine.score(windows[:size])
+                                    times.setdefault((setting, size, case), []).append(
+                                        time.perf_counter() - start)
             finally:
                 for engine in engines.values():
                     engine.close()
@@ -79,18 +98,24 @@ def main(argv: list[str] | None = None) -> int:
 
         times = asyncio.run(measure())
 
-    cases: dict[str, Any] = {}
-    for case in ("back_to_back", "after_pause"):
-        base = float(np.median(times[(1, case)]))
-        cases[case] = {str(runs): {"median_ms": round(float(np.median(times[(runs, case)])) * 1000, 2),
-                                   "p90_ms": round(float(np.percentile(times[(runs, case)], 90)) * 1000, 2),
-                                   "batches": len(times[(runs, case)]),
-                                   "speedup_vs_1": round(base / float(np.median(times[(runs, case)])), 2)}
-                       for runs in args.parallel}
+    base_setting = args.settings[0]
+    results: dict[str, Any] = {}
+    for size in args.batch:
+        for case in ("back_to_back", "after_pause"):
+            base = float(np.median(times[(base_setting, size, case)]))
+            results[f"batch_{size}_{case}"] = {
+                f"{intra}x{parallel}": {
+                    "median_ms": round(float(np.median(runs)) * 1000, 3),
+                    "p90_ms": round(float(np.percentile(runs, 90)) * 1000, 3),
+                    "batches": len(runs),
+                    "speedup_vs_baseline": round(base / float(np.median(runs)), 2)}
+                for (intra, parallel) in args.settings
+                for runs in [times[((intra, parallel), size, case)]]}
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "model": f"ConvVAE {len(CHANNELS)}x{LENGTH}, fp32, CPU provider, one intra-op thread per run",
-              "batch": args.batch, "pause_s": args.pause, "parallel_runs": cases}
+              "model": f"ConvVAE {len(CHANNELS)}x{LENGTH}, fp32, CPU provider, ORT threads not spinning",
+              "settings": "INTRAxPARALLEL: intra-op threads per run x parallel runs per batch",
+              "baseline": f"{base_setting[0]}x{base_setting[1]}", "pause_s": args.pause, "results": results}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

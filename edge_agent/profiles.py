@@ -9,10 +9,10 @@ A profile is a small TOML file in `device_profiles/` (shipped with the agent) or
     min_cpus = 2
 
     [threads]
-    intra_op = 2
+    intra_op = 1                               # ONNX Runtime threads inside one run
     inter_op = 1
     spin = false                               # ORT worker threads busy-wait between runs (default false)
-    parallel_runs = 1                          # a large batch split over this many concurrent session runs
+    parallel_runs = 2                          # a large batch split over this many concurrent session runs
 
     [[providers]]                              # ONNX Runtime execution providers, in order of preference
     name = "OpenVINOExecutionProvider"

@@ -110,15 +110,17 @@ def test_worker_threads_do_not_spin_unless_the_profile_says_so(tmp_path: Path) -
     ipc = load_profile("x86-64-ipc")
     assert ipc.spin_threads is False
     assert spin_entries(ipc.provider_settings()) == ("0", "0")
-    assert session_options(ipc.provider_settings()).intra_op_num_threads == 2
+    two = load_profile(_write(tmp_path, "[threads]\nintra_op = 2\n"))
+    assert session_options(two.provider_settings()).intra_op_num_threads == 2
+    assert spin_entries(two.provider_settings()) == ("0", "0")
     spinning = load_profile(_write(tmp_path, "[threads]\nintra_op = 2\nspin = true\n"))
     assert spinning.provider_settings().allow_spinning is True
     assert spin_entries(spinning.provider_settings()) == ("1", "1")
 
 
 def test_parallel_runs_default_to_one_and_reach_the_provider_settings(tmp_path: Path) -> None:
-    assert load_profile("x86-64-ipc").provider_settings().parallel_runs == 1
-    profile = load_profile(_write(tmp_path, "[threads]\nparallel_runs = 2\n"))
-    assert profile.parallel_runs == 2
-    assert profile.provider_settings().parallel_runs == 2
-    assert "2 parallel runs" in describe(profile)[2]
+    assert load_profile(_write(tmp_path, "[threads]\nintra_op = 1\n")).provider_settings().parallel_runs == 1
+    ipc = load_profile("x86-64-ipc")  # one thread per run, a burst split over two runs
+    assert (ipc.intra_op_threads, ipc.parallel_runs) == (1, 2)
+    assert ipc.provider_settings().parallel_runs == 2
+    assert "2 parallel runs" in describe(ipc)[2]
