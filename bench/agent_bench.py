@@ -199,8 +199,15 @@ def bench_throughput(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: float | None = None,
-                  trace: bool = False, *, device_profile: str | None = None) -> dict[str, Any]:
-    """Agent subprocess; 50 assets x 14 channels x 10 Hz published on MQTT; anomalies injected in turn."""
+                  trace: bool = False, *, device_profile: str | None = None,
+                  agents: int = 1) -> dict[str, Any]:
+    """Agent subprocess; 50 assets x 14 channels x 10 Hz published on MQTT; anomalies injected in turn.
+
+    `agents` > 1: that many agent processes, each with its own configuration, state directory and gateway
+    id, take the assets in turn (asset a goes to agent a % agents): one gateway's assets split over
+    processes, as separate service instances would (CPU and memory are their sums)."""
+    if trace and agents != 1:
+        raise ValueError("--trace runs one agent")
     import paho.mqtt.client as mqtt
     import tomli_w
 
@@ -218,20 +225,27 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
     assets = 50
     if duration is None:  # two `open` alerts a second after the first 10 s: about 340 in 180 s, so the p99 is
         duration = 20.0 if quick else 180.0  # not decided by one or two slow alerts
-    source = {"type": "mqtt", "host": broker.host, "port": broker.port, "payload": "json",
-              "fields": CHANNELS, "timestamp_field": "ts",
-              "topics": {f"plant/asset{a}/telemetry": f"a{a}" for a in range(assets)}}
-    asset_cfg = {f"asset{a}": {"model": "pump", "channels": {c: f"plant.a{a}.{c}" for c in CHANNELS}}
-                 for a in range(assets)}
-    state = workdir / "lat-state"
-    document = {"state_dir": str(state), "gateway": IDENTITY, "status_interval_s": 1.0,
-                "bundle": {"path": str(bundle), "trusted_keys": str(keys)}, "sources": {"plant": source},
-                "assets": asset_cfg, "mqtt": {"host": broker.host, "port": broker.port, "max_inflight": 100},
-                "decisions": {"update_interval_s": 3600.0}, "logging": {"level": "warning"}}
-    if device_profile is not None:  # its ONNX Runtime threads and providers instead of one CPU thread
-        document["device_profile"] = device_profile
-    config_path = workdir / "lat.toml"
-    config_path.write_text(tomli_w.dumps(document))
+    shards = []  # (config path, state dir, log path) per agent process
+    for shard in range(agents):
+        mine = [a for a in range(assets) if a % agents == shard]
+        source = {"type": "mqtt", "host": broker.host, "port": broker.port, "payload": "json",
+                  "fields": CHANNELS, "timestamp_field": "ts",
+                  "topics": {f"plant/asset{a}/telemetry": f"a{a}" for a in mine}}
+        asset_cfg = {f"asset{a}": {"model": "pump", "channels": {c: f"plant.a{a}.{c}" for c in CHANNELS}}
+                     for a in mine}
+        suffix = "" if agents == 1 else f"-{shard}"
+        state = workdir / f"lat-state{suffix}"
+        document = {"state_dir": str(state), "gateway": {**IDENTITY, "id": f"{IDENTITY['id']}{suffix}"},
+                    "status_interval_s": 1.0,
+                    "bundle": {"path": str(bundle), "trusted_keys": str(keys)}, "sources": {"plant": source},
+                    "assets": asset_cfg,
+                    "mqtt": {"host": broker.host, "port": broker.port, "max_inflight": 100},
+                    "decisions": {"update_interval_s": 3600.0}, "logging": {"level": "warning"}}
+        if device_profile is not None:  # its ONNX Runtime threads and providers instead of one CPU thread
+            document["device_profile"] = device_profile
+        config_path = workdir / f"lat{suffix}.toml"
+        config_path.write_text(tomli_w.dumps(document))
+        shards.append((config_path, state, workdir / f"agent{suffix}.log"))
 
     # The subscriber is its own process (one thread, stamping each alert on arrival), and the publisher
     # sends each sample from the thread that stamps it (no paho network thread): in one process, a paho
@@ -261,15 +275,18 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
     trace_path = workdir / "trace.json"
     launcher = ([str(REPO / "bench" / "agent_trace.py"), str(trace_path)] if trace
                 else ["-m", "edge_agent.cli"])
-    agent = subprocess.Popen([sys.executable, *launcher, "run", "--config", str(config_path)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "agent.log").open("wb"))
+    procs = [subprocess.Popen([sys.executable, *launcher, "run", "--config", str(config_path)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"))
+             for config_path, _state, log_path in shards]
+    pids = [proc.pid for proc in procs]
     published: dict[tuple[str, int], float] = {}
     try:
         deadline = time.time() + 60
-        while not (state / "status.json").exists():
-            if time.time() > deadline or agent.poll() is not None:
-                raise RuntimeError(f"agent did not start: {(workdir / 'agent.log').read_text()}")
-            time.sleep(0.05)
+        for proc, (_config, state, log_path) in zip(procs, shards, strict=True):
+            while not (state / "status.json").exists():
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"agent did not start: {log_path.read_text()}")
+                time.sleep(0.05)
         time.sleep(2.0)  # let the MQTT source subscribe
         rng = np.random.default_rng(3)
         assert broker._proc is not None
@@ -313,21 +330,23 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
             pub.loop(timeout=0.0)  # once a tick: paho's keepalive (PINGREQ) and whatever the broker sent
             tick = index // assets
             if tick == 100:  # measure resources after warm-up
-                usage_start = (_cpu_seconds(agent.pid), time.time())
+                usage_start = (sum(map(_cpu_seconds, pids)), time.time())
                 others_start = {name: _cpu_seconds(pid) for name, pid in others.items()}
             if tick % 10 == 0:
-                rss_peak = max(rss_peak, _rss_kb(agent.pid))
+                rss_peak = max(rss_peak, sum(map(_rss_kb, pids)))
         assert usage_start is not None
         elapsed = time.time() - usage_start[1]
-        cpu_share = (_cpu_seconds(agent.pid) - usage_start[0]) / elapsed
+        cpu_share = (sum(map(_cpu_seconds, pids)) - usage_start[0]) / elapsed
         # the rest of the benchmark shares the two cores with the agent: say how much of them it takes
         others_cpu = {name: round(100 * (_cpu_seconds(pid) - others_start[name]) / elapsed, 1)
                       for name, pid in others.items()}
-        rss_now = _rss_kb(agent.pid)
+        rss_now = sum(map(_rss_kb, pids))
         time.sleep(1.0)
     finally:
-        agent.terminate()
-        agent.wait(30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
         pub.disconnect()
         sub.terminate()
         sub.wait(30)
@@ -386,7 +405,7 @@ def bench_latency(workdir: Path, quick: bool, phase: str = "burst", duration: fl
                         "p99_ms": round(float(np.percentile(commit_ms, 99)), 2) if commit_ms.size else None,
                         "max_ms": round(float(commit_ms.max()), 2) if commit_ms.size else None},
                     "load": {"assets": assets, "channels": 14, "rate_hz": 10, "messages_per_s": assets * 10,
-                             "phase": phase,
+                             "phase": phase, "agent_processes": agents,
                              "window": LENGTH, "stride": stride, "duration_s": duration}},
         "resources": {"cpu_percent_of_one_core": round(100 * cpu_share, 1),
                       "others_cpu_percent_of_one_core": others_cpu,
@@ -476,21 +495,26 @@ def main() -> int:
     parser.add_argument("--device-profile", default=None,
                         help="latency runs: the agent's `device_profile` (a name in device_profiles/ or a "
                              "path; default none: the CPU provider on one thread)")
+    parser.add_argument("--agents", type=int, default=1,
+                        help="latency runs: split the assets over this many agent processes (asset a to "
+                             "process a %% N; each its own config, state directory and gateway id)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.agents < 1 or (args.trace and args.agents != 1):
+        parser.error("--agents must be at least 1, and --trace runs one agent")
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "quick": args.quick,
-                               "device_profile": args.device_profile}
+                               "device_profile": args.device_profile, "agent_processes": args.agents}
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         if args.only in (None, "throughput"):
             results["throughput"] = bench_throughput(Path(tmp), args.quick)
         if args.only in (None, "latency"):
             for phase in (("burst", "spread") if args.phase == "both" else (args.phase,)):
                 run = bench_latency(Path(tmp) / phase, args.quick, phase, args.duration, args.trace,
-                                    device_profile=args.device_profile)
+                                    device_profile=args.device_profile, agents=args.agents)
                 for key, value in run.items():
                     results.setdefault(key, {})[phase] = value
     text = json.dumps(results, indent=2)
