@@ -229,6 +229,9 @@ class CuttableProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        # a client reconnecting at once must not be cut with the connection it replaces: its pair is added
+        # only after `cut` has taken the list (the reconnect cannot start before the old connection dies)
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -238,7 +241,8 @@ class CuttableProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.pairs.append((client, upstream))
+            with self._lock:
+                self.pairs.append((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -254,11 +258,12 @@ class CuttableProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        for a, b in self.pairs:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-        self.pairs.clear()
+        with self._lock:
+            pairs, self.pairs = self.pairs, []
+            for a, b in pairs:
+                for s in (a, b):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.listener.close()
