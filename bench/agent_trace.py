@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _install(points: list[Any], spans: list[Any]) -> None:
-    from edge_agent import agentstate, storage, supervisor, windows
+    from edge_agent import agentstate, decisions, inference, pipeline, storage, supervisor, windows
 
     def wrap(owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
@@ -81,8 +81,6 @@ def _install(points: list[Any], spans: list[Any]) -> None:
     for name in ("add_alerts", "pending", "mark_delivered", "record_windows", "incr_counters", "prune"):
         wrap(storage.Store, name, name)
     wrap(storage._WalKeeper, "_checkpoint", "checkpoint")
-    from edge_agent import decisions, inference, pipeline
-
     wrap(decisions.DecisionEngine, "process_batch", "process_batch")
     wrap(pipeline.AlertWriter, "write", "alert_write")
     wrap(agentstate.AgentState, "scored_batch", "scored_batch")
