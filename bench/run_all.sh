@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reruns every benchmark behind docs/benchmarks.md and leaves its JSON in bench/results/ (about 15 minutes on
+# Reruns every benchmark behind docs/benchmarks.md and leaves its JSON in bench/results/ (about 20 minutes on
 # 2 cores). Needs the project's virtualenv (bash scripts/test.sh or scripts/demo.sh makes it) and the real
 # datasets in ../shared/data (or DATA=/path/to/data).
 set -euo pipefail
@@ -18,6 +18,8 @@ stamp "C-MAPSS FD002"
 $PY -m trainer.cli benchmark cmapss --data-dir "$DATA/cmapss" --subset FD002 --out "$WORK/fd002" > "$OUT/cmapss_fd002.json"
 stamp "SKAB"
 $PY -m trainer.cli benchmark skab --data-dir "$DATA/skab" --out "$WORK/skab" > "$OUT/skab.json"
+stamp "SKAB score kinds (development files and anomaly-free run)"
+$PY bench/skab_score_kinds.py --data-dir "$DATA/skab" --out "$OUT/skab_score_kinds.json" > /dev/null
 stamp "export fp32 vs int8 (FD001 run)"
 $PY bench/export_bench.py --run "$WORK/fd001/run" > "$OUT/export_fd001.json"
 stamp "agent throughput, latency, CPU and memory"

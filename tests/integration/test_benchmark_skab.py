@@ -262,6 +262,12 @@ def test_bad_arguments_give_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     )
     assert run_cli(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "data -> skab -> detrend_channels: unknown channel(s) ['Thermo']" in capsys.readouterr().out
+    config.write_text(
+        config.read_text().replace('"Thermo"', '"Thermocouple"') + '\n[evaluation]\nscore = "latent"\n',
+        encoding="utf-8",
+    )
+    assert run_cli(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "evaluation -> score: the SKAB benchmark scores by reconstruction error" in capsys.readouterr().out
 
 
 @pytest.mark.integration

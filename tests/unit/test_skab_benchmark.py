@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.configtools import ConfigError
 from trainer.benchmarks.skab_file import validation_mask
-from trainer.benchmarks.skab_options import SkabOptions, parse_options
+from trainer.benchmarks.skab_options import SkabOptions, check_evaluation, parse_options
 from trainer.benchmarks.skab_scoring import (
     channel_indices,
     lag1_variance_ratio,
@@ -19,6 +19,7 @@ from trainer.benchmarks.skab_scoring import (
     row_scores,
     training_row_scores,
 )
+from trainer.config import EvaluationConfig
 from trainer.data.windows import StandardScaler
 
 
@@ -124,3 +125,13 @@ def test_leaderboard_rows_of_the_outlier_table_only(tmp_path: Path) -> None:
         {"algorithm": "Conv-AE", "f1": 0.78, "far_pct": 13.55, "mar_pct": 28.02},
     ]
     assert read_leaderboard(tmp_path / "nowhere" / "deeper") == []
+
+
+def test_evaluation_settings_the_benchmark_would_ignore_are_refused() -> None:
+    check_evaluation(EvaluationConfig())  # auto, none: the defaults
+    check_evaluation(EvaluationConfig(score="reconstruction", score_baseline="auto"))
+    refused = r"cfg.toml: evaluation -> score: .*reconstruction.*\(value: 'elbo'\)"
+    with pytest.raises(ConfigError, match=refused):
+        check_evaluation(EvaluationConfig(score="elbo"), "cfg.toml")
+    with pytest.raises(ConfigError, match=r"evaluation -> score_baseline: .*\(value: 'per_asset_initial'\)"):
+        check_evaluation(EvaluationConfig(score_baseline="per_asset_initial"))

@@ -44,7 +44,13 @@ import numpy as np
 
 from edge_agent.configtools import ConfigError
 from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file
-from trainer.benchmarks.skab_options import DEFAULT_CONFIG, MODELS, SkabOptions, parse_options
+from trainer.benchmarks.skab_options import (
+    DEFAULT_CONFIG,
+    MODELS,
+    SkabOptions,
+    check_evaluation,
+    parse_options,
+)
 from trainer.benchmarks.skab_outputs import export_run_dirs, save_vae_models, summarise, write_outputs
 from trainer.benchmarks.skab_scoring import read_leaderboard
 from trainer.benchmarks.skab_select import Candidate, choose, in_subset
@@ -131,6 +137,7 @@ def run_benchmark(
     (`export_run_dirs`); the metrics and scores do not depend on it."""
     generic = config.data.generic.options if config.data.generic is not None else {}
     options = parse_options(generic)
+    check_evaluation(config.evaluation, config.source_path or None)
     if export_runs is not None and "vae" not in models:
         raise ValueError("--export-runs writes the VAE's run directories: include vae in --models")
     if export_margin is not None and not export_margin > 0:
