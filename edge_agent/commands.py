@@ -118,14 +118,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if config is None:
         return 1
-    if not args.no_bundle:
-        try:
+    try:
+        _check_source_files(config)
+        if not args.no_bundle:
             _check_bundle(config)
-        except (ConfigError, BundleError) as exc:
-            print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
-            return 1
+    except (ConfigError, BundleError) as exc:
+        print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.config}: OK ({len(config.sources)} sources, {len(config.assets)} assets)")
     return 0
+
+
+def _check_source_files(config: Any) -> None:
+    """Files the sources read when they start (replay recordings): readable, with the configured columns."""
+    for source in config.sources.values():
+        check = getattr(source.settings, "check_file", None)
+        if check is not None:
+            try:
+                check(f"sources -> {source.name}")
+            except ConfigError as exc:
+                raise (exc.with_source(config.source) if config.source else exc) from None
 
 
 def _check_bundle(config: Any) -> None:
@@ -148,7 +160,10 @@ def read_status(config: Any) -> dict[str, Any]:
     """The running agent's status file, with the outbox backlog and episodes taken from the database."""
     status: dict[str, Any] = {"running": False}
     try:
-        status.update(json.loads(config.status_path.read_text()))
+        written = json.loads(config.status_path.read_text())
+        if not isinstance(written, dict):
+            raise ValueError(f"expected a JSON object, got {type(written).__name__}")
+        status.update(written)
     except FileNotFoundError:
         status["error"] = f"no status file at {config.status_path} (has the agent run?)"
     except (OSError, ValueError) as exc:
@@ -179,7 +194,7 @@ def _from_database(path: Path) -> dict[str, Any]:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
     except sqlite3.Error as exc:
-        return {"database_error": str(exc)}
+        return {"database_error": f"{path}: {exc}"}
     try:
         pending = "SELECT count(*) FROM outbox WHERE delivered_ts IS NULL AND rejected IS NULL"
         out["outbox_backlog"] = conn.execute(pending).fetchone()[0]
@@ -187,7 +202,7 @@ def _from_database(path: Path) -> dict[str, Any]:
         out["outbox_rejected"] = conn.execute(rejected).fetchone()[0]
         out["counters_total"] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
     except sqlite3.Error as exc:
-        out["database_error"] = str(exc)
+        out["database_error"] = f"{path}: {exc}"
     finally:
         conn.close()
     return out
@@ -202,38 +217,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
-    return 0 if "error" not in status else 1
+    return 0 if "error" not in status and "database_error" not in status else 1
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """Human-readable status."""
+    """Human-readable status (parts of a status file that are not what the agent writes are left out)."""
     lines = []
     if "error" in status:
         lines.append(status["error"])
+    if "database_error" in status:
+        lines.append(f"state database unreadable: {status['database_error']}")
     updated = status.get("updated_at")
     age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
     lines.append(f"agent: {'running' if status.get('running') else 'not running'}{age}")
-    bundle = status.get("bundle") or {}
+    bundle = _table(status.get("bundle"))
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
-    sink = status.get("sink") or {}
+    sink = _table(status.get("sink"))
     lines.append(f"upstream: {sink.get('kind', '-')} {sink.get('state', '')}; outbox backlog: "
                  f"{status.get('outbox_backlog', '-')}"
                  + (f"; rejected by the broker: {status['outbox_rejected']}"
                     if status.get("outbox_rejected") else ""))
-    for name, asset in sorted((status.get("assets") or {}).items()):
+    for name, entry in sorted(_table(status.get("assets")).items()):
+        asset = _table(entry)
         score = asset.get("last_score")
         shown = f"{score:.4g}" if isinstance(score, int | float) else "-"
         lines.append(f"asset {name}: model {asset.get('model')} score {shown} / {asset.get('threshold')} "
                      f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''} "
                      f"stale windows {asset.get('stale_windows', 0)}")
-    for episode in status.get("open_episodes") or []:
+    episodes = status.get("open_episodes")
+    for episode in (e for e in (episodes if isinstance(episodes, list) else []) if isinstance(e, dict)):
         lines.append(f"open episode {episode.get('episode_id')}: {episode.get('asset')}/"
                      f"{episode.get('model')} {episode.get('severity')}")
-    for name, source in sorted((status.get("sources") or {}).items()):
+    for name, entry in sorted(_table(status.get("sources")).items()):
+        source = _table(entry)
         lines.append(f"source {name} ({source.get('type')}): {source.get('state')}, received "
                      f"{source.get('received')}, invalid {source.get('invalid')}, "
                      f"dropped {source.get('dropped')}")
-    counters = status.get("counters") or {}
+    counters = _table(status.get("counters"))
     if counters:
         lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     return "\n".join(lines)

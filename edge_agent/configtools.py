@@ -8,6 +8,7 @@ or a wrong type is reported the same way everywhere:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +123,9 @@ class Section:
 def check_type(value: Any, kind: type[T], path: str) -> T:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # type: ignore[return-value]
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML has nan and inf; no setting means "never" by them, and NaN passes every range check
+        raise ConfigError(path, "expected a finite number", value)
     if kind is int and isinstance(value, bool):
         raise ConfigError(path, "expected an integer, got a boolean", value)
     if not isinstance(value, kind):

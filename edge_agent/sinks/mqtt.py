@@ -40,7 +40,7 @@ from edge_agent.mqttloop import (
     settle_connack,
 )
 from edge_agent.sinks.payload import alert_topic, status_payload
-from edge_agent.sources.base import SecretRef, read_secret, secret_file
+from edge_agent.sources.base import SecretRef, existing_secret, read_secret
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
@@ -117,10 +117,7 @@ class MqttUpstreamConfig:
         if (password_ref := section.optional("password_file", str)) is not None:
             # `credential:NAME` or a path; under `${CREDENTIALS_DIRECTORY}` it is located when connecting
             # if that variable is unset now (status, doctor, bundle install run from a shell)
-            password_file = secret_file(password_ref, section.key_path("password_file"), base_dir)
-            if isinstance(password_file, Path) and not password_file.is_file():
-                raise ConfigError(section.key_path("password_file"), f"file not found: {password_file}",
-                                  password_ref)
+            password_file = existing_secret(password_ref, section.key_path("password_file"), base_dir)
         if password_file is not None and username is None:
             raise ConfigError(section.key_path("password_file"), "needs `username` as well")
         config = cls(

@@ -275,6 +275,15 @@ def secret_file(value: str, key_path: str, base_dir: Path) -> Path | SecretRef:
     return _locate_secret(value, key_path, base_dir, defer=True)
 
 
+def existing_secret(value: str, key_path: str, base_dir: Path) -> Path | SecretRef:
+    """`secret_file`, and a plain file path must name a file now (`check-config` then catches a typo,
+    rather than `run` failing at every connect)."""
+    located = secret_file(value, key_path, base_dir)
+    if isinstance(located, Path) and not located.is_file():
+        raise ConfigError(key_path, f"file not found: {located}", value)
+    return located
+
+
 def _locate_secret(value: str, key_path: str, base_dir: Path, *, defer: bool) -> Path | SecretRef:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if value.startswith("credential:"):

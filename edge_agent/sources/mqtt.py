@@ -41,7 +41,14 @@ from edge_agent.mqttloop import (
     connect_on_loop,
     settle_connack,
 )
-from edge_agent.sources.base import RateLimitedLog, SecretRef, Source, read_secret, secret_file, secret_path
+from edge_agent.sources.base import (
+    RateLimitedLog,
+    SecretRef,
+    Source,
+    existing_secret,
+    read_secret,
+    secret_path,
+)
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
     LineFormatError,
@@ -54,6 +61,23 @@ from edge_agent.types import Reading
 log = logging.getLogger(__name__)
 
 PAYLOADS = ("json", "number")
+
+
+def check_topic_filter(topic: str, path: str) -> None:
+    """An MQTT topic filter the broker accepts (MQTT 3.1.1 section 4.7): not empty, at most 65535 bytes of
+    UTF-8 without NUL, `+` a whole level, `#` the whole last level. paho refuses anything else only when
+    subscribing, which would fail the source at every connect instead of in `check-config`."""
+    if not topic:
+        raise ConfigError(path, "a topic filter cannot be empty", topic)
+    if "\x00" in topic or len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        shown = topic if len(topic) <= 100 else topic[:100] + "..."
+        raise ConfigError(path, "a topic filter is at most 65535 bytes of UTF-8, without NUL", shown)
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ConfigError(path, "'#' must be a whole level and the last one (e.g. plant/#)", topic)
+        if "+" in level and level != "+":
+            raise ConfigError(path, "'+' must be a whole level (e.g. plant/+/telemetry)", topic)
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,7 @@ class MqttSourceConfig:
             raise ConfigError(section.key_path("topics"), "must name at least one topic", raw_topics)
         for topic, target in topics.items():
             path = join(section.key_path("topics"), topic)
+            check_topic_filter(topic, path)
             if payload == "number" and ("+" in topic or "#" in topic):
                 raise ConfigError(path, "wildcards cannot map to one field; list exact topics", topic)
             if payload == "number" and not target:
@@ -122,12 +147,16 @@ class MqttSourceConfig:
             raise ConfigError(tls.path, "cert and key must be given together")
 
         def resolve(value: str | None, path: str) -> Path | SecretRef | None:
-            return None if value is None else secret_file(value, path, base_dir)
+            return None if value is None else existing_secret(value, path, base_dir)
+
+        username = section.optional("username", str)
+        if password is not None and username is None:
+            raise ConfigError(section.key_path("password_file"), "needs `username` as well")
 
         return cls(
             host=section.get("host", str), topics=topics, payload=payload, fields=fields,
             port=section.integer("port", 1883, minimum=1, maximum=65535),
-            client_id=section.get("client_id", str, ""), username=section.optional("username", str),
+            client_id=section.get("client_id", str, ""), username=username,
             password_file=resolve(password, section.key_path("password_file")),
             tls=use_tls, tls_ca=resolve(ca, join(tls.path, "ca")),
             tls_cert=resolve(cert, join(tls.path, "cert")),

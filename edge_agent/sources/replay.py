@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.configtools import ConfigError, Section
+from edge_agent.configtools import ConfigError, Section, join
 from edge_agent.sources.base import Source
 from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
@@ -76,6 +76,19 @@ class ReplayConfig:
 
     def field_names(self) -> tuple[str, ...]:
         return tuple(self.fields)
+
+    def check_file(self, key_path: str) -> None:
+        """The file can be read and has every column the config names (`check-config` runs this; loading
+        the config does not, so `status` still works while a recording is away)."""
+        header = read_header(self.path, join(key_path, "path"))
+        if self.timestamp_field is not None and self.timestamp_field not in header:
+            raise ConfigError(join(key_path, "timestamp_field"),
+                              f"no such column in {self.path} (columns: {', '.join(header)})",
+                              self.timestamp_field)
+        missing = [column for column in self.fields.values() if column not in header]
+        if missing:
+            raise ConfigError(join(key_path, "fields"),
+                              f"column(s) not in {self.path} (columns: {', '.join(header)})", missing)
 
 
 def read_header(path: Path, key_path: str) -> list[str]:

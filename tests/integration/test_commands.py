@@ -40,6 +40,29 @@ def test_check_config_exit_codes(tmp_path: Path, state_dir: Path, capsys: pytest
     assert f"{config}: gateway -> colour: unknown key (value: 1)" in capsys.readouterr().err
 
 
+def test_check_config_reads_replay_recordings(tmp_path: Path, state_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay source with `fields` given is not read when the config loads (so `status` works while a
+    recording is away), but `check-config` (the unit's ExecStartPre) reads its header."""
+    bundle, keys = make_bundle(tmp_path)
+    recording = tmp_path / "rec.csv"
+    source = {"type": "replay", "path": str(recording), "fields": ["flow", "pressure"],
+              "timestamp_field": "ts"}
+    config = write_config(tmp_path, state_dir, bundle, keys, {"rec": source}, {"pump-3": serial_asset("rec")})
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert (f"{config}: sources -> rec -> path: cannot read replay file: No such file or directory "
+            f"(value: '{recording}')") in capsys.readouterr().err
+    recording.write_text("ts,flow,pres\n0,1,2\n")
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert ("sources -> rec -> fields: column(s) not in " + str(recording) + " (columns: ts, flow, pres) "
+            "(value: ['pressure'])") in capsys.readouterr().err
+    recording.write_text("time,flow,pressure\n0,1,2\n")
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert "sources -> rec -> timestamp_field: no such column" in capsys.readouterr().err
+    recording.write_text("ts,flow,pressure\n0,1,2\n")
+    assert main(["check-config", "--config", str(config)]) == 0
+
+
 def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_dir: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     bundle, keys = make_bundle(tmp_path)
@@ -72,3 +95,23 @@ def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_d
     finally:
         if agent.proc.poll() is None:
             agent.kill()
+
+
+def test_status_names_an_unreadable_database_and_status_file(tmp_path: Path, state_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "status.json").write_text(json.dumps({"pid": 1, "sources": ["not", "a", "table"],
+                                                       "assets": {"pump-3": 7}}))
+    (state_dir / "agent.db").write_text("garbage, not SQLite\n")
+    assert main(["status", "--config", str(config)]) == 1
+    text = capsys.readouterr().out
+    assert f"state database unreadable: {state_dir / 'agent.db'}: file is not a database" in text
+    assert "asset pump-3: model None" in text  # the parts that are not what the agent writes: left out
+    assert main(["status", "--json", "--config", str(config)]) == 1
+    assert "file is not a database" in json.loads(capsys.readouterr().out)["database_error"]
+    (state_dir / "status.json").write_text("[1, 2]")
+    assert main(["status", "--config", str(config)]) == 1
+    assert "expected a JSON object, got list" in capsys.readouterr().out

@@ -95,6 +95,28 @@ def error_for(mutate: Any, tmp_path: Path) -> str:
     (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "payload": "number",
                                       "topics": {"a/+/c": "x"}}),
      "sources -> m -> topics -> a/+/c: wildcards cannot map to one field"),
+    # a filter paho would refuse only when subscribing, failing the source at every connect
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["plant/#/bad"],
+                                      "fields": ["flow"]}),
+     "sources -> m -> topics -> plant/#/bad: '#' must be a whole level and the last one"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["a/b+"], "fields": ["flow"]}),
+     "sources -> m -> topics -> a/b+: '+' must be a whole level"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": [""], "fields": ["flow"]}),
+     "a topic filter cannot be empty"),
+    # source secrets are checked as [mqtt]'s are
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
+                                      "username": "u", "password_file": "/nonexistent/pw"}),
+     "sources -> m -> password_file: file not found: /nonexistent/pw"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
+                                      "password_file": "credential:pw"}),
+     "sources -> m -> password_file: needs `username` as well"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
+                                      "tls": {"ca": "/nonexistent/ca.pem"}}),
+     "sources -> m -> tls -> ca: file not found: /nonexistent/ca.pem"),
+    # TOML has nan and inf: NaN passes every range check, so numbers must be finite
+    (lambda d: d["assets"]["pump-3"].update(staleness_s=float("nan")),
+     "assets -> pump-3 -> staleness_s: expected a finite number (value: nan)"),
+    (lambda d: d.update(status_interval_s=float("inf")), "status_interval_s: expected a finite number"),
 ])
 def test_errors_name_key_path_and_value(mutate: Any, expected: str, tmp_path: Path) -> None:
     assert expected in error_for(mutate, tmp_path)
