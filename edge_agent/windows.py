@@ -15,8 +15,11 @@ windows.
 Timestamps are checked against the asset's own timeline, not a wall clock (replays and simulators send old
 or accelerated times): a reading more than `max_jump_s` (default one day) after or before the newest
 accepted one is dropped and counted (`readings_out_of_range`), so one garbage timestamp cannot push the grid
-years ahead. After `REANCHOR_AFTER` consecutive such readings that agree with each other (a real clock jump),
-the asset starts a fresh grid at the new time (logged).
+years ahead. So is a reading behind the grid: older than the last grid point already emitted by more than
+`staleness_s`, it could only ever be stale (a device clock stepped back, or one reading ahead of the others
+moved the grid forward). After `REANCHOR_AFTER` consecutive dropped readings that agree with each other (a
+real clock jump), the asset starts a fresh grid at the new time (logged); an in-range reading in between
+starts the count again, so a source lagging behind another one on the same asset does not move the grid.
 """
 
 from __future__ import annotations
@@ -102,22 +105,32 @@ class AssetAligner:
         """Whether a reading at `ts` fits the asset's timeline (see the module docstring); counts drops."""
         latest = self._latest_ts
         limit = self.spec.max_jump_s
-        if not math.isfinite(latest) or latest - limit <= ts <= latest + limit:
+        if not math.isfinite(latest):
             self._jumps = 0
             return True
+        if latest - limit <= ts <= latest + limit:
+            emitted = self._time_of(self._next_index - 1) if self._next_index else -math.inf
+            if ts >= emitted - self.spec.staleness_s:
+                self._jumps = 0
+                return True
+            why = (f"{emitted - ts:.0f} s behind its window grid ({emitted:.3f}; staleness_s "
+                   f"{self.spec.staleness_s:g})")
+        else:
+            why = f"{ts - latest:.0f} s from its timeline ({latest:.3f}; max_jump_s {limit:g})"
         self._jumps = self._jumps + 1 if self._jumps and abs(ts - self._jump_ts) <= limit else 1
         self._jump_ts = ts
         if self._jumps >= REANCHOR_AFTER:
-            log.warning("asset %s: %d readings in a row at %.3f, %.0f s from its timeline (%.3f): starting a "
-                        "new window grid there", self.spec.asset, self._jumps, ts, ts - latest, latest)
             self.stats.reanchors += 1
+            if self.stats.reanchors <= 10 or self.stats.reanchors % 100 == 0:
+                log.warning("asset %s: %d readings in a row at %.3f, %s: starting a new window grid there "
+                            "(re-anchored %d times)", self.spec.asset, self._jumps, ts, why,
+                            self.stats.reanchors)
             self._jumps = 0
             self._reset()
             return True
         self.stats.out_of_range += 1
         if self.stats.out_of_range == 1 or self.stats.out_of_range % 1000 == 0:
-            log.warning("asset %s: reading at %.3f dropped, %.0f s from its timeline (%.3f; max_jump_s %g); "
-                        "%d dropped so far", self.spec.asset, ts, ts - latest, latest, limit,
+            log.warning("asset %s: reading at %.3f dropped, %s; %d dropped so far", self.spec.asset, ts, why,
                         self.stats.out_of_range)
         return False
 

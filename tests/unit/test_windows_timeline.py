@@ -75,3 +75,56 @@ def test_milliseconds_sent_as_seconds_are_rejected_at_the_source() -> None:
     assert parse_timestamp(1.7e12, "unix_ms") == pytest.approx(1.7e9)
     with pytest.raises(LineFormatError, match="outside"):
         parse_timestamp(-5.0, "unix_s")
+
+
+def test_a_clock_stepped_back_within_max_jump_re_anchors() -> None:
+    """A device clock stepped back two hours (within max_jump_s): the readings lie behind the window grid and
+    could only ever be stale. They are dropped and counted, and the consecutive ones re-anchor the grid,
+    instead of leaving the asset unscored for two hours with nothing logged."""
+    w = windower(max_jump_s=86_400.0)
+    assert feed(w, 1_700_000_000.0, 10) == 4
+    windows = feed(w, 1_700_000_000.0 - 7200.0, 40)
+    assert w.out_of_range() == REANCHOR_AFTER - 1
+    assert w.aligners["pump"].stats.reanchors == 1
+    assert windows == (40 - (REANCHOR_AFTER - 1) - 4) // 2 + 1
+
+
+def test_one_reading_ahead_within_max_jump_costs_a_re_anchor_not_an_hour() -> None:
+    """One reading an hour ahead (within max_jump_s) moves the grid forward; the correct readings after it
+    are behind that grid, so after REANCHOR_AFTER of them the grid goes back to their time."""
+    w = windower(max_jump_s=86_400.0)
+    start = 1_700_000_000.0
+    feed(w, start, 10)
+    w.push(Reading("s", start + 10 + 3600.0, {"a": 1.0, "b": 2.0}))
+    windows = feed(w, start + 10, 60)
+    assert w.aligners["pump"].stats.reanchors == 1
+    assert w.out_of_range() == REANCHOR_AFTER - 1
+    assert windows == (60 - (REANCHOR_AFTER - 1) - 4) // 2 + 1
+
+
+def test_a_late_reading_within_staleness_is_still_held() -> None:
+    w = Windower([AssetWindowSpec(asset="pump", model="m", inputs=(("s", "a"), ("t", "b")), window_length=4,
+                                  stride=2, sample_period_s=1.0, staleness_s=3.0)])
+    windows = []
+    for i in range(20):  # source t's samples arrive 2 s late (within staleness): still fresh, never dropped
+        windows += w.push(Reading("s", 100.0 + i, {"a": 1.0}))
+        windows += w.push(Reading("t", 100.0 + i - 2.0, {"b": 2.0}))
+    assert w.out_of_range() == 0
+    # windows end at 103, 105, ..., 119; only the first is stale (its point 100 was cut before t's first
+    # sample arrived)
+    assert [win.end_ts for win in windows] == [105.0 + 2 * k for k in range(8)]
+    assert w.counters()["stale_windows"] == 1
+
+
+def test_a_source_lagging_past_staleness_does_not_move_the_grid() -> None:
+    """Source t lags 10 s behind source s on the same asset: its readings can only be stale, so they are
+    dropped and counted, and the windows are stale as they would be anyway; s's readings in between keep
+    the grid where it is (no re-anchor back and forth)."""
+    w = Windower([AssetWindowSpec(asset="pump", model="m", inputs=(("s", "a"), ("t", "b")), window_length=4,
+                                  stride=2, sample_period_s=1.0, staleness_s=3.0)])
+    for i in range(5 * REANCHOR_AFTER):
+        w.push(Reading("s", 100.0 + i, {"a": 1.0}))
+        w.push(Reading("t", 100.0 + i - 10.0, {"b": 2.0}))
+    assert w.aligners["pump"].stats.reanchors == 0
+    assert w.out_of_range() >= 5 * REANCHOR_AFTER - 10
+    assert w.counters()["windows"] == 0
