@@ -24,7 +24,7 @@ from typing import Any
 from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section, join
 from edge_agent.decisions import DecisionConfig
-from edge_agent.sinks.mqtt import MqttUpstreamConfig
+from edge_agent.sinks.mqtt import MqttUpstreamConfig, upstream_client_id
 from edge_agent.sources import SOURCES
 from edge_agent.storage import RetentionConfig
 from edge_agent.types import GatewayIdentity
@@ -141,6 +141,7 @@ class AgentConfig:
         decisions = DecisionConfig.from_section(top.section("decisions", {}))
         logging_cfg = _logging(top.section("logging", {}))
         top.finish()
+        _check_client_ids(sources, mqtt, identity)
         return cls(identity=identity, state_dir=state_dir, device_profile=profile, bundle=bundle,
                    sources=sources, assets=assets, mqtt=mqtt, retention=retention, decisions=decisions,
                    logging=logging_cfg, status_interval_s=status_interval, source=source)
@@ -206,6 +207,27 @@ def _check_profile(name: str, path: str) -> None:
         load_profile(name)
     except ConfigError as exc:
         raise ConfigError(path, f"device profile cannot be loaded: {exc}", name) from exc
+
+
+def _check_client_ids(sources: Mapping[str, SourceConfig], mqtt: MqttUpstreamConfig | None,
+                      identity: GatewayIdentity) -> None:
+    """No two of the agent's MQTT clients may connect to one broker with the same client id: the broker
+    drops the older connection whenever the other connects, and the two reconnect against each other for
+    ever (the status topic flapping offline/online for SCADA)."""
+    clients: dict[tuple[str, int, str], str] = {}
+    if mqtt is not None:
+        clients[(mqtt.host, mqtt.port, upstream_client_id(mqtt, identity))] = "mqtt -> client_id"
+    for name, source in sources.items():
+        settings = source.settings
+        if source.kind != "mqtt" or not settings.client_id:  # empty: the broker-unique id paho makes up
+            continue
+        key = (settings.host, settings.port, settings.client_id)
+        path = join(join("sources", name), "client_id")
+        if key in clients:
+            raise ConfigError(path, f"the same client id as {clients[key]} on {settings.host}:"
+                              f"{settings.port}; the broker would keep disconnecting one of them",
+                              settings.client_id)
+        clients[key] = path
 
 
 def _bundle(section: Section, base_dir: Path) -> BundleConfig:
@@ -329,3 +351,24 @@ def check_against_manifest(config: AgentConfig, manifest: Any) -> None:
         if spec.modality != "timeseries":
             raise ConfigError(path, f"asset {asset.name!r}: model {asset.model!r} is {spec.modality!r}; "
                               "only timeseries models can be fed from these sources", source=config.source)
+    _check_debounce_override(config, manifest)
+
+
+def _check_debounce_override(config: AgentConfig, manifest: Any) -> None:
+    """`[decisions.debounce]` given in part combines with each used model's own `k`/`n`: k must not exceed
+    n there either (taken as is, the decision engine would have to swap them)."""
+    decisions = config.decisions
+    if decisions.debounce_k is None and decisions.debounce_n is None:
+        return
+    for name in dict.fromkeys(asset.model for asset in config.assets.values()):
+        debounce = getattr(manifest.model(name), "debounce", None)
+        if debounce is None:
+            continue
+        k = decisions.debounce_k or int(debounce.k)
+        n = decisions.debounce_n or int(debounce.n)
+        if k > n:
+            key = "k" if decisions.debounce_k is not None else "n"
+            raise ConfigError(f"decisions -> debounce -> {key}",
+                              f"with model {name!r} of bundle {manifest.name} {manifest.version} this gives "
+                              f"k = {k} of n = {n} windows (k must not exceed n; set both)",
+                              decisions.debounce_k if key == "k" else decisions.debounce_n, config.source)

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.bundle import Bundle, SigningKeyError, read_bundle
 from edge_agent.config import AgentConfig, check_against_manifest
+from edge_agent.configtools import ConfigError
 from edge_agent.inference import ProviderSettings
 from edge_agent.sinks.console import ConsoleSink
 from edge_agent.sinks.mqtt import MqttUpstream
@@ -76,6 +77,9 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
     keys = config.bundle.verify_keys
     try:
         bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
+    except SigningKeyError as exc:  # the configured keys, not the bundle: name the key
+        shutil.rmtree(target, ignore_errors=True)
+        raise ConfigError("bundle -> trusted_keys", str(exc), str(keys), config.source) from exc
     except Exception:
         shutil.rmtree(target, ignore_errors=True)
         raise

@@ -126,8 +126,13 @@ class Supervisor:
                 loop.add_signal_handler(signum, handler)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config.pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            self.config.pid_path.write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise ConfigError("state_dir", f"cannot write the state directory: {exc.strerror or exc} "
+                              "(StateDirectory= in the unit makes it)", str(self.config.state_dir),
+                              self.config.source) from exc
         try:
             while True:
                 restart = await self._run_pipeline()

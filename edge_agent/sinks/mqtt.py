@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import ssl
+import string
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -137,13 +138,26 @@ class MqttUpstreamConfig:
         return config
 
 
+def upstream_client_id(config: MqttUpstreamConfig, identity: GatewayIdentity) -> str:
+    """The upstream connection's client id: `client_id`, else `edge-agent-<gateway id>`."""
+    return config.client_id or f"edge-agent-{identity.gateway_id}"
+
+
 def _template(section: Section, key: str, default: str, fields: dict[str, str]) -> str:
+    """A topic template: text with plain `{name}` placeholders of `fields` (no attributes, indexes, format
+    specs or conversions, which would render unexpected topics or fail when an alert is sent)."""
     value = section.get(key, str, default)
+    allowed = ", ".join("{" + name + "}" for name in fields)
     try:
-        rendered = value.format(**fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(section.key_path(key), f"bad placeholder {exc} (allowed: "
-                          + ", ".join("{" + name + "}" for name in fields) + ")", value) from exc
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:  # an unmatched { or }
+        raise ConfigError(section.key_path(key), f"{exc} (placeholders: {allowed}; {{{{ for a brace)",
+                          value) from exc
+    for _text, name, spec, conversion in parts:
+        if name is not None and (name not in fields or spec or conversion):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ConfigError(section.key_path(key), f"bad placeholder {shown} (allowed: {allowed})", value)
+    rendered = value.format(**fields)
     if any(ch in rendered for ch in "+#\0") or not rendered:
         raise ConfigError(section.key_path(key), "a topic must not be empty or contain + # or NUL", value)
     return value
@@ -259,8 +273,8 @@ class MqttUpstream:
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         v5 = cfg.protocol == "5"
-        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or
-                                f"edge-agent-{self.identity.gateway_id}",
+        client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2,
+                                client_id=upstream_client_id(cfg, self.identity),
                                 protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                                 clean_session=None if v5 else True, reconnect_on_failure=False)
         if cfg.username is not None:

@@ -127,6 +127,11 @@ class MqttSourceConfig:
                 raise ConfigError(path, "needs a field name", target)
             if "." in target and payload == "json":
                 raise ConfigError(path, "a prefix cannot contain '.'", target)
+        for json_only in ("timestamp_field", "timestamp_format", "fields"):
+            if payload == "number" and json_only in section:
+                raise ConfigError(section.key_path(json_only), "only applies to payload = \"json\" (a "
+                                  "number payload carries no timestamp: its arrival time is used)",
+                                  section.raw(json_only))
         fields: dict[str, str] = {}
         if payload == "json":
             raw_fields = section.raw("fields")

@@ -38,6 +38,10 @@ def test_check_config_exit_codes(tmp_path: Path, state_dir: Path, capsys: pytest
     config.write_text(text.replace("[gateway]", "[gateway]\ncolour = 1"))
     assert main(["check-config", "--config", str(config)]) == 1
     assert f"{config}: gateway -> colour: unknown key (value: 1)" in capsys.readouterr().err
+    config.write_text(text.replace(str(keys), str(tmp_path / "no-keys")))
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert (f"{config}: bundle -> trusted_keys: {tmp_path / 'no-keys'}: cannot read public key: No such file "
+            f"or directory (value: '{tmp_path / 'no-keys'}')") in capsys.readouterr().err
 
 
 def test_check_config_reads_replay_recordings(tmp_path: Path, state_dir: Path,
@@ -115,3 +119,18 @@ def test_status_names_an_unreadable_database_and_status_file(tmp_path: Path, sta
     (state_dir / "status.json").write_text("[1, 2]")
     assert main(["status", "--config", str(config)]) == 1
     assert "expected a JSON object, got list" in capsys.readouterr().out
+
+
+def test_run_names_a_state_directory_it_cannot_write(tmp_path: Path) -> None:
+    bundle, keys = make_bundle(tmp_path)
+    state_dir = Path("/proc/edge-agent-test")  # cannot be created, not even by root
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})
+    agent = AgentProcess(config, state_dir)
+    try:
+        assert agent.proc.wait(30) == 1
+        assert (f"cannot start: {config}: state_dir: cannot write the state directory: No such file or "
+                f"directory") in agent.log()
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -338,8 +339,15 @@ def test_config_parsing_resolves_files_and_rejects_bad_templates(tmp_path: Path,
     assert cfg.tls == TlsConfig(ca=tmp_path / "ca.pem")
     assert cfg.password_file == creds / "mqtt-password"
     assert "pw" not in repr(cfg)
-    with pytest.raises(ConfigError, match=r"mqtt -> alert_topic_template: bad placeholder 'plant'"):
-        MqttUpstreamConfig.from_section(Section({"host": "b", "alert_topic_template": "{plant}/x"}, "mqtt"),
+    for template, shown in (("{plant}/x", "{plant}"), ("{site.foo}/{asset}", "{site.foo}"),
+                            ("{site[0]}/x", "{site[0]}"), ("{site:>300}/x", "{site:>300}"),
+                            ("{site!r}/x", "{site!r}")):
+        with pytest.raises(ConfigError, match=rf"mqtt -> alert_topic_template: bad placeholder "
+                                              rf"{re.escape(shown)} \(allowed: {{site}}, "):
+            MqttUpstreamConfig.from_section(Section({"host": "b", "alert_topic_template": template}, "mqtt"),
+                                            tmp_path)
+    with pytest.raises(ConfigError, match=r"mqtt -> alert_topic_template: Single '}' encountered"):
+        MqttUpstreamConfig.from_section(Section({"host": "b", "alert_topic_template": "a}/b"}, "mqtt"),
                                         tmp_path)
     with pytest.raises(ConfigError, match=r"mqtt -> tls -> cert: file not found"):
         MqttUpstreamConfig.from_section(Section({"host": "b", "tls": {"cert": "nope.pem"}}, "mqtt"), tmp_path)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.bundle.manifest import Debounce
 from edge_agent.compat import tomllib
 from edge_agent.config import AgentConfig, check_against_manifest
 from edge_agent.configtools import ConfigError
@@ -103,6 +104,21 @@ def error_for(mutate: Any, tmp_path: Path) -> str:
      "sources -> m -> topics -> a/b+: '+' must be a whole level"),
     (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": [""], "fields": ["flow"]}),
      "a topic filter cannot be empty"),
+    (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "payload": "number",
+                                      "topics": {"a/b": "x"}, "timestamp_field": "ts"}),
+     "sources -> m -> timestamp_field: only applies to payload = \"json\""),
+    # two of the agent's clients with one id on one broker would disconnect each other for ever
+    (lambda d: (d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
+                                       "client_id": "gw-1"}),
+                d.update(mqtt={"host": "h", "client_id": "gw-1"})),
+     "sources -> m -> client_id: the same client id as mqtt -> client_id on h:1883"),
+    (lambda d: (d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
+                                       "client_id": "edge-agent-gw"}), d.update(mqtt={"host": "h"})),
+     "sources -> m -> client_id: the same client id as mqtt -> client_id"),  # the upstream's default id
+    (lambda d: d["sources"].update(
+        m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"], "client_id": "c"},
+        n={"type": "mqtt", "host": "h", "topics": ["u"], "fields": ["flow"], "client_id": "c"}),
+     "sources -> n -> client_id: the same client id as sources -> m -> client_id on h:1883"),
     # source secrets are checked as [mqtt]'s are
     (lambda d: d["sources"].update(m={"type": "mqtt", "host": "h", "topics": ["t"], "fields": ["flow"],
                                       "username": "u", "password_file": "/nonexistent/pw"}),
@@ -161,6 +177,22 @@ def test_assets_checked_against_the_bundle(tmp_path: Path) -> None:
         check_against_manifest(config, _Manifest(_Model("pump", ("pressure", "flow", "vibration"))))
 
 
+def test_a_partial_debounce_override_must_fit_each_models_debounce(tmp_path: Path) -> None:
+    model = _Model("pump", ("pressure", "flow"))
+    model.debounce = Debounce(k=2, n=3, clear_windows=3)  # type: ignore[attr-defined]
+    check_against_manifest(load({**MINIMAL, "decisions": {"debounce": {"k": 3}}}, tmp_path), _Manifest(model))
+    config = load({**MINIMAL, "decisions": {"debounce": {"k": 5}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"decisions -> debounce -> k: with model 'pump' of bundle b 1 this "
+                                          r"gives k = 5 of n = 3 windows \(k must not exceed n; set both\) "
+                                          r"\(value: 5\)"):
+        check_against_manifest(config, _Manifest(model))
+    with pytest.raises(ConfigError, match=r"decisions -> debounce -> n: .*k = 2 of n = 1 windows"):
+        check_against_manifest(load({**MINIMAL, "decisions": {"debounce": {"n": 1}}}, tmp_path),
+                               _Manifest(model))
+    check_against_manifest(load({**MINIMAL, "decisions": {"debounce": {"k": 5, "n": 6}}}, tmp_path),
+                           _Manifest(model))
+
+
 def test_example_is_valid_toml() -> None:
     assert "gateway" in tomllib.loads(EXAMPLE.read_text())
 
@@ -206,3 +238,11 @@ def test_credentials_are_resolved_when_connecting_not_at_load(tmp_path: Path,
         AgentConfig.load(tmp_path / "agent.toml")
     with pytest.raises(ConfigError, match=r"credential name must be a plain file name"):
         load({**MINIMAL, "mqtt": {"host": "b", "username": "u", "password_file": "credential:a/b"}}, tmp_path)
+
+
+def test_one_client_id_on_different_brokers_is_fine(tmp_path: Path) -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["sources"]["m"] = {"type": "mqtt", "host": "plant", "topics": ["t"], "fields": ["flow"],
+                            "client_id": "gw-1"}
+    data["mqtt"] = {"host": "scada", "client_id": "gw-1"}
+    assert load(data, tmp_path).sources["m"].settings.client_id == "gw-1"
