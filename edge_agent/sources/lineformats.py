@@ -72,7 +72,13 @@ def parse_timestamp(raw: object, fmt: str) -> float:
             raise LineFormatError(f"timestamp {raw!r} is not ISO 8601") from exc
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
+        try:
+            stamp = parsed.timestamp()
+        except (OverflowError, ValueError) as exc:  # year 1 with an offset east of UTC, or 9999 west
+            raise LineFormatError(f"timestamp {raw!r} is outside 1970..9999") from exc
+        if not MIN_TIMESTAMP_S <= stamp <= MAX_TIMESTAMP_S:  # as for Unix times: alerts must render it
+            raise LineFormatError(f"timestamp {raw!r} is outside 1970..9999")
+        return stamp
     value = to_number(raw, "timestamp")
     seconds = value / 1000.0 if fmt == "unix_ms" else value
     if not MIN_TIMESTAMP_S <= seconds <= MAX_TIMESTAMP_S:

@@ -77,6 +77,13 @@ def test_milliseconds_sent_as_seconds_are_rejected_at_the_source() -> None:
         parse_timestamp(-5.0, "unix_s")
 
 
+def test_iso_timestamps_are_held_to_the_same_range() -> None:
+    assert parse_timestamp("2026-11-27T12:00:00+01:00", "iso8601") == pytest.approx(1_795_777_200.0)
+    for raw in ("0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00"):
+        with pytest.raises(LineFormatError, match=r"outside 1970\.\.9999"):
+            parse_timestamp(raw, "iso8601")
+
+
 def test_a_clock_stepped_back_within_max_jump_re_anchors() -> None:
     """A device clock stepped back two hours (within max_jump_s): the readings lie behind the window grid and
     could only ever be stale. They are dropped and counted, and the consecutive ones re-anchor the grid,
