@@ -9,6 +9,7 @@ data. The test set is `test_FD00x`, labelled 1 where RUL < `label_rul`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from trainer.config import DataConfig
 from trainer.data import cmapss, synthetic
 from trainer.data.series import Series
 from trainer.data.windows import split_series
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,7 +64,8 @@ def healthy_part(series: Series, healthy_min_rul: float) -> Series | None:
     return series.slice(0, n) if n else None
 
 
-def _three_way(series: list[Series], config: DataConfig) -> tuple[list[Series], list[Series], list[Series]]:
+def _three_way(series: list[T], config: DataConfig) -> tuple[list[T], list[T], list[T]]:
+    """Whole series (or groups of series) into fit / validation / calibration by the config's fractions."""
     rest, calibration = split_series(series, config.calibration_fraction, config.split_seed)
     fraction = config.val_fraction / (1 - config.calibration_fraction)
     fit, val = split_series(rest, fraction, config.split_seed + 1)
@@ -120,28 +124,33 @@ def _synthetic(config: DataConfig) -> Splits:
 
 def _csv(config: DataConfig) -> Splits:
     """A user's CSV files (`trainer.data.csv_reader`). Series (files, or segments between long gaps) without
-    any label 1 are normal: split by series into fit / validation / calibration, or, with fewer than three,
-    each cut in time into contiguous blocks by the same fractions (`[data] split` forces either). Series
-    holding anomalies: with two or more,
-    every other one goes to validation (score choice) and the rest to test; a single one goes to test. Without
-    any, the test set is the calibration series (scores and FAR only, no ROC-AUC)."""
+    any label 1 are normal. With normal series from three or more files, whole files go to fit / validation /
+    calibration (a file's segments stay together: segments cut by a few dropouts are not independent
+    recordings, and counting them as such could leave a short tail segment to fit on); with fewer, each
+    normal series is cut in time into contiguous blocks by the same fractions (`[data] split` forces
+    either). Series holding anomalies: with two or more, every other one goes to validation (score choice)
+    and the rest to test; a single one goes to test. Without any, the test set is the calibration series
+    (scores and FAR only, no ROC-AUC)."""
     from trainer.data.csv_reader import CsvOptions, read_csv_files
 
     assert config.generic is not None
     options = CsvOptions.from_options(config.generic.options)
-    series = read_csv_files(list(options.paths), options)
-    normal = [_zero_labels(s) for s in series if s.labels is None or not np.any(s.labels)]
-    labelled = [s for s in series if s.labels is not None and np.any(s.labels)]
+    files = read_csv_files(list(options.paths), options)
+    by_file = [[_zero_labels(s) for s in segments if s.labels is None or not np.any(s.labels)]
+               for segments in files]
+    by_file = [group for group in by_file if group]
+    normal = [s for group in by_file for s in group]
+    labelled = [s for segments in files for s in segments if s.labels is not None and np.any(s.labels)]
     if not normal:
         raise ValueError(
             "CSV data: every series holds anomalies; training needs normal series (all labels 0)"
         )
-    if config.split == "series" or (config.split == "auto" and len(normal) >= 3):
-        if len(normal) < 3:
+    if config.split == "series" or (config.split == "auto" and len(by_file) >= 3):
+        if len(by_file) < 3:
             raise ValueError(
-                f"CSV data: split = \"series\" needs at least 3 normal series, got {len(normal)}"
+                f"CSV data: split = \"series\" needs normal data in at least 3 files, got {len(by_file)}"
             )
-        fit, val, calibration = _three_way(normal, config)
+        fit, val, calibration = ([s for group in part for s in group] for part in _three_way(by_file, config))
     else:
         fit, val, calibration = [], [], []
         for item in normal:

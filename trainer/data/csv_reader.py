@@ -260,8 +260,8 @@ def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
     ]
 
 
-def read_csv_files(paths: Sequence[str | Path], options: CsvOptions) -> list[Series]:
-    """Every file's segments, in file order."""
+def read_csv_files(paths: Sequence[str | Path], options: CsvOptions) -> list[list[Series]]:
+    """Each file's segments, in file order."""
     if not paths:
         raise CsvFormatError("no CSV files given (data -> csv -> paths is empty)")
-    return [segment for path in paths for segment in read_csv_file(path, options)]
+    return [read_csv_file(path, options) for path in paths]

@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from trainer.data.series import Series
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STD_FLOOR = 1e-6
 
@@ -253,8 +255,9 @@ def fit_scaler(
     return RegimeScaler.fit(values, conditions, n_regimes, seed)
 
 
-def split_series(series: Sequence[Series], fraction: float, seed: int) -> tuple[list[Series], list[Series]]:
-    """Split whole series (units/files) into two groups, `fraction` of them in the second, seeded."""
+def split_series(series: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Split whole series (units/files, or groups of them) into two groups, `fraction` of them in the
+    second, seeded."""
     if not 0 < fraction < 1:
         raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
     order = np.random.default_rng(seed).permutation(len(series))
