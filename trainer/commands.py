@@ -43,7 +43,7 @@ def run_fit(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         run = fit_run(config, args.out, progress=not args.quiet)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:  # OSError: --out is a file, say
         print(f"edge-trainer fit: {exc}", file=sys.stderr)
         return 2
     print(
@@ -68,7 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         metrics = evaluate_run(args.run, args.out)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, OSError, KeyError) as exc:
         print(f"edge-trainer evaluate: {exc}", file=sys.stderr)
         return 2
     print(

@@ -146,6 +146,11 @@ def load_config(path: str | Path) -> TrainerConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError("", "config file not found", source=path) from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError("", f"line {line}: not UTF-8 text; save the file as UTF-8", source=path) from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError("", f"cannot read the config: {exc.strerror or exc}", source=path) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"invalid TOML: {exc}", source=path) from exc
     config = parse_config(raw, path)

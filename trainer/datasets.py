@@ -34,14 +34,15 @@ class Splits:
     healthy_min_rul: float | None = None  # C-MAPSS only: for lead-time metrics
 
 
-def load_splits(config: DataConfig) -> Splits:
-    """The splits for the configured source."""
+def load_splits(config: DataConfig, sample_period_s: float | None = None) -> Splits:
+    """The splits for the configured source; `sample_period_s` (`[windows]`): CSV files must be sampled at
+    that period, which the bundle hands to the agent as its window grid."""
     if config.cmapss is not None:
         return _cmapss(config)
     if config.synthetic is not None:
         return _synthetic(config)
     if config.source == "csv" and config.generic is not None:
-        return _csv(config)
+        return _csv(config, sample_period_s)
     raise ValueError(
         f"data source {config.source!r} is handled by its benchmark command "
         f"(edge-trainer benchmark {config.source}); `fit` supports cmapss, csv and synthetic"
@@ -122,7 +123,7 @@ def _synthetic(config: DataConfig) -> Splits:
     )
 
 
-def _csv(config: DataConfig) -> Splits:
+def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
     """A user's CSV files (`trainer.data.csv_reader`). Series (files, or segments between long gaps) without
     any label 1 are normal. With normal series from three or more files, whole files go to fit / validation /
     calibration (a file's segments stay together: segments cut by a few dropouts are not independent
@@ -136,6 +137,9 @@ def _csv(config: DataConfig) -> Splits:
     assert config.generic is not None
     options = CsvOptions.from_options(config.generic.options)
     files = read_csv_files(list(options.paths), options)
+    if sample_period_s is not None:
+        for path, segments in zip(options.paths, files, strict=True):
+            _check_period(path, segments, sample_period_s)
     by_file = [[_zero_labels(s) for s in segments if s.labels is None or not np.any(s.labels)]
                for segments in files]
     by_file = [group for group in by_file if group]
@@ -162,6 +166,20 @@ def _csv(config: DataConfig) -> Splits:
     val_anomalous = labelled[0::2] if len(labelled) > 1 else []
     test = [s for s in labelled if all(s is not v for v in val_anomalous)] or calibration
     return Splits(fit=fit, val=val, calibration=calibration, val_labelled=val + val_anomalous, test=test)
+
+
+def _check_period(path: str, segments: list[Series], expected: float) -> None:
+    """A file's sample period (its rows lie on a regular grid after the reader) is the windows' period."""
+    longest = max(segments, key=len)
+    if len(longest) < 2 or longest.timestamps is None:
+        return
+    period = float(np.median(np.diff(longest.timestamps)))
+    if abs(period - expected) > 1e-3 * expected:
+        raise ValueError(
+            f"{path}: samples every {period:g} s, but windows -> sample_period_s is {expected:g}: the model "
+            f"and the agent's window grid would assume {expected:g} s between samples (set windows -> "
+            f"sample_period_s = {period:g}, or give files sampled every {expected:g} s)"
+        )
 
 
 def _zero_labels(series: Series) -> Series:

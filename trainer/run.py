@@ -82,7 +82,7 @@ def scale_windows(scaler: StandardScaler | RegimeScaler, windows: np.ndarray, n_
 
 def prepare(config: TrainerConfig) -> PreparedData:
     """Load splits, choose informative channels (per regime), fit the scaler, and window every split."""
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, config.windows.sample_period_s)
     regimes = splits.n_regimes
     all_channels = list(splits.fit[0].channels)
     full = fit_scaler(splits.fit, all_channels, regimes, config.training.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,15 @@ def test_wrong_column_count_and_missing_files(tmp_path: Path) -> None:
 def test_rul_count_must_match_test_units(tmp_path: Path) -> None:
     write_subset(tmp_path, [3], [3, 3], [5])
     with pytest.raises(CmapssFormatError, match="1 RUL values for 2 test units"):
+        load_subset(tmp_path, "FD001")
+
+
+@pytest.mark.parametrize("bad", ["nan", "-50", "12.5", "inf"])
+def test_a_rul_value_that_is_not_a_cycle_count_names_its_row(tmp_path: Path, bad: str) -> None:
+    write_subset(tmp_path, [3], [3, 3], [5, 7])
+    (tmp_path / "RUL_FD001.txt").write_text(f"5 \n{bad} \n")
+    with pytest.raises(CmapssFormatError, match=rf"RUL_FD001\.txt: row 2: a remaining useful life must be a "
+                                               rf"whole number of cycles >= 0, got '{re.escape(bad)}'"):
         load_subset(tmp_path, "FD001")
 
 

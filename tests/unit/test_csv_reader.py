@@ -89,7 +89,9 @@ def test_gap_inside_an_anomaly_stays_anomalous(tmp_path: Path) -> None:
         (["time,flow,temp,fault", "5,1,2,0", "4,1,2,0"], r"line 3, column 'time': timestamp '4' does not"),
         (["time,flow,temp,fault", "yesterday,1,2,0"], r"line 2, column 'time': not a timestamp"),
         (["time,flow,temp,fault", "0,1,2"], r"line 2: 3 fields, the header has 4"),
-        (["time,flow,temp,fault", "0,inf,2,0"], r"line 2, column 'flow': infinite value"),
+        (["time,flow,temp,fault", "0,inf,2,0"], r"line 2, column 'flow': value 'inf' is out of range"),
+        (["time,flow,temp,fault", "0,1e40,2,0"], r"line 2, column 'flow': value '1e40' is out of range"),
+        (["time,flow,temp,fault", "0,1,2,0", "nan,1,2,0"], r"line 3, column 'time': not a finite timestamp"),
     ],
 )
 def test_bad_files_name_file_line_and_column(tmp_path: Path, lines: list[str], message: str) -> None:
@@ -110,6 +112,31 @@ def test_options_from_config_table_are_strict() -> None:
         CsvOptions.from_options({"timestamp_column": "t", "channels": ["a"], "chanels": ["a"]})
     with pytest.raises(ConfigError, match="data -> csv -> timestamp_column: is required"):
         CsvOptions.from_options({"channels": ["a"]})
+    for bad, message in (
+        ({"channels": []}, r"data -> csv -> channels: must name at least one column"),
+        ({"channels": ["a", "a", "b"]}, r"data -> csv -> channels: names \['a'\] more than once"),
+        ({"channels": ["t", "a"]}, r"channels: holds the timestamp column 't': it would become a model"),
+        ({"channels": ["a", "y"], "label_column": "y"}, r"channels: holds the label column 'y'"),
+        ({"channels": ["a"], "delimiter": ";;"}, r"data -> csv -> delimiter: must be one character"),
+        ({"channels": ["a"], "delimiter": ""}, r"data -> csv -> delimiter: must be one character"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            CsvOptions.from_options({"timestamp_column": "t", **bad})
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(["time,flow,temp,fault", "0,1,2,0", "1,1,2,0"]).encode())
+    [series] = read_csv_file(path, OPTIONS)
+    assert len(series) == 2
+
+
+def test_text_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("time,flow,temp,fault\n0,1,2,0\n1,1,2,0 # 20 \xb0C\n".encode("latin-1"))
+    with pytest.raises(CsvFormatError, match=rf"{path}: line 3: not UTF-8 text \(byte b'\\xb0'\); save the "
+                                             "file as UTF-8"):
+        read_csv_file(path, OPTIONS)
 
 
 def test_missing_file_and_no_files(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from trainer.config import load_config
 from trainer.datasets import Splits, load_splits
@@ -58,3 +59,18 @@ def test_a_files_segments_go_to_one_split_together(tmp_path: Path) -> None:
     assert {"run0#0", "run0#1"} <= set(placed)
     assert placed["run0#0"] == placed["run0#1"]
     assert len({n.split("#")[0] for n in placed}) == 5
+
+
+def test_files_sampled_at_another_period_than_the_windows_are_refused(tmp_path: Path) -> None:
+    """Data 10 s apart with the default 1 s windows period: the bundle would tell the agent to window on a
+    1 s grid, where most points are stale."""
+    path = tmp_path / "slow.csv"
+    path.write_text("time,a,b,label\n" + "".join(f"{1_700_000_000 + 10 * i},{i % 3},{i % 5},0\n"
+                                                 for i in range(300)))
+    config = tmp_path / "csv.toml"
+    config.write_text(f'[data]\nsource = "csv"\n[data.csv]\npaths = ["{path}"]\n'
+                      'timestamp_column = "time"\nchannels = ["a", "b"]\nlabel_column = "label"\n' + WINDOWS)
+    data = load_config(config).data
+    with pytest.raises(ValueError, match=rf"{path}: samples every 10 s, but windows -> sample_period_s is 1"):
+        load_splits(data, 1.0)
+    assert sum(len(s) for s in load_splits(data, 10.0).fit) > 0

@@ -70,6 +70,8 @@ def test_files_in_folder_then_numeric_order_and_anomaly_free(tmp_path: Path) -> 
         ("2020-03-09 10:14;1;2;3;4;5;6;7;8;0;0", r"line 3, column 'datetime': not a 'YYYY-MM-DD hh:mm:ss'"),
         ("2020-03-09 10:14:01;1;2;3", r"line 3: 4 fields, the header has 11"),
         (row(1, 1.0, 0).replace("1.0000", "nan", 1), r"line 3, column 'Accelerometer1RMS': non-finite"),
+        # rows out of time order: the protocol's first 400 rows would not be the earliest
+        (row(0, 1.0, 0), r"line 3, column 'datetime': '2020-03-09 10:14:00' does not increase"),
     ],
 )
 def test_malformed_rows_name_file_line_and_column(tmp_path: Path, bad_line: str, message: str) -> None:

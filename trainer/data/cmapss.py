@@ -16,6 +16,7 @@ several (regimes from `trainer.data.windows.RegimeScaler`).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,13 @@ def read_rul(path: Path) -> np.ndarray:
             if not text:
                 continue
             try:
-                values.append(float(text))
+                value = float(text)
             except ValueError as exc:
                 raise CmapssFormatError(f"{path}: row {line_no}: not a number: {text!r}") from exc
+            if not math.isfinite(value) or value < 0 or value != int(value):
+                raise CmapssFormatError(f"{path}: row {line_no}: a remaining useful life must be a whole "
+                                        f"number of cycles >= 0, got {text!r}")
+            values.append(value)
     return np.asarray(values, dtype=np.float64)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.compat import parse_iso8601
-from edge_agent.configtools import Section
+from edge_agent.configtools import ConfigError, Section
 from trainer.data.series import Series
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ STEP_TOLERANCE = 0.5  # a spacing over 1.5 sample periods means missing samples
 
 class CsvFormatError(ValueError):
     """A CSV file cannot be read as configured; the message names the file, line, column and value."""
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,31 @@ class CsvOptions:
             paths=section.str_list("paths", ()),
         )
         section.finish()
+        if len(options.delimiter) != 1:
+            raise ConfigError(section.key_path("delimiter"), "must be one character", options.delimiter)
+        if not options.channels:
+            raise ConfigError(section.key_path("channels"), "must name at least one column", [])
+        repeated = sorted({c for c in options.channels if options.channels.count(c) > 1})
+        if repeated:
+            raise ConfigError(section.key_path("channels"), f"names {repeated} more than once",
+                              list(options.channels))
+        for key, column in (("timestamp_column", options.timestamp_column),
+                            ("label_column", options.label_column)):
+            if column is not None and column in options.channels:
+                raise ConfigError(section.key_path("channels"), f"holds the {key.replace('_', ' ')} "
+                                  f"{column!r}: it would become a model input", list(options.channels))
         return options
 
 
 def _parse_time(text: str, path: Path, line: int, column: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a finite timestamp: {text!r}")
+        return value
     try:
         stamp = parse_iso8601(text)
     except ValueError as exc:
@@ -104,8 +124,9 @@ def _parse_value(text: str, path: Path, line: int, column: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a number: {text!r}") from exc
-    if math.isinf(value):
-        raise CsvFormatError(f"{path}: line {line}, column {column!r}: infinite value {text!r}")
+    if not abs(value) <= FLOAT32_MAX:  # inf, or a value the float32 model inputs cannot hold
+        raise CsvFormatError(f"{path}: line {line}, column {column!r}: value {text!r} is out of range "
+                             "(a glitch or sentinel value? mark missing samples empty or NaN)")
     return value
 
 
@@ -115,8 +136,9 @@ def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[Va
     """Open a delimited text file with a header line: `(column index of each wanted name, (line number,
     cells) of every non-blank row)`. A missing column or a row with the wrong field count raises `error`
     naming the file and line; the caller parses the cells."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+    with path.open("rb") as handle:
+        lines = _decoded(handle, path, error)
+        reader = csv.reader(lines, delimiter=delimiter)
         header = [name.strip() for name in next(reader, [])]
         if not header:
             raise error(f"{path}: empty file (no header line)")
@@ -133,6 +155,18 @@ def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[Va
                 yield line, cells
 
         yield {name: header.index(name) for name in wanted}, records()
+
+
+def _decoded(handle: Any, path: Path, error: type[ValueError]) -> Iterator[str]:
+    """The lines of a file opened in binary, decoded as UTF-8; a leading byte order mark (Excel's "CSV
+    UTF-8") is dropped, and a line that is not UTF-8 (a Latin-1 export, say) is an `error` naming it."""
+    for number, raw in enumerate(handle, start=1):
+        data = raw[3:] if number == 1 and raw.startswith(b"\xef\xbb\xbf") else raw
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{path}: line {number}: not UTF-8 text (byte {data[exc.start:exc.start + 1]!r}); "
+                        "save the file as UTF-8") from exc
 
 
 def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

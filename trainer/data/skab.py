@@ -113,7 +113,11 @@ def read_skab_file(path: str | Path, labelled: bool = True) -> Series:
     labels: list[int] = []
     with table_rows(path, ";", expected, SkabFormatError) as (index, records):
         for line, cells in records:
-            times.append(_parse_time(cells[index["datetime"]], path, line))
+            stamp = _parse_time(cells[index["datetime"]], path, line)
+            if times and stamp <= times[-1]:  # the protocol's "first 400 rows" must be the earliest
+                raise SkabFormatError(f"{path}: line {line}, column 'datetime': "
+                                      f"{cells[index['datetime']]!r} does not increase")
+            times.append(stamp)
             rows.append([_parse_number(cells[index[c]], path, line, c) for c in CHANNELS])
             if labelled:
                 label = _parse_number(cells[index["anomaly"]], path, line, "anomaly")
