@@ -173,8 +173,14 @@ def fit_run(
 ) -> dict[str, Any]:
     """Train, choose the score on validation, calibrate, and write RUN_DIR; returns run.json's content."""
     out = Path(out_dir)
+    try:  # data and config problems surface before any training, and before RUN_DIR is made
+        data = prepared or prepare(config)
+        units = _channel_units(config.data.units, data.input_channels, data.splits.fit[0].channels)
+    except ConfigError as exc:
+        if config.source_path and not exc.source:
+            raise exc.with_source(config.source_path) from exc
+        raise
     out.mkdir(parents=True, exist_ok=True)
-    data = prepared or prepare(config)
     n_model = len(data.channels)
     vae, history = fit_vae(
         scale_windows(data.scaler, data.fit.data, n_model),
@@ -251,7 +257,7 @@ def fit_run(
         "data_source": config.data.source,
         "channels": data.channels,
         "input_channels": data.input_channels,
-        "units": _channel_units(config.data.units, data.input_channels),
+        "units": units,
         "condition_channels": data.input_channels[n_model:],
         "window_length": config.windows.length,
         "stride": config.windows.stride,
@@ -383,11 +389,15 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return f"{commit}-dirty" if status.stdout.strip() else commit
 
 
-def _channel_units(units: dict[str, str], channels: list[str]) -> list[str | None]:
-    """`[data.units]` in input-channel order (None where unknown); a unit for a channel that is not an input
-    channel is a config error."""
-    unknown = sorted(set(units) - set(channels))
-    if unknown:
-        raise ConfigError(f"data -> units -> {unknown[0]}",
-                          f"not an input channel (channels: {', '.join(channels)})")
+def _channel_units(units: dict[str, str], channels: list[str], read: list[str]) -> list[str | None]:
+    """`[data.units]` in input-channel order (None where unknown). A unit for a channel the data has but the
+    model does not use (constant in the training data) is dropped with a warning; one for a channel the data
+    does not have is a config error (a typo)."""
+    unused = sorted(set(units) - set(channels))
+    for name in unused:
+        if name not in read:
+            raise ConfigError(f"data -> units -> {name}",
+                              f"no such channel in the data (channels: {', '.join(read)})")
+        log.warning("data -> units -> %s: channel %s is not a model input (constant in the training data); "
+                    "its unit is left out", name, name)
     return [units.get(channel) for channel in channels]

@@ -222,6 +222,35 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
 
 
+@pytest.mark.integration
+def test_csv_config_mistakes_are_named_before_training(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A unit for a channel the data lacks, or a typo in [data.csv]: the error names the config file and
+    the key, comes before any epoch, and leaves no RUN_DIR behind."""
+    from trainer.data.synthetic import make_series
+
+    paths = []
+    for i, item in enumerate(make_series(3, 200, 3, seed=5)):
+        _write_csv(tmp_path / f"run{i}.csv", item.values, np.zeros(len(item.values)))
+        paths.append(str(tmp_path / f"run{i}.csv"))
+    body = SYNTHETIC.split("[windows]", 1)[1]
+    config = tmp_path / "csv.toml"
+    csv_table = (f"[data.csv]\npaths = {json.dumps(paths)}\ntimestamp_column = \"time\"\n"
+                 'channels = ["a", "b", "c"]\n')
+    run_dir = tmp_path / "run"
+    config.write_text('[data]\nsource = "csv"\n[data.units]\nbb = "bar"\n' + csv_table + "[windows]" + body)
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: data -> units -> bb: no such channel in the data (channels: a, b, c)" in err
+    assert "epoch" not in err
+    assert not run_dir.exists()
+    typo = csv_table.replace("channels", "chanels")
+    config.write_text('[data]\nsource = "csv"\n' + typo + "[windows]" + body)
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
+    assert f"{config}: data -> csv -> channels: is required but missing" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 
 class _Hostile:
     def __reduce__(self) -> tuple[object, tuple[()]]:
