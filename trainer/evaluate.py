@@ -27,6 +27,10 @@ from trainer.train import load_checkpoint
 log = logging.getLogger(__name__)
 
 
+# what `evaluate` reads from run.json (`fit_run` writes them all)
+RUN_KEYS = ("channels", "input_channels", "scaler", "scoring", "threshold", "score_baseline")
+
+
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], ExportableScorer]:
     """run.json and the exportable scorer of a RUN_DIR."""
     root = Path(run_dir)
@@ -35,7 +39,14 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], ExportableScorer]:
         raise FileNotFoundError(
             f"{run_path}: not a run directory (no run.json); create one with `edge-trainer fit`"
         )
-    run = json.loads(run_path.read_text(encoding="utf-8"))
+    try:
+        run = json.loads(run_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{run_path}: not valid JSON ({exc}); the run directory is damaged") from exc
+    missing = [key for key in RUN_KEYS if not isinstance(run, dict) or key not in run]
+    if missing:
+        raise ValueError(f"{run_path}: missing {', '.join(missing)}; the run directory is damaged or from "
+                         "another version")
     vae, _ = load_checkpoint(root / "checkpoint.pt")
     return run, run_scorer(vae, run)
 
@@ -90,10 +101,10 @@ def lead_times(
 def evaluate_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Score the run's evaluation (test) windows; write metrics.json, scores.csv, report.html in `out_dir`."""
     root, out = Path(run_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run, scorer = load_run(root)
     threshold = float(run["threshold"]["value"])
     test = load_windows(root / "evaluation.npz", run["input_channels"])
+    out.mkdir(parents=True, exist_ok=True)
     output = score_windows(scorer, test.data)
     score = adjusted_scores(output.score, test.series, run["score_baseline"])
     metrics: dict[str, Any] = {

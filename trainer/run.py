@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,7 +347,15 @@ def save_windows(path: Path, windows: WindowSet) -> None:
 
 
 def load_windows(path: Path, channels: list[str]) -> WindowSet:
-    """Read `save_windows` output (no pickles)."""
+    """Read `save_windows` output (no pickles); a damaged file is a ValueError naming it."""
+    try:
+        return _read_windows(path, channels)
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the windows ({type(exc).__name__}: {exc}); the run directory "
+                         "is damaged") from exc
+
+
+def _read_windows(path: Path, channels: list[str]) -> WindowSet:
     with np.load(path, allow_pickle=False) as blob:
         return WindowSet(
             blob["windows"],

@@ -252,6 +252,32 @@ def test_csv_config_mistakes_are_named_before_training(tmp_path: Path,
 
 
 
+@pytest.mark.integration
+def test_evaluate_names_what_is_damaged_in_a_run_directory(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(SYNTHETIC)
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    run_json = run_dir / "run.json"
+    good = run_json.read_text()
+    run_json.write_text(good[: len(good) // 2])
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 2
+    assert f"{run_json}: not valid JSON" in capsys.readouterr().err
+    run_json.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "threshold"}))
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 2
+    assert f"{run_json}: missing threshold; the run directory is damaged" in capsys.readouterr().err
+    run_json.write_text(good)
+    windows = run_dir / "evaluation.npz"
+    windows.write_bytes(windows.read_bytes()[:200])
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{windows}: cannot read the windows" in err
+    assert "Traceback" not in err
+    assert not eval_dir.exists()  # nothing written for a run that cannot be evaluated
+
+
 class _Hostile:
     def __reduce__(self) -> tuple[object, tuple[()]]:
         import os
@@ -275,7 +301,9 @@ def test_evaluate_refuses_a_garbage_checkpoint_cleanly(
 ) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "run.json").write_text("{}")
+    (run_dir / "run.json").write_text(json.dumps({"channels": ["a"], "input_channels": ["a"], "scaler": {},
+                                                  "scoring": "reconstruction", "threshold": {"value": 1.0},
+                                                  "score_baseline": None}))
     (run_dir / "checkpoint.pt").write_bytes(garbage_checkpoint(kind))
     assert main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err

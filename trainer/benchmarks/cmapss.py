@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ DEFAULT_CONFIGS = {
 }
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum` (a usage error otherwise, not a traceback later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `edge-trainer benchmark cmapss`."""
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
@@ -56,12 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cmapss_fd002.toml for FD002/FD004)",
     )
     parser.add_argument(
-        "--max-units", type=int, default=None, help="only the first N train and test units (smoke)"
+        "--max-units", type=_at_least(1), default=None, help="only the first N train and test units (smoke)"
     )
-    parser.add_argument("--epochs", type=int, default=None, help="override training epochs (smoke)")
+    parser.add_argument("--epochs", type=_at_least(1), default=None, help="override training epochs (smoke)")
     parser.add_argument(
         "--rootcause-trials",
-        type=int,
+        type=_at_least(0),
         default=200,
         help="faulted windows per fault type and size (0 skips root cause)",
     )
@@ -81,10 +97,10 @@ def benchmark_config(args: argparse.Namespace) -> TrainerConfig:
         config.data.cmapss,
         data_dir=str(args.data_dir),
         subset=args.subset,
-        max_units=args.max_units or config.data.cmapss.max_units,
+        max_units=args.max_units if args.max_units is not None else config.data.cmapss.max_units,
     )
     training = config.training
-    if args.epochs:
+    if args.epochs is not None:
         training = dataclasses.replace(training, epochs=args.epochs)
     return dataclasses.replace(
         config, data=dataclasses.replace(config.data, cmapss=source), training=training
