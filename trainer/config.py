@@ -293,6 +293,9 @@ def _data(d: Section) -> DataConfig:
         _units(d.section("units", {})),
     )
     d.finish()
+    if config.val_fraction + config.calibration_fraction > 0.8:  # each may be up to 0.5
+        raise ConfigError(d.key_path("calibration_fraction"), f"with val_fraction {config.val_fraction:g} "
+                          "leaves under 20 % of the normal data to fit on", config.calibration_fraction)
     return config
 
 

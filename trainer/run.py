@@ -120,9 +120,16 @@ def prepare(config: TrainerConfig) -> PreparedData:
         window(splits.val_labelled, w.stride),
         window(splits.test, w.stride),
     )
-    for name in ("fit", "val", "calibration", "test"):
+    parts = {"fit": splits.fit, "val": splits.val, "calibration": splits.calibration, "test": splits.test}
+    for name, part in parts.items():
         if len(getattr(prepared, name)) == 0:
-            raise ValueError(f"no {name} windows of length {w.length}: every {name} series is shorter")
+            longest = max((len(s) for s in part), default=0)
+            raise ValueError(
+                f"no {name} windows of length {w.length}: the {name} part ({len(part)} series: "
+                f"{', '.join(s.name for s in part[:5])}{', ...' if len(part) > 5 else ''}) has at most "
+                f"{longest} rows in one piece; give more or longer normal data, or change data -> split, "
+                "val_fraction, calibration_fraction or windows -> length"
+            )
     log.info(
         "windows: fit %d, val %d, calibration %d, val (labelled) %d, test %d; channels: %s",
         len(fit),

@@ -92,6 +92,8 @@ def test_gap_inside_an_anomaly_stays_anomalous(tmp_path: Path) -> None:
         (["time,flow,temp,fault", "0,inf,2,0"], r"line 2, column 'flow': value 'inf' is out of range"),
         (["time,flow,temp,fault", "0,1e40,2,0"], r"line 2, column 'flow': value '1e40' is out of range"),
         (["time,flow,temp,fault", "0,1,2,0", "nan,1,2,0"], r"line 3, column 'time': not a finite timestamp"),
+        (["time,flow,temp,fault", "0,1,2,0", "1,1,2,0", "2,1,2,0", "2.2,1,2,0"],
+         r"line 5: timestamp less than half a sample period \(1 s\) after the previous row's"),
     ],
 )
 def test_bad_files_name_file_line_and_column(tmp_path: Path, lines: list[str], message: str) -> None:

@@ -169,13 +169,16 @@ def _decoded(handle: Any, path: Path, error: type[ValueError]) -> Iterator[str]:
                         "save the file as UTF-8") from exc
 
 
-def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_table(path: Path, options: CsvOptions,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
+    """Times, channel values, labels and the file line of each row."""
     if not path.is_file():
         raise CsvFormatError(f"{path}: no such CSV file")
     wanted = [options.timestamp_column, *options.channels]
     if options.label_column is not None:
         wanted.append(options.label_column)
     times: list[float] = []
+    line_numbers: list[int] = []
     rows: list[list[float]] = []
     labels: list[int] = []
     with table_rows(path, options.delimiter, wanted, CsvFormatError) as (index, records):
@@ -187,6 +190,7 @@ def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray
                     f"{cells[index[options.timestamp_column]]!r} does not increase"
                 )
             times.append(ts)
+            line_numbers.append(line)
             rows.append([_parse_value(cells[index[c]], path, line, c) for c in options.channels])
             if options.label_column is not None:
                 text = cells[index[options.label_column]].strip()
@@ -203,18 +207,21 @@ def _read_table(path: Path, options: CsvOptions) -> tuple[np.ndarray, np.ndarray
     if not rows:
         raise CsvFormatError(f"{path}: no data rows")
     label_array = np.asarray(labels, dtype=np.int8) if options.label_column is not None else None
-    return np.asarray(times), np.asarray(rows, dtype=np.float64), label_array
+    return np.asarray(times), np.asarray(rows, dtype=np.float64), label_array, line_numbers
 
 
 def _on_grid(
-    times: np.ndarray, values: np.ndarray, labels: np.ndarray | None, period: float, max_gap: int
+    times: np.ndarray, values: np.ndarray, labels: np.ndarray | None, period: float, max_gap: int, *,
+    lines: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Insert NaN rows for samples missing from the time grid. A gap longer than `max_gap` samples gets only
     `max_gap + 1` placeholder rows (enough to be split off later) so a gap of days is not materialised."""
     increments = np.rint(np.diff(times) / period).astype(np.int64)
     if np.any(increments < 1):
         bad = int(np.flatnonzero(increments < 1)[0]) + 1
-        raise CsvFormatError(f"timestamps closer than half a sample period ({period:g} s) near row {bad}")
+        raise CsvFormatError(f"line {lines[bad]}: timestamp less than half a sample period ({period:g} s) "
+                             "after the previous row's (set data -> csv -> sample_period_s if the median "
+                             "spacing is not the sample period)")
     steps = np.concatenate([[0], np.cumsum(np.minimum(increments, max_gap + 2))])
     total = int(steps[-1]) + 1
     present = np.zeros(total, dtype=bool)
@@ -258,12 +265,12 @@ def _fill_short_gaps(values: np.ndarray, max_gap: int) -> np.ndarray:
 def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
     """One CSV file as one or more gap-free `Series` segments (see the module docstring)."""
     path = Path(path)
-    times, values, labels = _read_table(path, options)
+    times, values, labels, lines = _read_table(path, options)
     period = options.sample_period_s
     if period is None:
         period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     try:
-        times, values, labels = _on_grid(times, values, labels, period, options.max_gap)
+        times, values, labels = _on_grid(times, values, labels, period, options.max_gap, lines=lines)
     except CsvFormatError as exc:
         raise CsvFormatError(f"{path}: {exc}") from exc
     unusable = _fill_short_gaps(values, options.max_gap)
