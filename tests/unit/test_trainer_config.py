@@ -58,7 +58,8 @@ def test_minimal_config_gets_defaults() -> None:
         ({"data": {"units": {"flow": 3}}}, "data -> units -> flow", "expected a string"),
         ({"data": {"val_fraction": 0.5, "calibration_fraction": 0.5}}, "data -> calibration_fraction",
          "with val_fraction 0.5 leaves under 20 % of the normal data to fit on"),
-        ({"training": {"learning_rate": float("nan")}}, "training -> learning_rate", "expected a finite number"),
+        ({"training": {"learning_rate": float("nan")}}, "training -> learning_rate",
+         "expected a finite number"),
     ],
 )
 def test_bad_values_name_the_key_path(patch: dict, path: str, message: str) -> None:
