@@ -14,8 +14,10 @@ many packets arrived, and whether more packets wait is known without asking the 
 `fast_message` handler (the MQTT source) also takes the common incoming packet, a PUBLISH at QoS 0 or 1
 without MQTT 5 properties, straight from the buffer to that handler (`read_publishes`), without paho's
 per-packet objects, logging and topic matching: a profile of the agent under the benchmark's load had paho's
-handling of each message as 44 % of the event loop's busy time. Every other packet, and any packet paho has
-begun to read, goes through paho's `loop_read`.
+handling of each message as 44 % of the event loop's busy time. A PUBLISH split across reads (TCP segments,
+a 64 KiB read ending inside one) is completed from the socket, or waits in the buffer for the next readable
+event, rather than being handed to paho half read. Every other packet, and any packet paho has begun to
+read, goes through paho's `loop_read`.
 
 paho calls `on_message`, `on_publish` and `on_connect` from inside `loop_read`/`loop_write`, so on the loop
 thread. `on_disconnect` can also come from the connect worker thread, when writing the CONNECT packet
@@ -54,6 +56,9 @@ class BufferedClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self.fast_message: Callable[[str, bytes], None] | None = None
+        # `read_publishes` stopped inside a PUBLISH it will take once the rest arrives (the socket had no
+        # more yet): the loop waits for the next readable event rather than let paho begin that packet
+        self.awaiting_publish = False
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         self._rbuf, self._rpos = b"", 0
@@ -90,11 +95,28 @@ class BufferedClient(mqtt.Client):
         self._rbuf, self._rpos = data, 0
         return True
 
+    def _recv_more(self) -> bool | None:
+        """Append what the socket has now to the unread part of the buffer: True when bytes came, False
+        when none are there yet, None at EOF or on an error (which paho's own read then meets)."""
+        try:
+            data = super()._sock_recv(RECV_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        self._rbuf, self._rpos = self._rbuf[self._rpos:] + data, 0
+        return True
+
     def read_publishes(self, limit: int) -> int:
         """Hand up to `limit` complete PUBLISH packets at the front of the buffer to `fast_message`,
-        acknowledging QoS 1 ones (PUBACK) as paho does. Stops at the first packet that is anything else
-        (another type, QoS 2, MQTT 5 properties, a topic that is not UTF-8, a malformed length) or not
-        complete yet: paho's `loop_read` reads that one. Returns the packets handled."""
+        acknowledging QoS 1 ones (PUBACK) as paho does. A PUBLISH split across reads is completed from the
+        socket; when the rest is not there yet, `awaiting_publish` is set and the packet waits in the buffer
+        for the next readable event. Stops at the first packet that is anything else (another type, QoS 2,
+        MQTT 5 properties, a topic that is not UTF-8, a malformed length): paho's `loop_read` reads that
+        one. Returns the packets handled."""
+        self.awaiting_publish = False
         handler = self.fast_message
         if handler is None or self._in_packet["command"] != 0:
             return 0
@@ -107,18 +129,26 @@ class BufferedClient(mqtt.Client):
             if first & 0xF0 != PUBLISH or qos > 1:
                 break
             # remaining length: 7 bits a byte, least significant first, at most 4 bytes
-            i, length, shift = pos + 1, 0, 0
+            i, length, shift, complete = pos + 1, 0, 0, False
             while i < end and shift < 28:
                 byte = buf[i]
                 i += 1
                 length |= (byte & 0x7F) << shift
                 shift += 7
                 if byte < 0x80:
+                    complete = True
                     break
-            else:
-                break  # length not complete in the buffer, or longer than 4 bytes (paho reports it)
+            if not complete and shift >= 28:
+                break  # longer than 4 bytes: malformed, paho reports it
+            if not complete or i + length > end:  # the rest of this PUBLISH is still on its way
+                more = self._recv_more()
+                if more:
+                    buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+                    continue
+                self.awaiting_publish = more is False
+                break
             body_end = i + length
-            if body_end > end or length < 2:
+            if length < 2:
                 break
             topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
             payload_at = topic_end + (2 if qos else 0)
@@ -255,6 +285,8 @@ class LoopIO:
             handled = fast.read_publishes(READ_BURST - reads) if fast is not None and fast.fill() else 0
             if handled:
                 reads += handled
+            elif fast is not None and fast.awaiting_publish:
+                break  # the rest of a PUBLISH comes with a later readable event
             else:
                 reads += 1
                 if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:  # any other packet, EOF and errors: paho
