@@ -105,10 +105,10 @@ class AssetAligner:
         """Whether a reading at `ts` fits the asset's timeline (see the module docstring); counts drops."""
         latest = self._latest_ts
         limit = self.spec.max_jump_s
-        if not math.isfinite(latest):
+        if not math.isfinite(latest) or latest <= ts <= latest + limit:  # in order: the common case
             self._jumps = 0
             return True
-        if latest - limit <= ts <= latest + limit:
+        if latest - limit <= ts < latest:  # out of order, within max_jump_s: behind the grid?
             emitted = self._time_of(self._next_index - 1) if self._next_index else -math.inf
             if ts >= emitted - self.spec.staleness_s:
                 self._jumps = 0
