@@ -107,6 +107,16 @@ def mixed_stream() -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return b"".join(p for p, _ in packets), [m for _, m in packets if m is not None]
 
 
+def attach_connected(client: BufferedClient, sock: socket.socket) -> LoopIO:
+    """`client` connected over `sock` (as paho's connect and CONNACK would leave it), watched by the loop."""
+    sock.setblocking(False)
+    client._sock = sock
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    io = LoopIO(asyncio.get_running_loop(), client)
+    io.attach()
+    return io
+
+
 async def read_stream(stream: bytes, fast: bool, chunk: int, protocol: int = mqtt.MQTTv311) -> dict[str, Any]:
     """Feed `stream` to a loop-driven client in `chunk`-byte pieces; what it delivered and wrote back."""
     ours, broker = socket.socketpair()
@@ -121,11 +131,7 @@ async def read_stream(stream: bytes, fast: bool, chunk: int, protocol: int = mqt
     client.on_message = on_message
     if fast:
         client.fast_message = lambda topic, payload: got.append((topic.encode(), payload))
-    ours.setblocking(False)
-    client._sock = ours
-    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
-    io = LoopIO(asyncio.get_running_loop(), client)
-    io.attach()
+    io = attach_connected(client, ours)
     try:
         for start in range(0, len(stream), chunk):
             broker.sendall(stream[start:start + chunk])
@@ -180,11 +186,7 @@ def test_a_connection_closed_inside_a_publish_is_reported_lost(monkeypatch: Any)
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2)
         got: list[bytes] = []
         client.fast_message = lambda _topic, payload: got.append(payload)
-        ours.setblocking(False)
-        client._sock = ours
-        client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
-        io = LoopIO(asyncio.get_running_loop(), client)
-        io.attach()
+        io = attach_connected(client, ours)
         try:
             packet = publish_packet("plant/a", b"x" * 100)
             broker.sendall(publish_packet("plant/first", b"1") + packet[:40])
