@@ -124,8 +124,6 @@ class Supervisor:
                                 (signal.SIGHUP, self.request_reload)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, handler)
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
             self.config.pid_path.write_text(f"{os.getpid()}\n")
@@ -133,6 +131,8 @@ class Supervisor:
             raise ConfigError("state_dir", f"cannot write the state directory: {exc.strerror or exc} "
                               "(StateDirectory= in the unit makes it)", str(self.config.state_dir),
                               self.config.source) from exc
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
         try:
             while True:
                 restart = await self._run_pipeline()
