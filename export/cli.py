@@ -29,13 +29,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="auto keeps int8 only if it passes the accuracy and speed guard (default)")
     export.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest with")
     export.add_argument("--name", help="bundle name (default: the run directory's name)")
-    export.add_argument("--version", help="bundle version (default: UTC date-time)")
+    export.add_argument("--version", type=_bundle_version, help="bundle version, at most 64 characters "
+                        "(default: UTC date-time)")
     export.add_argument("--model-name", help="model name in the manifest (default: the run's data source)")
     export.add_argument("--device-profile", action="append", dest="device_profiles", metavar="NAME",
                         help="device profile the bundle is validated for (repeatable; default: generic)")
-    export.add_argument("--latency-repeats", type=int, default=200,
+    export.add_argument("--latency-repeats", type=_positive_int, default=200,
                         help="timed runs per latency measurement (batch 1; batch 32 uses a quarter)")
     export.set_defaults(func=cmd_export)
+
+
+def _bundle_version(text: str) -> str:
+    """Checked before any work: the manifest, and the gateway's store, take 1-64 letters, digits, . _ + -."""
+    from edge_agent.bundle.parsing import VERSION_RE
+
+    if not VERSION_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: 1-64 characters of letters, digits, . _ + - "
+                                         "starting with a letter or digit")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

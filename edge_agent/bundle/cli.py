@@ -101,6 +101,10 @@ def _run(args: argparse.Namespace, action: Any) -> int:
         return int(action(settings))
     except BundleError as exc:
         return _fail(f"{exc}\nnothing was changed: the active bundle and the running agent are untouched")
+    except OSError as exc:  # disk full, a file size limit, a state directory that is a file: undone as well
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}\nnothing was changed: the active bundle and the running "
+                     "agent are untouched")
 
 
 def _progress(check: str, detail: str) -> None:

@@ -144,7 +144,10 @@ def verify(bundle_file: Path, settings: InstallSettings, workdir: Path) -> Verif
         raise CheckError("trusted keys", "no trusted keys directory configured ([bundle] trusted_keys)",
                          bundle=bundle_file)
     try:
-        bundle = read_bundle(bundle_file, trusted_keys=settings.trusted_keys,
+        # as the agent loads it (`BundleConfig.verify_keys`): with require_signature = false no signature
+        # is checked, so install and the agent accept the same bundles
+        keys = settings.trusted_keys if settings.require_signature else None
+        bundle = read_bundle(bundle_file, trusted_keys=keys,
                              extract_to=workdir / "extracted", max_member_bytes=settings.max_member_bytes)
     except CheckError:
         raise
@@ -228,6 +231,13 @@ def check_reference(bundle: Bundle, profile: DeviceProfile) -> str:
             reference = bundle.reference(model.name)
         except BundleError as exc:
             raise CheckError("reference", exc.message, bundle=bundle.source) from exc
+        # the agent feeds [batch, channels, length] windows shaped by the manifest: the reference must be
+        # those windows, or the smoke test passes a bundle the agent cannot warm up
+        shape = (model.reference.count, len(model.input.channels), model.input.window_length)
+        if reference["window"].shape != shape or not shape[0]:
+            raise CheckError("reference", f"model {model.name!r}: reference windows have shape "
+                             f"{reference['window'].shape}, the manifest says {shape} (reference count x "
+                             "input channels x window_length, at least one window)", bundle=bundle.source)
         names = [getattr(model.outputs, role) for role in OUTPUT_ROLES]
         try:
             outputs = session.run(names, {model.input.name: reference["window"].astype(np.float32)})
@@ -235,7 +245,13 @@ def check_reference(bundle: Bundle, profile: DeviceProfile) -> str:
             raise CheckError("reference", f"model {model.name!r} failed on the reference inputs: {exc}",
                              bundle=bundle.source) from exc
         rtol, atol = model.reference.rtol, model.reference.atol
+        wanted = {"score": (shape[0],), "channel_error": shape[:2], "time_error": (shape[0], shape[2])}
         for role, actual in zip(OUTPUT_ROLES, outputs, strict=True):
+            if role in wanted and actual.shape != wanted[role]:
+                raise CheckError("reference", f"model {model.name!r} output {role!r} has shape "
+                                 f"{actual.shape}; for {shape[0]} windows of the manifest's input it must be "
+                                 f"{wanted[role]}",
+                                 bundle=bundle.source)
             expected = reference[role]
             if actual.shape != expected.shape:
                 raise CheckError("reference", f"model {model.name!r} output {role!r} has shape "

@@ -40,6 +40,8 @@ from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section, check_type, join
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# a version names the gateway's directory of that bundle (`BundleStore`): the store takes at most 64
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -47,6 +49,14 @@ def _name(section: Section, key: str) -> str:
     value = section.get(key, str)
     if not _NAME_RE.match(value):
         raise ConfigError(section.key_path(key), "must be 1-128 characters of letters, digits, . _ + - "
+                          "starting with a letter or digit", value)
+    return value
+
+
+def _version(section: Section, key: str) -> str:
+    value = section.get(key, str)
+    if not VERSION_RE.match(value):
+        raise ConfigError(section.key_path(key), "must be 1-64 characters of letters, digits, . _ + - "
                           "starting with a letter or digit", value)
     return value
 
@@ -126,7 +136,7 @@ def parse_manifest(data: Any) -> Manifest:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(join(join("models", i), "name"), "duplicate model name", name)
-    manifest = Manifest(SCHEMA_VERSION, _name(top, "name"), _name(top, "version"), created_at, trainer,
+    manifest = Manifest(SCHEMA_VERSION, _name(top, "name"), _version(top, "version"), created_at, trainer,
                         compatibility, files, models)
     top.finish()
     return manifest

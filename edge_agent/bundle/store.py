@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 from edge_agent.bundle.archive import Bundle, read_bundle
 from edge_agent.bundle.errors import BundleError
+from edge_agent.bundle.parsing import VERSION_RE
 from edge_agent.bundle.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ HISTORY_FILE = "history.jsonl"
 ACTIVE_LINK = "active"
 LOCK_FILE = ".lock"
 DEFAULT_KEEP = 3
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class StoreError(BundleError):
@@ -222,19 +221,32 @@ class BundleStore:
         Returns the previously active version."""
         installed = self.get(version)
         previous = self.active_version()
+        self._point_active_at(installed.version)
+        entry = {"ts": time.time(), "action": action, "version": version, "previous": previous}
+        try:
+            with (self.root / HISTORY_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # disk full, file size limit: the activation is undone, not half done
+            if previous is not None:
+                self._point_active_at(previous)
+            else:
+                (self.root / ACTIVE_LINK).unlink(missing_ok=True)
+                _fsync_dir(self.root)
+            raise StoreError(f"{self.root / HISTORY_FILE}: cannot record the activation of {version} "
+                             f"({exc.strerror or exc}); {previous or 'no bundle'} stays active") from exc
+        log.info("bundle %s is now active (%s; was %s)", version, action, previous)
+        return previous
+
+    def _point_active_at(self, version: str) -> None:
+        """Replace the `active` link atomically (symlink + rename) and make the change durable."""
         temp_link = self.root / f".{ACTIVE_LINK}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             temp_link.unlink()
-        temp_link.symlink_to(installed.version)
+        temp_link.symlink_to(version)
         temp_link.replace(self.root / ACTIVE_LINK)
         _fsync_dir(self.root)
-        entry = {"ts": time.time(), "action": action, "version": version, "previous": previous}
-        with (self.root / HISTORY_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        log.info("bundle %s is now active (%s; was %s)", version, action, previous)
-        return previous
 
     def remove(self, version: str) -> None:
         """Delete an installed version; never the active one."""

@@ -195,6 +195,35 @@ def test_wrong_reference_outputs_are_refused(tmp_path: Path, gateway: tuple[Path
     assert BundleStore(installed.state_dir).active_version() == "1.0.0"
 
 
+def _resigned(tmp_path: Path, keys: KeyPair, src: Path, edit: Callable[[dict], None]) -> Path:
+    """`src` with its manifest edited and signed again by a trusted key (the checks after the signature's)."""
+    bundle = read_bundle(src, extract_to=tmp_path / "edit")
+    manifest = bundle.manifest.to_dict()
+    edit(manifest)
+    manifest["files"] = {}
+    manifest["models"][0]["sha256"] = manifest["models"][0]["reference"]["sha256"] = None
+    out = tmp_path / "resigned.bundle"
+    write_bundle(out, manifest, {name: tmp_path / "edit" / name for name in bundle.manifest.files},
+                 sign_key=keys.private_key)
+    return out
+
+
+def test_a_manifest_that_does_not_describe_its_graph_is_refused(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                               installed: InstallSettings) -> None:
+    """Signed and consistent with itself, but the window length it states is not the graph's: the agent
+    would fail its warm-up at the next start. The reference check compares the manifest's input shape."""
+    _config, keys = gateway
+
+    def longer_windows(manifest: dict) -> None:
+        manifest["models"][0]["input"]["window_length"] = 32  # the graph and the reference take 16
+
+    bad = _resigned(tmp_path, keys, _bundle(tmp_path, keys, "2.0.0"), longer_windows)
+    with pytest.raises(CheckError, match=r"check 'reference' failed: model 'pump': reference windows have "
+                                         r"shape \(3, 3, 16\), the manifest says \(3, 3, 32\)"):
+        install(bad, installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
 def test_profile_checks(tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings) -> None:
     _config, keys = gateway
     other = _bundle(tmp_path, keys, "2.0.0", compatibility={"min_onnxruntime": "1.17.0", "opset": 17,
@@ -335,3 +364,33 @@ def test_without_a_device_profile_install_checks_use_the_agents_cpu_default(
     assert settings.max_member_bytes == MAX_MEMBER_BYTES  # no memory budget beyond the archive limit
     outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings, notify=False)
     assert outcome.installed.version == "1.0.0"
+
+
+def test_an_activation_that_cannot_be_recorded_is_undone(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                         installed: InstallSettings,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The history write fails (here: history.jsonl is a directory; a full disk or a file size limit fail
+    the same way): `active` goes back to the previous version, and the CLI says nothing was changed."""
+    config, keys = gateway
+    store = BundleStore(installed.state_dir)
+    history = store.root / "history.jsonl"
+    history.rename(store.root / "history.saved")
+    history.mkdir()
+    bundle = _bundle(tmp_path, keys, "2.0.0")
+    assert main(["bundle", "install", str(bundle), "--config", str(config), "--wait", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{history}: cannot record the activation of 2.0.0" in err
+    assert "1.0.0 stays active" in err
+    assert "nothing was changed" in err
+    assert store.active_version() == "1.0.0"
+
+
+def test_require_signature_false_installs_what_the_agent_would_load(tmp_path: Path,
+                                                                    gateway: tuple[Path, KeyPair]) -> None:
+    config, _keys = gateway
+    config.write_text(config.read_text().replace("keep = 3", "keep = 3\nrequire_signature = false"))
+    unsigned = build_test_bundle(tmp_path / "out", version="1.0.0", sign_key=None, name="pumps",
+                                 channels=CHANNELS, window_length=16, stride=8)
+    outcome = install(unsigned, _settings(config))
+    assert outcome.installed.version == "1.0.0"
+    assert BundleStore(_settings(config).state_dir).active_version() == "1.0.0"

@@ -96,6 +96,8 @@ INVALID: list[tuple[str, Mutation, str, str, bool]] = [
     ("non-UTC time", lambda d: d.update(created_at="2026-01-01T00:00:00+02:00"), "created_at", "UTC", True),
     ("unsafe file name", lambda d: d["files"].update({"../x": "0" * 64}), "files -> ../x", "..", True),
     ("bad bundle name", lambda d: d.update(name="a b"), "name", "letters, digits", True),
+    # a version names the gateway's directory for the bundle, where at most 64 characters fit
+    ("version too long", lambda d: d.update(version="1" * 65), "version", "1-64 characters", True),
     ("no models", lambda d: d.update(models=[]), "models", "at least one", True),
     ("negative stride", lambda d: _model(d)["input"].update(stride=0), "models -> 0 -> input -> stride",
      "at least 1", True),
