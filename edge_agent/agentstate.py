@@ -122,6 +122,11 @@ class AgentState:
         self._persisted = totals
         return deltas
 
+    def unpersist(self, deltas: dict[str, int]) -> None:
+        """`deltas` from `take_counter_deltas` could not be stored: the next call returns them again."""
+        for key, value in deltas.items():
+            self._persisted[key] = self._persisted.get(key, 0) - value
+
     def snapshot(self, supervisor: Any) -> dict[str, Any]:
         assets: dict[str, dict[str, Any]] = {}
         for name, asset in supervisor.config.assets.items():

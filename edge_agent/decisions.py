@@ -273,7 +273,10 @@ class DecisionEngine:
                 track.history.clear()
                 best = episode.episode_best or summary
                 return [self._emit(episode, "close", best, now, reason="cleared", current=summary)]
-        if now - episode.last_event_ts >= self.config.update_interval_s:
+        elapsed = now - episode.last_event_ts
+        # a wall clock stepped back (NTP on a gateway without a real-time clock) makes the elapsed time
+        # negative: the update is due then, and its time is the new reference, rather than waiting the step
+        if elapsed >= self.config.update_interval_s or elapsed < 0:
             episode.severity = episode.interval_severity or episode.severity
             best = episode.interval_best or summary
             return [self._emit(episode, "update", best, now, reason="periodic", current=summary)]

@@ -40,6 +40,12 @@ BUSY_TIMEOUT_S = 10.0  # worker threads wait this long for another process's loc
 # tracker its state): a `sqlite3` shell or a backup holding the database must not stall the windows, nor the
 # watchdog pings, for seconds.
 LOOP_BUSY_TIMEOUT_S = 0.25
+# While another process holds the database, a writer waits for it in slices of this length, holding the
+# store's lock only during a slice: a worker thread waiting its 10 s never holds up the event loop's writes
+# (which then fail after their own 0.25 s and are retried) or its watchdog pings.
+LOCK_SLICE_S = 0.05
+RECORDER_RETRY_S = 1.0  # the ring-buffer thread's pause before writing again to a database another holds
+LOCK_RETRY_PAUSE_S = 0.02
 CHECKPOINT_INTERVAL_S = 10.0  # the WAL keeper's passive checkpoints, at most this often while writes come in
 
 _SCHEMA = """
@@ -177,8 +183,11 @@ class WindowRecorder:
     everything submitted since its last transaction in one transaction, through the same `Store` (one
     connection, one lock: still one writer). Alerts do not go this way: they are written to the outbox on
     the event loop before the sink is woken. A write error is raised by the next `submit`, so the
-    detector fails and is restarted as before. At most `max_pending` windows wait (`submit` then blocks
-    until the thread has caught up: back-pressure).
+    detector fails and is restarted as before; but a database held by another process (a `sqlite3` shell,
+    a backup) is not an error: the batch goes back in front and is tried again every `RECORDER_RETRY_S`.
+    At most `max_pending` windows wait (`submit` then blocks until the thread has caught up:
+    back-pressure); while the database is held, the oldest windows beyond that are dropped instead (counted
+    in `dropped`, logged), so the detector never waits on the ring buffer.
 
     The ring buffer is the low-priority writer: the thread waits until no batch has been submitted for
     `quiet_s` (a burst of windows is over), or `max_delay_s` after the oldest pending window, or until
@@ -202,6 +211,9 @@ class WindowRecorder:
         self._closed = False
         self._error: BaseException | None = None
         self.written = 0
+        self.dropped = 0  # windows given up while the database was held by another process
+        self.requeued = 0  # batches put back for that reason
+        self._held_elsewhere = False  # the last write found the database held; cleared by the next success
         self._thread = threading.Thread(target=self._run, name="storage[windows]", daemon=True)
         self._thread.start()
 
@@ -220,8 +232,17 @@ class WindowRecorder:
                 self._last_at = now
                 self._pending.extend(scored)
                 self._cond.notify_all()
-            while len(self._pending) > self._max_pending and self._error is None:
+            if self._held_elsewhere:  # no back-pressure while the database is held: drop the oldest
+                self._drop_excess()
+            while len(self._pending) > self._max_pending and self._error is None and not self._held_elsewhere:
                 self._cond.wait()
+
+    def _drop_excess(self) -> None:
+        """With the condition held: keep at most `max_pending` windows, the newest."""
+        excess = len(self._pending) - self._max_pending
+        if excess > 0:
+            del self._pending[:excess]
+            self.dropped += excess
 
     @property
     def pending(self) -> int:
@@ -258,16 +279,41 @@ class WindowRecorder:
                 self._cond.notify_all()
             try:
                 self._store.record_windows(batch)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    self._failed(batch, exc)
+                else:  # another process holds the database: keep the windows, try again shortly
+                    self._requeue(batch, exc)
             except Exception as exc:  # reported to the detector by the next submit  # noqa: BLE001
-                log.error("%s: writing %d scored windows failed: %s", self._store.path, len(batch), exc)
-                with self._cond:
-                    self._error = exc
+                self._failed(batch, exc)
             else:
                 self.written += len(batch)
+                self._held_elsewhere = False
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _failed(self, batch: Sequence[ScoredWindow], exc: BaseException) -> None:
+        log.error("%s: writing %d scored windows failed: %s", self._store.path, len(batch), exc)
+        with self._cond:
+            self._error = exc
+
+    def _requeue(self, batch: list[ScoredWindow], exc: sqlite3.OperationalError) -> None:
+        """Put a batch the locked database refused back in front, in order, and wait before the next try.
+        Beyond `max_pending` the oldest windows are dropped (counted in `dropped`, logged): the ring buffer
+        is a record, and the detector must not wait on it while the database is held."""
+        with self._cond:
+            self._pending[:0] = batch
+            self._held_elsewhere = True
+            self._drop_excess()
+            self._cond.notify_all()  # a submit waiting on back-pressure goes on
+            self.requeued += 1
+            if self.requeued == 1 or self.requeued % 100 == 0:
+                log.warning("%s: scored windows not written yet, the database is held by another process "
+                            "(%s); %d waiting, %d dropped so far", self._store.path, exc, len(self._pending),
+                            self.dropped)
+            self._cond.wait_for(lambda: self._closed, RECORDER_RETRY_S)
 
 
     def _linger(self) -> None:
@@ -347,6 +393,12 @@ class _WalKeeper:
             self._cond.notify_all()
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the database; waiting may help."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 def _add_outbox_rejected(conn: sqlite3.Connection) -> None:
     """Databases made before the `rejected` column get it (NULL: not rejected; no data to migrate)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
@@ -401,26 +453,47 @@ class Store:
     def _transaction(self, durable: bool = False,
                      busy_s: float = BUSY_TIMEOUT_S) -> Iterator[sqlite3.Connection]:
         """One write transaction; `durable`: the commit is fsynced (synchronous=FULL) before it returns;
-        `busy_s`: how long to wait for another process's lock before `database is locked`."""
-        with self._lock:
-            if durable:
-                self._conn.execute("PRAGMA synchronous=FULL")
-            if busy_s != BUSY_TIMEOUT_S:
-                self._conn.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")
+        `busy_s`: how long to wait for another process's lock before `database is locked`, in slices
+        (`LOCK_SLICE_S`) between which the store's lock is free for other threads."""
+        self._begin(busy_s, durable)  # returns holding self._lock, inside BEGIN IMMEDIATE
+        try:
             try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            self._keeper.wrote()
+        finally:
+            if durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")  # the default again
+            self._lock.release()
+
+    def _begin(self, busy_s: float, durable: bool) -> None:
+        deadline = time.monotonic() + busy_s
+        while True:
+            self._lock.acquire()
+            try:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+                wait_ms = max(1, int(min(LOCK_SLICE_S, deadline - time.monotonic()) * 1000))
+                self._conn.execute(f"PRAGMA busy_timeout={wait_ms}")
                 self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-                self._keeper.wrote()
-            finally:
+                return
+            except sqlite3.OperationalError as exc:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
-                if busy_s != BUSY_TIMEOUT_S:
-                    self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                self._lock.release()
+                if not _locked(exc) or time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._lock.release()
+                raise
+            time.sleep(LOCK_RETRY_PAUSE_S)  # the lock is free meanwhile
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

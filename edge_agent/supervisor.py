@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ from edge_agent.pipeline import (
 )
 from edge_agent.sources import Source, build_source
 from edge_agent.sources.base import DropOldestQueue
-from edge_agent.storage import Store, WindowRecorder
+from edge_agent.storage import StorageError, Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window
 from edge_agent.windows import Windower
@@ -66,6 +67,9 @@ WINDOW_QUEUE_SIZE = 10_000
 BATCH_SIZE = 256
 PIPELINE_BATCHES = 16  # batches scored back to back before the detector lets a bundle swap in
 PRUNE_INTERVAL_S = 60.0
+# a closing pipeline tries this often (each try waits 0.25 s for the database, then 0.25 s more) to write
+# alerts the database refused before it gives up (keeping them for the next pipeline on a reload)
+CLOSE_ALERT_ATTEMPTS = 10
 # The event loop shares the GIL with the inference thread and the storage threads (WAL keeper, status file).
 # CPython lets a thread keep the GIL for 5 ms before it must hand it to a waiting one: long next to a 10 ms
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
@@ -104,8 +108,9 @@ class Supervisor:
         self.windower: Windower | None = None
         self.sources: list[Source] = []
         self.alerts: AlertWriter | None = None
+        self._carried_alerts: list[Any] = []  # alerts a closing pipeline could not write, for the next one
         self._watchdog: asyncio.Task[None] | None = None
-        self._status_io: asyncio.Future[None] | None = None  # the status loop's write in a thread
+        self._status_io: asyncio.Future[dict[str, int]] | None = None  # the status loop's write (a thread)
         self.ever_ready = False  # READY=1 was sent once: a later failure is a crash, not a failed start
 
     # control ---------------------------------------------------------------------------------------------
@@ -173,6 +178,8 @@ class Supervisor:
         self.windower = build_windower(config, self.bundle)
         self.sink = build_sink(config, self.store, self.health)
         self.alerts = AlertWriter(self.store, config.identity, self.sink.alert_topic, self.sink.wake)
+        # alerts the pipeline before a reload could not write: first in line
+        self.alerts.unstored, self._carried_alerts = self._carried_alerts, []
         assets = {(a.name, a.model) for a in config.assets.values()}
         self._store_alerts(self.decisions.orphaned_episodes(time.time(), assets))
         self.sources = [build_source(name, src.kind, src.settings) for name, src in config.sources.items()]
@@ -182,9 +189,15 @@ class Supervisor:
         """Commit what is left (windows, unstored alerts, counters), then close engine and database."""
         if self.recorder is not None:
             self.recorder.close()  # the detector has drained: commit the last scored windows
-        if self.alerts is not None and not self.alerts.retry():
-            log.error("%d alerts could not be written to the outbox before the pipeline stopped",
-                      len(self.alerts.unstored))
+        if self.alerts is not None:
+            for _attempt in range(CLOSE_ALERT_ATTEMPTS):  # the database may be held by another process
+                if self.alerts.retry():
+                    break
+                await asyncio.sleep(0.25)
+            if self.alerts.unstored:  # kept for the next pipeline (a reload); lost only if the process ends
+                self._carried_alerts = self.alerts.unstored
+                log.error("%d alerts could not be written to the outbox before the pipeline stopped",
+                          len(self.alerts.unstored))
         if self._status_io is not None:  # the status loop's last write lands before the final one
             await asyncio.gather(self._status_io, return_exceptions=True)
             self._status_io = None
@@ -459,7 +472,8 @@ class Supervisor:
             snapshot, deltas = self.snapshot(), self.state.take_counter_deltas(self)
             loop = asyncio.get_running_loop()
             self._status_io = loop.run_in_executor(None, self._write_status_io, snapshot, deltas)
-            await asyncio.shield(self._status_io)  # cancelled or not, close_pipeline waits for it
+            unstored = await asyncio.shield(self._status_io)  # cancelled or not, close_pipeline waits for it
+            self.state.unpersist(unstored)
             await asyncio.sleep(self.config.status_interval_s)
 
     def _window_dropped(self) -> None:
@@ -477,10 +491,19 @@ class Supervisor:
     def _write_status(self) -> None:
         self._write_status_io(self.snapshot(), self.state.take_counter_deltas(self))
 
-    def _write_status_io(self, snapshot: dict[str, Any], deltas: dict[str, int]) -> None:
+    def _write_status_io(self, snapshot: dict[str, Any], deltas: dict[str, int]) -> dict[str, int]:
+        """Write the status file and add `deltas` to the stored counters; returns the deltas not stored
+        (the database locked by another process, say), to be added with the next ones."""
         try:
             write_status_file(self.config.status_path, snapshot)
-            if self.store is not None:
-                self.store.incr_counters(deltas)
         except (OSError, ValueError) as exc:
             log.warning("cannot write status file %s: %s", self.config.status_path, exc)
+        if self.store is None or not deltas:
+            return {}
+        try:
+            self.store.incr_counters(deltas)
+        except (sqlite3.Error, StorageError, OSError) as exc:
+            log.warning("%s: counters not stored yet (kept, added with the next ones): %s", self.store.path,
+                        exc)
+            return deltas
+        return {}

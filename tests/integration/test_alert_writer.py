@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,85 @@ def test_prune_deletes_in_bounded_chunks(tmp_path: Path) -> None:
     assert store.window_count() == 10
     assert statements.count("COMMIT") >= 127 // 20  # several short transactions, not one long one
     store.close()
+
+
+def test_a_worker_waiting_for_a_locked_database_does_not_hold_up_event_loop_writes(tmp_path: Path) -> None:
+    """The ring-buffer thread waits up to 10 s for another process's lock, in slices: between them the
+    store is free, so a delivery mark on the event loop fails after its own quarter second (and is retried)
+    instead of queueing behind the worker for 10 s (past a 30 s watchdog after a few of those)."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    worker_error: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            store.record_windows([scored(T0, 0.1)])
+        except BaseException as exc:  # what the worker saw is checked below
+            worker_error.append(exc)
+
+    thread = threading.Thread(target=worker)
+    try:
+        thread.start()
+        time.sleep(0.2)  # the worker is waiting for the lock now
+        began = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.mark_delivered(["x"])
+        assert time.monotonic() - began < 2 * LOOP_BUSY_TIMEOUT_S + 0.5
+        assert thread.is_alive()  # still waiting its turn
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    thread.join(BUSY_TIMEOUT_S)
+    assert worker_error == []  # the lock went away within its 10 s: the windows were written
+    assert store._query("SELECT count(*) FROM windows")[0][0] == 1
+    store.close()
+
+
+def test_alerts_a_closing_pipeline_cannot_write_go_to_the_next_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload while another process holds the database: the closing pipeline gives up on an alert, hands
+    it to the next pipeline, and that one writes it (same alert id) once the database is free. Before, the
+    next pipeline's writer started empty and the alert was lost."""
+    import asyncio
+
+    from edge_agent import supervisor as supervisor_module
+    from edge_agent.config import AgentConfig
+    from edge_agent.supervisor import Supervisor
+    from tests.integration.agent_harness import make_bundle, serial_asset, serial_source, write_config
+
+    monkeypatch.setattr(supervisor_module, "CLOSE_ALERT_ATTEMPTS", 1)  # give up after one try (0.5 s)
+    bundle, keys = make_bundle(tmp_path)
+    state = tmp_path / "state"
+    sources = {"line1": serial_source("/dev/null")}
+    assets = {"pump-3": serial_asset()}
+    config = AgentConfig.load(write_config(tmp_path, state, bundle, keys, sources, assets))
+
+    async def scenario() -> list[str]:
+        supervisor = Supervisor(config)
+        state.mkdir(parents=True, exist_ok=True)
+        await supervisor.open_pipeline()
+        assert supervisor.decisions is not None
+        assert supervisor.alerts is not None
+        window = Window("pump-3", "pump", T0 - 0.7, T0, np.zeros((2, 8), np.float32))
+        hot = ScoredWindow(window, 50.0, 50.0, 1.0, np.array([0.9, 0.1], np.float32), np.zeros(2, np.float32),
+                           np.zeros(8, np.float32), "test-bundle", "1.0.0")
+        other = sqlite3.connect(config.db_path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(2.0, lambda: (other.execute("ROLLBACK"), other.close()))
+        release.start()  # after the closing pipeline gave up on the alert, before its last counters
+        try:
+            events = supervisor.decisions.process_batch([hot], T0)
+            assert [e.state for e in events] == ["open"]
+            assert supervisor.alerts.write(events) is False
+            await supervisor.close_pipeline()  # a reload
+        finally:
+            release.join()
+        await supervisor.open_pipeline()  # its writer starts with the alert and writes it
+        await supervisor.close_pipeline()
+        return [e.alert_id for e in events]
+
+    decided = asyncio.run(scenario())
+    assert "1 alerts could not be written to the outbox before the pipeline stopped" in caplog.text
+    assert [row["alert_id"] for row in outbox(config.db_path)] == decided

@@ -184,3 +184,18 @@ def test_process_batch_equals_processing_one_by_one() -> None:
     assert [(e.state, e.score, e.peak_ts, e.root_cause) for e in together] == [
         (e.state, e.score, e.peak_ts, e.root_cause) for e in singly]
     assert [e.state for e in together] == ["open", "close"]
+
+
+def test_a_wall_clock_stepped_back_does_not_silence_the_periodic_update() -> None:
+    """NTP steps a gateway's clock back an hour while an episode is open: the next window sends the update
+    (its time the new reference), and the updates come every `update_interval_s` after it, instead of
+    nothing for the hour of the step."""
+    f = Feeder(engine(update_interval_s=60.0, k=1, n=1))
+    assert [e.state for e in f.feed(1.5)] == ["open"]
+    for _ in range(30):
+        assert f.feed(1.5) == []
+    f.now -= 3600.0
+    stepped = f.feed(1.5)
+    assert [(e.state, e.extra["reason"]) for e in stepped] == [("update", "periodic")]
+    later = [e for _ in range(180) for e in f.feed(1.5)]
+    assert [(e.state, e.extra["reason"]) for e in later] == [("update", "periodic")] * 3
