@@ -45,18 +45,11 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _name(section: Section, key: str) -> str:
+def _name(section: Section, key: str, pattern: re.Pattern[str] = _NAME_RE, most: int = 128) -> str:
+    """A name (or, with `VERSION_RE` and 64, a version): letters, digits, . _ + -, used in paths."""
     value = section.get(key, str)
-    if not _NAME_RE.match(value):
-        raise ConfigError(section.key_path(key), "must be 1-128 characters of letters, digits, . _ + - "
-                          "starting with a letter or digit", value)
-    return value
-
-
-def _version(section: Section, key: str) -> str:
-    value = section.get(key, str)
-    if not VERSION_RE.match(value):
-        raise ConfigError(section.key_path(key), "must be 1-64 characters of letters, digits, . _ + - "
+    if not pattern.match(value):
+        raise ConfigError(section.key_path(key), f"must be 1-{most} characters of letters, digits, . _ + - "
                           "starting with a letter or digit", value)
     return value
 
@@ -136,8 +129,9 @@ def parse_manifest(data: Any) -> Manifest:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(join(join("models", i), "name"), "duplicate model name", name)
-    manifest = Manifest(SCHEMA_VERSION, _name(top, "name"), _version(top, "version"), created_at, trainer,
-                        compatibility, files, models)
+    bundle_name, version = _name(top, "name"), _name(top, "version", VERSION_RE, 64)
+    manifest = Manifest(SCHEMA_VERSION, bundle_name, version, created_at, trainer, compatibility, files,
+                        models)
     top.finish()
     return manifest
 
