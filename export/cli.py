@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                         help="auto keeps int8 only if it passes the accuracy and speed guard (default)")
     export.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest with")
-    export.add_argument("--name", help="bundle name (default: the run directory's name)")
+    export.add_argument("--name", type=_bundle_name, help="bundle name, at most 128 characters (default: the "
+                        "run directory's name)")
     export.add_argument("--version", type=_bundle_version, help="bundle version, at most 64 characters "
                         "(default: UTC date-time)")
     export.add_argument("--model-name", help="model name in the manifest (default: the run's data source)")
@@ -43,8 +45,18 @@ def _bundle_version(text: str) -> str:
     """Checked before any work: the manifest, and the gateway's store, take 1-64 letters, digits, . _ + -."""
     from edge_agent.bundle.parsing import VERSION_RE
 
-    if not VERSION_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: 1-64 characters of letters, digits, . _ + - "
+    return _matching(text, VERSION_RE, 64)
+
+
+def _bundle_name(text: str) -> str:
+    from edge_agent.bundle.parsing import NAME_RE
+
+    return _matching(text, NAME_RE, 128)
+
+
+def _matching(text: str, pattern: re.Pattern[str], most: int) -> str:
+    if not pattern.match(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: 1-{most} characters of letters, digits, . _ + - "
                                          "starting with a letter or digit")
     return text
 
@@ -57,6 +69,24 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _warn_unknown_profiles(names: tuple[str, ...] | list[str]) -> None:
+    """A profile name no profile directory here knows: likely a typo, and every gateway with another profile
+    name would refuse the bundle. A gateway's own profile (in its /etc/edge-agent/device_profiles) may be
+    unknown on the workstation, so this warns rather than refuses."""
+    from edge_agent.configtools import ConfigError
+    from edge_agent.profiles import load_profile
+
+    for name in names:
+        if name in ("generic", "any"):
+            continue
+        try:
+            load_profile(name)
+        except ConfigError:
+            logging.getLogger("export").warning(
+                "--device-profile %s: no such profile here (the shipped ones are in device_profiles/); only "
+                "gateways whose profile is named %s will install this bundle", name, name)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -76,6 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.run_dir import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _warn_unknown_profiles(args.device_profiles or ())
     try:
         result = export_run(args.run, args.out, precision=args.precision, sign_key=args.sign_key,
                             name=args.name, version=args.version, model_name=args.model_name,

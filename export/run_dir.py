@@ -233,6 +233,8 @@ def settings_from_threshold(threshold: dict[str, Any]) -> CalibrationSettings:
     again."""
     from trainer.config import CALIBRATION_PARAMS
 
+    if not isinstance(threshold, dict):
+        raise ExportError(f"run.json: threshold must be a table (a threshold spec), got {threshold!r:.60}")
     method = str(threshold.get("method"))
     if method not in CALIBRATION_PARAMS:
         raise ExportError(f"run.json: threshold -> method {method!r} is not one of "

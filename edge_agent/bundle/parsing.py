@@ -39,13 +39,13 @@ from edge_agent.bundle.manifest import (
 from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section, check_type, join
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 # a version names the gateway's directory of that bundle (`BundleStore`): the store takes at most 64
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _name(section: Section, key: str, pattern: re.Pattern[str] = _NAME_RE, most: int = 128) -> str:
+def _name(section: Section, key: str, pattern: re.Pattern[str] = NAME_RE, most: int = 128) -> str:
     """A name (or, with `VERSION_RE` and 64, a version): letters, digits, . _ + -, used in paths."""
     value = section.get(key, str)
     if not pattern.match(value):

@@ -279,6 +279,29 @@ def test_cli_keygen_and_export(run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--version", "1" * 65], "argument --version: '1111"),
+    (["--name", "pump line 3"], "argument --name: 'pump line 3': 1-128 characters"),
+    (["--latency-repeats", "0"], "argument --latency-repeats: must be at least 1, got 0"),
+])
+def test_cli_refuses_bad_arguments_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        _cli("export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "b.bundle"), *argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_warns_about_a_device_profile_it_does_not_know(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    assert _cli("export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "b.bundle"),
+                "--device-profile", "x86-64-ipc", "--device-profile", "nonexistent-profile") == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [("--device-profile nonexistent-profile: no such profile here (the shipped ones are in "
+                       "device_profiles/); only gateways whose profile is named nonexistent-profile will "
+                       "install this bundle")]
+
+
 
 def test_guard_decides_on_validation_and_test_auc_is_only_measured(exported: ExportResult,
                                                                    run_dir: Path) -> None:

@@ -40,6 +40,11 @@ def test_unknown_threshold_method_is_named() -> None:
         settings_from_threshold({"method": "magic", "params": {}, "value": 1.0})
 
 
+def test_a_threshold_that_is_not_a_table_is_named() -> None:
+    with pytest.raises(ExportError, match=r"run\.json: threshold must be a table"):
+        settings_from_threshold("x")  # type: ignore[arg-type]
+
+
 def test_a_threshold_margin_is_kept_apart_from_the_method_inputs() -> None:
     from trainer.calibration import ThresholdSpec, with_margin
 
