@@ -63,6 +63,7 @@ class Requirements:
     files: tuple[tuple[str, Path], ...] = ()  # (what, path) that must be readable
     active_bundle: str | None = None  # "name version" of the installed active bundle
     bundle_file: Path | None = None  # [bundle] path, used when nothing is installed
+    upstream_protocol: str | None = None  # [mqtt] protocol; None: no upstream (console sink)
 
 
 @dataclass
@@ -212,6 +213,14 @@ def diagnose(req: Requirements, machine: Machine,
                         f"copy the trainer's signing.pub into {req.trusted_keys_dir}"))
         else:
             add(Finding("ok", "trusted keys", f"{len(keys)} key file(s) in {req.trusted_keys_dir}"))
+    if req.upstream_protocol == "3.1.1":
+        # MQTT 3.1.1 has no reason code in PUBACK: a broker whose ACL denies the alert topic acknowledges the
+        # publish anyway (mosquitto does), so the agent marks the alert delivered (docs/alerts.md)
+        add(Finding("warn", "upstream", "MQTT 3.1.1: a broker that refuses an alert (ACL on the alert topic) "
+                    "still acknowledges it, so the agent cannot tell it was dropped",
+                    'set protocol = "5" in [mqtt]: refused alerts are then kept and reported'))
+    elif req.upstream_protocol is not None:
+        add(Finding("ok", "upstream", f"MQTT {req.upstream_protocol}: refused alerts are detected"))
     return found
 
 
@@ -295,7 +304,8 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
     return Requirements(state_dir=config.state_dir, profile=profile, serial_devices=tuple(serial),
                         video_devices=tuple(video), audio_needed=audio, trusted_keys_dir=keys,
                         min_onnxruntime=min_ort, files=tuple(files), active_bundle=active,
-                        bundle_file=config.bundle.path)
+                        bundle_file=config.bundle.path,
+                        upstream_protocol=config.mqtt.protocol if config.mqtt is not None else None)
 
 
 def _min_ort_of(bundle_file: Path) -> str | None:

@@ -87,3 +87,17 @@ def test_old_onnxruntime_blocks(state_dir: Path) -> None:
     by_check = {f.check: f for f in diagnose(req, _machine(onnxruntime_version="1.16.3"))}
     assert by_check["onnxruntime"].level == "fail"
     assert by_check["onnxruntime"].fix == "pip install 'onnxruntime>=1.20'"
+
+
+def test_an_upstream_on_mqtt_3_1_1_is_a_warning(state_dir: Path) -> None:
+    """3.1.1 brokers acknowledge alerts their ACL refuses: the agent cannot see them dropped."""
+    base = {"state_dir": state_dir, "profile": load_profile("x86-64-ipc"), "active_bundle": "pumps 1.0.0"}
+
+    def upstream(protocol: str | None) -> list:
+        req = Requirements(**base, upstream_protocol=protocol)  # type: ignore[arg-type]
+        return [f for f in diagnose(req, _machine()) if f.check == "upstream"]
+
+    fix = 'set protocol = "5" in [mqtt]: refused alerts are then kept and reported'
+    assert [(f.level, f.fix) for f in upstream("3.1.1")] == [("warn", fix)]
+    assert [f.level for f in upstream("5")] == ["ok"]
+    assert upstream(None) == []  # no [mqtt]: alerts go to the console
