@@ -465,10 +465,7 @@ class Store:
             self._conn.execute("COMMIT")
             self._keeper.wrote()
         finally:
-            if durable:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")  # the default again
-            self._lock.release()
+            self._release(durable)
 
     def _begin(self, busy_s: float, durable: bool) -> None:
         deadline = time.monotonic() + busy_s
@@ -481,19 +478,21 @@ class Store:
                 self._conn.execute(f"PRAGMA busy_timeout={wait_ms}")
                 self._conn.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as exc:
-                if durable:
-                    self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-                self._lock.release()
-                if not _locked(exc) or time.monotonic() >= deadline:
+            except BaseException as exc:
+                self._release(durable)
+                if not (isinstance(exc, sqlite3.OperationalError) and _locked(exc)) \
+                        or time.monotonic() >= deadline:
                     raise
-            except BaseException:
-                if durable:
-                    self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._lock.release()
-                raise
             time.sleep(LOCK_RETRY_PAUSE_S)  # the lock is free meanwhile
+
+    def _release(self, durable: bool) -> None:
+        """Undo a transaction's settings on the connection and let go of the store's lock."""
+        try:
+            if durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")  # the default again
+        finally:
+            self._lock.release()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -44,6 +44,7 @@ from edge_agent.inference import InferenceEngine
 from edge_agent.pipeline import (
     AlertWriter,
     FatalTaskError,
+    Rendered,
     RestartBudget,
     build_sink,
     build_windower,
@@ -108,7 +109,7 @@ class Supervisor:
         self.windower: Windower | None = None
         self.sources: list[Source] = []
         self.alerts: AlertWriter | None = None
-        self._carried_alerts: list[Any] = []  # alerts a closing pipeline could not write, for the next one
+        self._carried_alerts: list[Rendered] = []  # alerts a closing pipeline could not write, for the next
         self._watchdog: asyncio.Task[None] | None = None
         self._status_io: asyncio.Future[dict[str, int]] | None = None  # the status loop's write (a thread)
         self.ever_ready = False  # READY=1 was sent once: a later failure is a crash, not a failed start
@@ -489,7 +490,7 @@ class Supervisor:
         return self.state.health(self)
 
     def _write_status(self) -> None:
-        self._write_status_io(self.snapshot(), self.state.take_counter_deltas(self))
+        self.state.unpersist(self._write_status_io(self.snapshot(), self.state.take_counter_deltas(self)))
 
     def _write_status_io(self, snapshot: dict[str, Any], deltas: dict[str, int]) -> dict[str, int]:
         """Write the status file and add `deltas` to the stored counters; returns the deltas not stored
