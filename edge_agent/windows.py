@@ -108,31 +108,36 @@ class AssetAligner:
         if not math.isfinite(latest) or latest <= ts <= latest + limit:  # in order: the common case
             self._jumps = 0
             return True
+        emitted = None  # set when the reading lies behind the grid rather than far from the timeline
         if latest - limit <= ts < latest:  # out of order, within max_jump_s: behind the grid?
             emitted = self._time_of(self._next_index - 1) if self._next_index else -math.inf
             if ts >= emitted - self.spec.staleness_s:
                 self._jumps = 0
                 return True
-            why = (f"{emitted - ts:.0f} s behind its window grid ({emitted:.3f}; staleness_s "
-                   f"{self.spec.staleness_s:g})")
-        else:
-            why = f"{ts - latest:.0f} s from its timeline ({latest:.3f}; max_jump_s {limit:g})"
         self._jumps = self._jumps + 1 if self._jumps and abs(ts - self._jump_ts) <= limit else 1
         self._jump_ts = ts
         if self._jumps >= REANCHOR_AFTER:
             self.stats.reanchors += 1
             if self.stats.reanchors <= 10 or self.stats.reanchors % 100 == 0:
                 log.warning("asset %s: %d readings in a row at %.3f, %s: starting a new window grid there "
-                            "(re-anchored %d times)", self.spec.asset, self._jumps, ts, why,
-                            self.stats.reanchors)
+                            "(re-anchored %d times)", self.spec.asset, self._jumps, ts,
+                            self._off_timeline(ts, emitted), self.stats.reanchors)
             self._jumps = 0
             self._reset()
             return True
         self.stats.out_of_range += 1
         if self.stats.out_of_range == 1 or self.stats.out_of_range % 1000 == 0:
-            log.warning("asset %s: reading at %.3f dropped, %s; %d dropped so far", self.spec.asset, ts, why,
-                        self.stats.out_of_range)
+            log.warning("asset %s: reading at %.3f dropped, %s; %d dropped so far", self.spec.asset, ts,
+                        self._off_timeline(ts, emitted), self.stats.out_of_range)
         return False
+
+    def _off_timeline(self, ts: float, emitted: float | None) -> str:
+        """How a dropped reading at `ts` misses the timeline (for the log only)."""
+        if emitted is not None:
+            return (f"{emitted - ts:.0f} s behind its window grid ({emitted:.3f}; staleness_s "
+                    f"{self.spec.staleness_s:g})")
+        latest = self._latest_ts
+        return f"{ts - latest:.0f} s from its timeline ({latest:.3f}; max_jump_s {self.spec.max_jump_s:g})"
 
     def hold(self, channel: int, ts: float, value: float) -> None:
         """Record a sample; a late sample only replaces the previous one when it is newer than that."""
