@@ -364,8 +364,7 @@ def _check_debounce_override(config: AgentConfig, manifest: Any) -> None:
         debounce = getattr(manifest.model(name), "debounce", None)
         if debounce is None:
             continue
-        k = decisions.debounce_k or int(debounce.k)
-        n = decisions.debounce_n or int(debounce.n)
+        k, n, _clear = decisions.debounce(debounce)
         if k > n:
             key = "k" if decisions.debounce_k is not None else "n"
             raise ConfigError(f"decisions -> debounce -> {key}",

@@ -75,6 +75,13 @@ class DecisionConfig:
             raise ConfigError(debounce.key_path("k"), f"must not exceed n ({n})", k)
         return cls(update_interval_s=update, debounce_k=k, debounce_n=n, clear_windows=clear)
 
+    def debounce(self, model_debounce: Any) -> tuple[int, int, int]:
+        """`(k, n, clear_windows)` for a model: these overrides, the model's manifest values where left out
+        (`config.check_against_manifest` refuses a combination with k > n)."""
+        return (self.debounce_k or int(_field(model_debounce, "k")),
+                self.debounce_n or int(_field(model_debounce, "n")),
+                self.clear_windows or int(_field(model_debounce, "clear_windows")))
+
 
 @dataclass(frozen=True)
 class ModelPolicy:
@@ -113,10 +120,7 @@ def policy_for(spec: Any, config: DecisionConfig) -> ModelPolicy:
     if not levels:
         levels = (("warning", threshold),)
     levels = tuple(sorted(levels, key=lambda item: item[1]))
-    debounce = _field(spec, "debounce")
-    k = config.debounce_k or int(_field(debounce, "k"))
-    n = config.debounce_n or int(_field(debounce, "n"))
-    clear = config.clear_windows or int(_field(debounce, "clear_windows"))
+    k, n, clear = config.debounce(_field(spec, "debounce"))
     channels = tuple(str(c) for c in _field(_field(spec, "input"), "channels"))
     return ModelPolicy(channels, threshold, levels, min(k, n), max(k, n), clear)
 

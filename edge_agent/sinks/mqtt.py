@@ -41,7 +41,7 @@ from edge_agent.mqttloop import (
     settle_connack,
 )
 from edge_agent.sinks.payload import alert_topic, status_payload
-from edge_agent.sources.base import SecretRef, existing_secret, read_secret
+from edge_agent.sources.base import SecretRef, broker_login, read_secret
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
@@ -113,14 +113,9 @@ class MqttUpstreamConfig:
             if (tls.cert is None) != (tls.key is None):
                 raise ConfigError(tls_section.path, "cert and key must be given together")
             tls_section.finish()
-        username = section.optional("username", str)
-        password_file: Path | SecretRef | None = None
-        if (password_ref := section.optional("password_file", str)) is not None:
-            # `credential:NAME` or a path; under `${CREDENTIALS_DIRECTORY}` it is located when connecting
-            # if that variable is unset now (status, doctor, bundle install run from a shell)
-            password_file = existing_secret(password_ref, section.key_path("password_file"), base_dir)
-        if password_file is not None and username is None:
-            raise ConfigError(section.key_path("password_file"), "needs `username` as well")
+        # `credential:NAME` or a path; under `${CREDENTIALS_DIRECTORY}` it is located when connecting if that
+        # variable is unset now (status, doctor, bundle install run from a shell)
+        username, password_file = broker_login(section, base_dir)
         config = cls(
             host=host, port=port, tls=tls, username=username, password_file=password_file,
             client_id=section.get("client_id", str, ""),

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from edge_agent.configtools import ConfigError
+from edge_agent.configtools import ConfigError, Section
 from edge_agent.types import Reading
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,18 @@ def existing_secret(value: str, key_path: str, base_dir: Path) -> Path | SecretR
     if isinstance(located, Path) and not located.is_file():
         raise ConfigError(key_path, f"file not found: {located}", value)
     return located
+
+
+def broker_login(section: Section, base_dir: Path) -> tuple[str | None, Path | SecretRef | None]:
+    """`username` and `password_file` of a broker connection (a source's or `[mqtt]`): the password file is
+    located now (`existing_secret`) and needs a username beside it."""
+    username = section.optional("username", str)
+    password = section.optional("password_file", str)
+    if password is None:
+        return username, None
+    if username is None:
+        raise ConfigError(section.key_path("password_file"), "needs `username` as well")
+    return username, existing_secret(password, section.key_path("password_file"), base_dir)
 
 
 def _locate_secret(value: str, key_path: str, base_dir: Path, *, defer: bool) -> Path | SecretRef:

@@ -45,6 +45,7 @@ from edge_agent.sources.base import (
     RateLimitedLog,
     SecretRef,
     Source,
+    broker_login,
     existing_secret,
     read_secret,
     secret_path,
@@ -143,7 +144,6 @@ class MqttSourceConfig:
                 table.finish()
             if not fields:
                 raise ConfigError(section.key_path("fields"), "must name at least one field", raw_fields)
-        password = section.optional("password_file", str)
         use_tls = "tls" in section
         tls = section.section("tls", None)
         ca, cert, key = (tls.optional(name, str) for name in ("ca", "cert", "key"))
@@ -154,15 +154,12 @@ class MqttSourceConfig:
         def resolve(value: str | None, path: str) -> Path | SecretRef | None:
             return None if value is None else existing_secret(value, path, base_dir)
 
-        username = section.optional("username", str)
-        if password is not None and username is None:
-            raise ConfigError(section.key_path("password_file"), "needs `username` as well")
-
+        username, password_file = broker_login(section, base_dir)
         return cls(
             host=section.get("host", str), topics=topics, payload=payload, fields=fields,
             port=section.integer("port", 1883, minimum=1, maximum=65535),
             client_id=section.get("client_id", str, ""), username=username,
-            password_file=resolve(password, section.key_path("password_file")),
+            password_file=password_file,
             tls=use_tls, tls_ca=resolve(ca, join(tls.path, "ca")),
             tls_cert=resolve(cert, join(tls.path, "cert")),
             tls_key=resolve(key, join(tls.path, "key")),
