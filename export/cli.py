@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.bundle import BundleError, generate_keypair, key_id, load_private_key
+from trainer.cli import at_least
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--model-name", help="model name in the manifest (default: the run's data source)")
     export.add_argument("--device-profile", action="append", dest="device_profiles", metavar="NAME",
                         help="device profile the bundle is validated for (repeatable; default: generic)")
-    export.add_argument("--latency-repeats", type=_positive_int, default=200,
+    export.add_argument("--latency-repeats", type=at_least(1), default=200,
                         help="timed runs per latency measurement (batch 1; batch 32 uses a quarter)")
     export.set_defaults(func=cmd_export)
 
@@ -59,16 +60,6 @@ def _matching(text: str, pattern: re.Pattern[str], most: int) -> str:
         raise argparse.ArgumentTypeError(f"{text[:80]!r}: 1-{most} characters of letters, digits, . _ + - "
                                          "starting with a letter or digit")
     return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _warn_unknown_profiles(names: tuple[str, ...] | list[str]) -> None:

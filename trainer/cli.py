@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from trainer import __version__
 
@@ -18,6 +18,22 @@ COMMAND_MODULES = (
     "trainer.benchmarks.cli",  # benchmark cmapss|skab
     "export.cli",  # keygen, export
 )
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type for commands: an integer >= `minimum` (a usage error otherwise, not a traceback
+    later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -140,11 +140,14 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
     if sample_period_s is not None:
         for path, segments in zip(options.paths, files, strict=True):
             _check_period(path, segments, sample_period_s)
-    by_file = [[_zero_labels(s) for s in segments if s.labels is None or not np.any(s.labels)]
-               for segments in files]
-    by_file = [group for group in by_file if group]
+    def anomalous(series: Series) -> bool:
+        return series.labels is not None and bool(np.any(series.labels))
+
+    labelled = [s for segments in files for s in segments if anomalous(s)]
+    # each file's normal segments, for files that have any
+    by_file = [group for segments in files
+               if (group := [_zero_labels(s) for s in segments if not anomalous(s)])]
     normal = [s for group in by_file for s in group]
-    labelled = [s for segments in files for s in segments if s.labels is not None and np.any(s.labels)]
     if not normal:
         raise ValueError(
             "CSV data: every series holds anomalies; training needs normal series (all labels 0)"

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from edge_agent.configtools import ConfigError
 from trainer.baselines import IsolationForestBaseline, PcaT2Q
 from trainer.calibration import calibrate
+from trainer.cli import at_least
 from trainer.config import TrainerConfig, load_config
 from trainer.evaluate import evaluate_run, load_run
 from trainer.metrics import binary_metrics
@@ -44,21 +44,6 @@ DEFAULT_CONFIGS = {
 }
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `minimum` (a usage error otherwise, not a traceback later)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `edge-trainer benchmark cmapss`."""
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
@@ -72,12 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cmapss_fd002.toml for FD002/FD004)",
     )
     parser.add_argument(
-        "--max-units", type=_at_least(1), default=None, help="only the first N train and test units (smoke)"
+        "--max-units", type=at_least(1), default=None, help="only the first N train and test units (smoke)"
     )
-    parser.add_argument("--epochs", type=_at_least(1), default=None, help="override training epochs (smoke)")
+    parser.add_argument("--epochs", type=at_least(1), default=None, help="override training epochs (smoke)")
     parser.add_argument(
         "--rootcause-trials",
-        type=_at_least(0),
+        type=at_least(0),
         default=200,
         help="faulted windows per fault type and size (0 skips root cause)",
     )
