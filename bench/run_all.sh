@@ -26,6 +26,8 @@ stamp "agent throughput, latency, CPU and memory"
 $PY bench/agent_bench.py --out "$OUT/agent_bench.json" > /dev/null
 stamp "inference: a batch split over parallel session runs"
 $PY bench/inference_bench.py --out "$OUT/inference_bench.json" > /dev/null
+stamp "SQLite cost per transaction by synchronous level"
+$PY bench/storage_sync_timing.py --out "$OUT/storage_sync.json" > /dev/null
 stamp "demo (simulator faults, detection, root cause)"
 $PY scripts/demo.py --workdir "$WORK/demo" --summary-json "$OUT/demo.json" > "$WORK/demo.log"
 stamp "done: $OUT (work files in $WORK)"

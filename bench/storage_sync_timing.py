@@ -1,5 +1,15 @@
-"""Per-transaction cost of add_alerts (1 alert) and record_windows (64 windows) with the WAL at
-synchronous=NORMAL vs FULL (fixed for every transaction), and as shipped (alerts FULL, windows NORMAL)."""
+"""Per-transaction cost of `Store.add_alerts` (1 alert) and `Store.record_windows` (64 windows) with the WAL
+at synchronous=NORMAL and FULL for every transaction, and as shipped (alerts FULL, windows NORMAL), on a
+temporary database in `--dir` (default: the system temp dir; point it at the gateway's state disk).
+
+    python bench/storage_sync_timing.py [--dir D] [--runs 3] [--transactions 400] [--out F]
+
+Prints JSON: per level, the median over runs of the mean milliseconds per transaction (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import argparse
 import json
 import statistics
 import sys
@@ -7,38 +17,72 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_agent.decisions import new_id
 from edge_agent.storage import Store
-from tests.integration.test_alert_writer import scored
-from tests.integration.test_storage import event
+from edge_agent.types import AlertEvent, RootCauseEntry, ScoredWindow, Window
+
+LEVELS = ("NORMAL", "FULL", "shipped")
 
 
-def run(mode: str) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as d:
+def alert(ts: float) -> AlertEvent:
+    return AlertEvent(new_id(ts), new_id(ts), "open", ts, ts, "pump-1", "pump", "b", "1.0", 2.0, 1.0,
+                      "warning", ts - 10, ts, ts - 3, (RootCauseEntry("flow", 1.0),), {"reason": "open"})
+
+
+def window(ts: float) -> ScoredWindow:
+    raw = Window("pump-1", "pump", ts - 10, ts, np.zeros((2, 4), np.float32))
+    return ScoredWindow(raw, 0.1, 0.1, 1.0, np.array([0.25, 0.75], np.float32),
+                        np.array([0.5, -0.5], np.float32), np.zeros(4, np.float32), "b", "1.0")
+
+
+def run(level: str, directory: str | None, n: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(dir=directory) as d:
         store = Store.open(Path(d) / "agent.db")
-        if mode != "shipped":
-            orig = store._transaction
-            store._transaction = lambda durable=False: orig(False)  # one level for every transaction
-            store._conn.execute(f"PRAGMA synchronous={mode}")
-        n = 400
-        t = time.perf_counter()
-        for _ in range(n):
-            store.add_alerts([event()], lambda e: "t", lambda e: b"{}")
-        a = (time.perf_counter() - t) / n * 1000
-        batch = [scored(1.8e9 + i, 0.1) for i in range(64)]
-        t = time.perf_counter()
+        if level != "shipped":
+            transaction = store._transaction
+            # one level for every transaction: the durable flag is ignored, the pragma set once
+            store._transaction = lambda durable=False, **kw: transaction(False, **kw)  # type: ignore[method-assign]
+            store._conn.execute(f"PRAGMA synchronous={level}")
+        start = time.perf_counter()
+        for i in range(n):
+            store.add_alerts([alert(1.8e9 + i)], lambda e: "t", lambda e: b"{}")
+        alerts_ms = (time.perf_counter() - start) / n * 1000
+        batch = [window(1.8e9 + i) for i in range(64)]
+        start = time.perf_counter()
         for _ in range(n):
             store.record_windows(batch)
-        w = (time.perf_counter() - t) / n * 1000
+        windows_ms = (time.perf_counter() - start) / n * 1000
         store.close()
-        return a, w
+        return alerts_ms, windows_ms
 
-results = {}
-for mode in ("NORMAL", "FULL", "shipped"):
-    runs = [run(mode) for _ in range(3)]
-    results[mode] = {
-        "add_alerts_ms_per_txn": round(statistics.median(r[0] for r in runs), 3),
-        "record_windows_64_ms_per_txn": round(statistics.median(r[1] for r in runs), 3),
-    }
-summary = {"date": time.strftime("%Y-%m-%d"), "runs": 3, "transactions": 400, "sync": results}
-print(json.dumps(summary, indent=2))
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default=None, help="where the temporary database goes (default: temp dir)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--transactions", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.transactions < 1:
+        parser.error("--runs and --transactions must be at least 1")
+    results = {}
+    for level in LEVELS:
+        runs = [run(level, args.dir, args.transactions) for _ in range(args.runs)]
+        results[level] = {
+            "add_alerts_ms_per_txn": round(statistics.median(r[0] for r in runs), 3),
+            "record_windows_64_ms_per_txn": round(statistics.median(r[1] for r in runs), 3),
+        }
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": args.runs,
+               "transactions": args.transactions, "dir": args.dir or tempfile.gettempdir(), "sync": results}
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -79,7 +79,7 @@ class ReplayConfig:
 
     def check_file(self, key_path: str) -> None:
         """The file can be read and has every column the config names (`check-config` runs this; loading
-        the config does not, so `status` still works while a recording is away)."""
+        the config reads the header only when `fields` is left out)."""
         header = read_header(self.path, join(key_path, "path"))
         if self.timestamp_field is not None and self.timestamp_field not in header:
             raise ConfigError(join(key_path, "timestamp_field"),
