@@ -87,13 +87,13 @@ def one_seed(data_dir: Path, config: TrainerConfig, options: SkabOptions) -> dic
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="the SKAB folder (holding data/)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     base = load_config(args.config)
     options = parse_options(base.data.generic.options if base.data.generic is not None else {})
     if not options.dev_files or not options.anomaly_free_rows:
