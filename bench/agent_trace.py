@@ -101,6 +101,9 @@ def _install(points: list[Any], spans: list[Any]) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) < 3 or sys.argv[1].startswith("-"):  # no trace file name, or --help
+        print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
+        return 0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2
     out = Path(sys.argv[1])
     points: list[Any] = []
     spans: list[Any] = []
