@@ -49,6 +49,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import emit  # noqa: E402
 
 CHANNELS = [f"c{i:02d}" for i in range(14)]
 LENGTH = 50
@@ -517,12 +518,7 @@ def main() -> int:
                                     device_profile=args.device_profile, agents=args.agents)
                 for key, value in run.items():
                     results.setdefault(key, {})[phase] = value
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import emit  # noqa: E402
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{[name for name, _options in base_settings.providers]}, ORT threads not spinning",
               "settings": "INTRAxPARALLEL: intra-op threads per run x parallel runs per batch",
               "baseline": f"{base_setting[0]}x{base_setting[1]}", "pause_s": args.pause, "results": results}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

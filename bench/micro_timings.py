@@ -44,6 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import emit  # noqa: E402
 from edge_agent.agentstate import write_status_file  # noqa: E402
 from edge_agent.config import AgentConfig  # noqa: E402
 from edge_agent.supervisor import Supervisor  # noqa: E402
@@ -226,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                "dir": args.dir or tempfile.gettempdir(), "rounds": args.rounds,
                "decision_engine": decisions, "status_file": status}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return emit(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import emit  # noqa: E402
+from trainer.benchmarks.skab import anomaly_free_parts, development_series  # noqa: E402
 from trainer.benchmarks.skab_file import run_file  # noqa: E402
 from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions, parse_options  # noqa: E402
 from trainer.benchmarks.skab_scoring import channel_indices, model_windows  # noqa: E402
-from trainer.benchmarks.skab_select import in_subset  # noqa: E402
 from trainer.config import TrainerConfig, load_config  # noqa: E402
 from trainer.data.series import Series  # noqa: E402
-from trainer.data.skab import ANOMALY_FREE, data_root, labelled_files, read_skab_file  # noqa: E402
 
 GROUPS = ("anomaly_free_flagged", "dev_true_alarms", "dev_false_alarms")
 
@@ -78,26 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     setting = (args.setting[0], float(args.setting[1]))
     groups: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
     channels: list[str] = []
-    for path in labelled_files(args.data_dir):
-        if in_subset(f"{path.parent.name}/{path.stem}", options.dev_files):
-            series = read_skab_file(path)
-            channels = list(series.channels)
-            error, labels, _ = flagged_errors(series, config, options, setting)
-            groups["dev_true_alarms"].append(error[labels == 1])
-            groups["dev_false_alarms"].append(error[labels == 0])
-    free = read_skab_file(data_root(args.data_dir) / ANOMALY_FREE, labelled=False)
-    n = options.anomaly_free_rows
-    for k in range(len(free) // n):
-        part = Series(f"anomaly-free/{k}", free.values[k * n:(k + 1) * n], list(free.channels),
-                      np.arange(n, dtype=float), np.zeros(n, np.int8))
+    for series in development_series(args.data_dir, options):
+        channels = list(series.channels)
+        error, labels, _ = flagged_errors(series, config, options, setting)
+        groups["dev_true_alarms"].append(error[labels == 1])
+        groups["dev_false_alarms"].append(error[labels == 0])
+    for part in anomaly_free_parts(args.data_dir, options):
         groups["anomaly_free_flagged"].append(flagged_errors(part, config, options, setting)[0])
     report = {"config": str(args.config), "seed": args.seed, "setting": list(setting),
               "dev_files": list(options.dev_files), **{g: shares(groups[g], channels) for g in GROUPS}}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

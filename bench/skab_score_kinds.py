@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,14 +26,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.benchmarks.skab import select_vae_setting  # noqa: E402
+from bench.report import emit  # noqa: E402
+from trainer.benchmarks.skab import anomaly_free_parts, development_series, select_vae_setting  # noqa: E402
 from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file, validation_mask  # noqa: E402
 from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions, parse_options  # noqa: E402
 from trainer.benchmarks.skab_scoring import channel_indices, model_windows  # noqa: E402
-from trainer.benchmarks.skab_select import in_subset  # noqa: E402
 from trainer.config import TrainerConfig, load_config  # noqa: E402
 from trainer.data.series import Series  # noqa: E402
-from trainer.data.skab import ANOMALY_FREE, data_root, labelled_files, read_skab_file  # noqa: E402
 from trainer.data.windows import StandardScaler  # noqa: E402
 from trainer.scoring import build_scorer, latent_statistics, score_windows  # noqa: E402
 
@@ -64,16 +62,11 @@ def kind_results(series: Series, config: TrainerConfig, options: SkabOptions) ->
 
 def one_seed(data_dir: Path, config: TrainerConfig, options: SkabOptions) -> dict[str, Any]:
     dev: dict[str, list[FileResult]] = {kind: [] for kind in KINDS}
-    for path in labelled_files(data_dir):
-        if in_subset(f"{path.parent.name}/{path.stem}", options.dev_files):
-            for kind, result in kind_results(read_skab_file(path), config, options).items():
-                dev[kind].append(result)
-    free = read_skab_file(data_root(data_dir) / ANOMALY_FREE, labelled=False)
-    n = options.anomaly_free_rows
+    for series in development_series(data_dir, options):
+        for kind, result in kind_results(series, config, options).items():
+            dev[kind].append(result)
     normal: dict[str, list[FileResult]] = {kind: [] for kind in KINDS}
-    for k in range(len(free) // n):
-        part = Series(f"anomaly-free/{k}", free.values[k * n:(k + 1) * n], list(free.channels),
-                      np.arange(n, dtype=float), np.zeros(n, np.int8))
+    for part in anomaly_free_parts(data_dir, options):
         for kind, result in kind_results(part, config, options).items():
             normal[kind].append(result)
     out = {}
@@ -111,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS}
     report = {"config": str(args.config), "dev_files": list(options.dev_files), "seeds": runs,
               "mean_over_seeds": means}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Prints JSON: per level, the median over runs of the mean milliseconds per transa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import emit
 from edge_agent.decisions import new_id
 from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, RootCauseEntry, ScoredWindow, Window
@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": args.runs,
                "transactions": args.transactions, "dir": args.dir or tempfile.gettempdir(), "sync": results}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return emit(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,28 @@ def select_vae_setting(
     return choose(candidates, options.select_max_far_pct, options.select_max_mar_pct), candidates
 
 
+def development_series(data_dir: Path, options: SkabOptions) -> list[Series]:
+    """The labelled files named by `dev_files`, read, in file order."""
+    return [read_skab_file(path) for path in labelled_files(data_dir)
+            if in_subset(f"{path.parent.name}/{path.stem}", options.dev_files)]
+
+
+def anomaly_free_parts(data_dir: Path, options: SkabOptions) -> list[Series]:
+    """The anomaly-free run cut into consecutive unlabelled pseudo-files of `anomaly_free_rows` rows (all
+    labels 0), each to be run like a labelled file; empty when `anomaly_free_rows` is 0 or the file is
+    absent."""
+    path = data_root(data_dir) / ANOMALY_FREE
+    if options.anomaly_free_rows == 0 or not path.is_file():
+        return []
+    free, n = read_skab_file(path, labelled=False), options.anomaly_free_rows
+    stamps = free.timestamps if free.timestamps is not None else np.arange(len(free), dtype=float)
+    return [
+        Series(f"anomaly-free/{k}", free.values[k * n : (k + 1) * n], list(free.channels),
+               stamps[k * n : (k + 1) * n], np.zeros(n, np.int8))
+        for k in range(len(free) // n)
+    ]
+
+
 def anomaly_free_far(
     data_dir: Path,
     config: TrainerConfig,
@@ -87,31 +109,13 @@ def anomaly_free_far(
     models: tuple[str, ...],
     vae_setting: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
-    """False-alarm rates on normal data that holds no test row: the anomaly-free run cut into consecutive
-    pseudo-files of `anomaly_free_rows` rows, each run through `run_file` like a labelled file (its first
-    `train_rows` rows train). Needs no labels, so settings can be judged on it honestly. Empty when
-    `anomaly_free_rows` is 0 or the file is absent."""
-    path = data_root(data_dir) / ANOMALY_FREE
-    if options.anomaly_free_rows == 0 or not path.is_file():
+    """False-alarm rates on normal data that holds no test row: each pseudo-file of `anomaly_free_parts`
+    run through `run_file` like a labelled file (its first `train_rows` rows train). Needs no labels, so
+    settings can be judged on it honestly. Empty when there is no anomaly-free data to run."""
+    results = [run_file(part, config, options, models, vae_setting)
+               for part in anomaly_free_parts(data_dir, options)]
+    if not results:
         return {}
-    free, n = read_skab_file(path, labelled=False), options.anomaly_free_rows
-    stamps = free.timestamps if free.timestamps is not None else np.arange(len(free), dtype=float)
-    results = [
-        run_file(
-            Series(
-                f"anomaly-free/{k}",
-                free.values[k * n : (k + 1) * n],
-                list(free.channels),
-                stamps[k * n : (k + 1) * n],
-                np.zeros(n, np.int8),
-            ),
-            config,
-            options,
-            models,
-            vae_setting,
-        )
-        for k in range(len(free) // n)
-    ]
     rows = sum(len(r.labels) for r in results)
     summary: dict[str, Any] = {"pseudo_files": len(results), "test_rows": rows}
     for name in models:
