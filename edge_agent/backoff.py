@@ -1,22 +1,31 @@
 """The one reconnect helper: capped exponential backoff with full jitter.
 
-The agent's reconnect loops (serial reopen, MQTT sources, MQTT upstream) draw their delays from
-`backoff_delays()`. Resetting after a success is taking a fresh iterator:
+The agent's reconnect loops (serial reopen, MQTT sources, MQTT upstream) take their delays from a
+`Reconnects`, which draws them from `backoff_delays()`:
 
-    delays = backoff_delays()
+    reconnects = Reconnects()
     while True:
         try:
             connect()
         except OSError:
-            await asyncio.sleep(next(delays))
+            await asyncio.sleep(reconnects.failed())
             continue
-        delays = backoff_delays()   # success: start again from `base`
+        reconnects.connected()
+        serve()                                  # until the connection is lost
+        await asyncio.sleep(reconnects.lost())   # 0 when it held STABLE_CONNECTION_S, else the next delay
+
+A connection the other end drops right after accepting it (a broker dropping one of two clients with the
+same client id, a USB adapter that resets) counts as a failed try, so such a loop slows down instead of
+spinning; the delays start again from `base` only once a connection has held.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
+
+STABLE_CONNECTION_S = 10.0  # a connection that held this long resets the backoff
 
 
 def backoff_delays(base: float = 0.5, cap: float = 30.0, factor: float = 1.5,
@@ -41,3 +50,38 @@ def backoff_delays(base: float = 0.5, cap: float = 30.0, factor: float = 1.5,
 def backoff_ceilings(base: float = 0.5, cap: float = 30.0, factor: float = 1.5) -> Iterator[float]:
     """The upper bound of each delay `backoff_delays` draws (no jitter): for docs and tests."""
     return backoff_delays(base, cap, factor, rng=lambda _low, high: high)
+
+
+class Reconnects:
+    """The delays of one reconnect loop (module docstring). `delays` makes a fresh delay iterator
+    (`backoff_delays` unless a test injects one); `clock` is monotonic seconds."""
+
+    def __init__(self, delays: Callable[[], Iterator[float]] = backoff_delays,
+                 stable_s: float = STABLE_CONNECTION_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._make = delays
+        self._delays = delays()
+        self._stable_s = stable_s
+        self._clock = clock
+        self._connected_at: float | None = None
+
+    def failed(self) -> float:
+        """A try failed: the seconds to wait before the next one."""
+        return next(self._delays)
+
+    def connected(self) -> None:
+        """A try succeeded: the connection is up from now."""
+        self._connected_at = self._clock()
+
+    def held(self) -> bool:
+        """Whether the current (or last) connection has been up `stable_s` or more."""
+        return self._connected_at is not None and self._clock() - self._connected_at >= self._stable_s
+
+    def lost(self) -> float:
+        """The connection was lost: 0 (and the delays start again from `base`) when it had held `stable_s`,
+        else it counts as a failed try and the next delay is returned."""
+        held = self.held()
+        self._connected_at = None
+        if held:
+            self._delays = self._make()
+            return 0.0
+        return self.failed()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -76,6 +77,7 @@ CLOSE_ALERT_ATTEMPTS = 10
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
 GIL_SWITCH_INTERVAL_S = 0.001
 _find_fatal = find_fatal
+INSTANCE_LOCK = "agent.lock"  # in state_dir; see _hold_instance_lock
 
 
 def _freeze_long_lived_objects() -> None:
@@ -86,6 +88,28 @@ def _freeze_long_lived_objects() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _hold_instance_lock(config: AgentConfig) -> int:
+    """Take `state_dir/agent.lock` (an exclusive `flock`, released by the kernel when the process ends,
+    however it ends) and return its descriptor: one agent per state directory. A second one, such as a
+    hand-started `edge-agent run` next to the service, would share the database and the MQTT client id (the
+    broker would drop each for the other) and delete the other's pid file: it is refused, naming the
+    running agent's pid."""
+    fd = os.open(config.state_dir / INSTANCE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            pid = config.pid_path.read_text().strip()
+        except OSError:
+            pid = ""
+        running = f"another agent (pid {pid})" if pid.isdigit() else "another agent"
+        raise ConfigError("state_dir", f"{running} is running with this state directory: stop it first "
+                          "(systemctl stop edge-agent), or give this one a state_dir of its own",
+                          str(config.state_dir), config.source) from None
+    return fd
 
 
 class Supervisor:
@@ -130,13 +154,22 @@ class Supervisor:
                                 (signal.SIGHUP, self.request_reload)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, handler)
+        instance_lock: int | None = None
         try:
-            self.config.state_dir.mkdir(parents=True, exist_ok=True)
-            self.config.pid_path.write_text(f"{os.getpid()}\n")
-        except OSError as exc:
-            raise ConfigError("state_dir", f"cannot write the state directory: {exc.strerror or exc} "
-                              "(StateDirectory= in the unit makes it)", str(self.config.state_dir),
-                              self.config.source) from exc
+            try:
+                self.config.state_dir.mkdir(parents=True, exist_ok=True)
+                instance_lock = _hold_instance_lock(self.config)
+                self.config.pid_path.write_text(f"{os.getpid()}\n")
+            except OSError as exc:
+                raise ConfigError("state_dir", f"cannot write the state directory: {exc.strerror or exc} "
+                                  "(StateDirectory= in the unit makes it)", str(self.config.state_dir),
+                                  self.config.source) from exc
+            return await self._run_pipelines()
+        finally:
+            if instance_lock is not None:
+                os.close(instance_lock)  # after the pid file is gone: the next agent may start
+
+    async def _run_pipelines(self) -> int:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
         try:

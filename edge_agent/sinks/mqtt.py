@@ -30,7 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.backoff import backoff_delays
+from edge_agent.backoff import Reconnects, backoff_delays
 from edge_agent.configtools import ConfigError, Section
 from edge_agent.mqttloop import (
     BufferedClient,
@@ -214,7 +214,7 @@ class MqttUpstream:
         """Connect (retrying with backoff), then deliver until `aclose()`; reconnect after any loss."""
         self._loop = asyncio.get_running_loop()
         self._running = True
-        delays = self._delays()
+        reconnects = Reconnects(self._delays)
         try:
             while not self._closing:
                 self._state = "connecting"
@@ -223,23 +223,27 @@ class MqttUpstream:
                 except (OSError, ConnectRefusedError, ConfigError, asyncio.TimeoutError) as exc:
                     await self._teardown()
                     self._state = "disconnected"
-                    delay = next(delays)
+                    delay = reconnects.failed()
                     log.warning("upstream broker %s:%d not reachable (%s); retrying in %.1f s",
                                 self.config.host, self.config.port, exc, delay)
                     await self._pause(delay)
                     continue
-                delays = self._delays()
+                reconnects.connected()
                 try:
                     await self._serve()
                 finally:
                     await self._teardown()
-                    if not self._closing:
-                        self._state = "disconnected"
-                        log.warning("upstream broker connection lost; %d alerts waiting",
-                                    self._store.backlog())
+                held = reconnects.held()
+                delay = reconnects.lost()
+                if not self._closing:
+                    self._state = "disconnected"
+                    log.warning("upstream broker connection lost%s; %d alerts waiting%s",
+                                "" if held else " right after connecting (another client with the same "
+                                "client_id? see [mqtt] client_id)", self._store.backlog(),
+                                f"; reconnecting in {delay:.1f} s" if delay > 0 else "")
                 hold, self._hold_s = self._hold_s, 0.0
-                if hold > 0:  # the broker refused an alert for now (quota, ...): back off, then resend
-                    await self._pause(hold)
+                if max(hold, delay) > 0:  # refused an alert for now (quota, ...), or a connection that did
+                    await self._pause(max(hold, delay))  # not hold: back off, then resend
         finally:
             self._state = "closed"
             self._running = False

@@ -31,7 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.backoff import backoff_delays
+from edge_agent.backoff import Reconnects, backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
 from edge_agent.mqttloop import (
     BufferedClient,
@@ -231,26 +231,32 @@ class MqttSource(Source):
         lost; again. Messages are handled inside the loop's reads (`_on_message`)."""
         self._loop = asyncio.get_running_loop()
         self.stats.state = "disconnected"
-        delays = self._delays()
+        reconnects = Reconnects(self._delays)
         while True:
             try:
                 await self._connect()
             except (OSError, ConfigError, asyncio.TimeoutError) as exc:  # ConnectRefusedError is an OSError
                 self._teardown()
-                delay = next(delays)
+                delay = reconnects.failed()
                 self._unreachable_log.warning(
                     "source %s: broker %s:%d not reachable (%s); retrying in %.1f s",
                     self.name, self.config.host, self.config.port, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            delays = self._delays()
+            reconnects.connected()
             self._unreachable_log = RateLimitedLog(log, interval_s=60.0)
             try:
                 await self._lost.wait()
             finally:
                 self._teardown()
             self._set_state("disconnected")
-            await asyncio.sleep(next(delays))
+            delay = reconnects.lost()
+            if delay > 0:
+                self._unreachable_log.warning(
+                    "source %s: broker %s:%d dropped the connection right after accepting it (another "
+                    "client with the same client_id?); reconnecting in %.1f s",
+                    self.name, self.config.host, self.config.port, delay)
+            await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
         assert self._loop is not None

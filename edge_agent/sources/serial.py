@@ -18,7 +18,7 @@ from typing import Any
 
 import serial
 
-from edge_agent.backoff import backoff_delays
+from edge_agent.backoff import Reconnects
 from edge_agent.configtools import ConfigError, Section
 from edge_agent.sources.base import Source
 from edge_agent.sources.lineformats import LineFormat, LineFormatError, LineParser, line_format_from_section
@@ -81,18 +81,18 @@ class SerialSource(Source):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        delays = backoff_delays()
+        reconnects = Reconnects()
         while True:
             try:
                 self._port = self._open()
             except (OSError, serial.SerialException) as exc:
                 self.stats.state = "disconnected"
-                delay = next(delays)
+                delay = reconnects.failed()
                 log.warning("source %s: cannot open %s (%s); retrying in %.1f s", self.name,
                             self.config.device, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            delays = backoff_delays()
+            reconnects.connected()
             self.stats.state = "connected"
             log.info("source %s: opened %s", self.name, self.config.device)
             lost: asyncio.Future[Exception] = loop.create_future()
@@ -103,7 +103,10 @@ class SerialSource(Source):
                 self._close_port(loop)
             self.stats.state = "disconnected"
             self.stats.reconnects += 1
-            log.warning("source %s: lost %s (%s); reopening", self.name, self.config.device, error)
+            delay = reconnects.lost()  # a port lost again right after opening: wait before the next try
+            log.warning("source %s: lost %s (%s); reopening%s", self.name, self.config.device, error,
+                        f" in {delay:.1f} s" if delay > 0 else "")
+            await asyncio.sleep(delay)
 
     def _open(self) -> serial.Serial:
         cfg = self.config

@@ -9,7 +9,13 @@ import pytest
 
 from edge_agent import supervisor as supervisor_module
 from edge_agent.cli import main
-from tests.integration.agent_harness import make_bundle, serial_asset, serial_source, write_config
+from tests.integration.agent_harness import (
+    AgentProcess,
+    make_bundle,
+    serial_asset,
+    serial_source,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,3 +54,31 @@ def test_a_failure_after_ready_is_reported_as_a_crash(tmp_path: Path, capfd: pyt
     err = capfd.readouterr().err
     assert "agent crashed: boom while running" in err
     assert "cannot start" not in err
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    """A hand-started `edge-agent run` next to the service would share the database and the MQTT client id
+    and delete the service's pid file when it exits: it is refused, and the running agent is untouched."""
+    bundle, keys = make_bundle(tmp_path)
+    state = tmp_path / "state"
+    config = write_config(tmp_path, state, bundle, keys, {"line1": serial_source("/dev/null")},
+                          {"pump-3": serial_asset()})
+    first = AgentProcess(config, state)
+    try:
+        first.wait_ready()
+        assert main(["run", "--config", str(config)]) == 1
+        err = capfd.readouterr().err
+        assert "cannot start" in err
+        assert f"another agent (pid {first.proc.pid}) is running with this state directory" in err
+        assert (state / "agent.pid").read_text().strip() == str(first.proc.pid)  # still the first one's
+        assert first.proc.poll() is None
+    finally:
+        assert first.stop() == 0
+    assert not (state / "agent.pid").exists()
+    # the lock goes with the process: the next agent starts
+    second = AgentProcess(config, state)
+    try:
+        second.wait_ready()
+    finally:
+        assert second.stop() == 0

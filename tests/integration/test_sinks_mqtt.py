@@ -381,3 +381,33 @@ def test_an_alert_the_broker_refuses_by_acl_is_parked_as_rejected_not_delivered(
         runner.stop()
         sub.close()
         broker.stop()
+
+
+def test_two_gateways_with_one_client_id_back_off_instead_of_spinning(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker drops one of two clients with the same client id each time the other connects. Each
+    connection is accepted, then lost at once: that counts as a failed try, so the two back off. Without it
+    they took each other's connection hundreds of times a second, flapping the retained status."""
+    identity = GatewayIdentity("plant1", "press", "line2", "gw-7")
+    runners, upstreams, stores = [], [], []
+    caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            store = Store.open(tmp_path / name / "state.db")
+            config = MqttUpstreamConfig(host="127.0.0.1", port=mqtt_broker.port)
+            upstream = MqttUpstream(config, identity, store, health=dict,
+                                    delays=lambda: backoff_delays(base=0.2, cap=0.5))
+            stores.append(store)
+            upstreams.append(upstream)
+            runners.append(Runner(upstream))
+        threading.Event().wait(3.0)
+        connects = sum(u.connects for u in upstreams)
+    finally:
+        for runner in runners:
+            runner.stop()
+        for store in stores:
+            store.close()
+    # backing off (delays drawn from [0, 0.2 .. 0.5] s) allows a few dozen connections in 3 s at most
+    assert 2 <= connects <= 60, connects
+    assert "right after connecting (another client with the same client_id?" in caplog.text

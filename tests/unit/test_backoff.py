@@ -1,8 +1,9 @@
+from collections.abc import Iterator
 from itertools import islice
 
 import pytest
 
-from edge_agent.backoff import backoff_ceilings, backoff_delays
+from edge_agent.backoff import Reconnects, backoff_ceilings, backoff_delays
 
 
 def test_ceilings_grow_geometrically_then_stay_at_cap() -> None:
@@ -29,3 +30,41 @@ def test_fresh_iterator_resets_to_base() -> None:
 def test_bad_parameters_are_rejected(base: float, cap: float, factor: float) -> None:
     with pytest.raises(ValueError, match="backoff"):
         next(backoff_delays(base, cap, factor))
+
+
+def ceilings() -> Iterator[float]:
+    return backoff_ceilings(base=1.0, cap=8.0, factor=2.0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_connection_that_held_resets_the_backoff() -> None:
+    clock = FakeClock()
+    reconnects = Reconnects(ceilings, stable_s=10.0, clock=clock)
+    assert [reconnects.failed() for _ in range(3)] == [1.0, 2.0, 4.0]
+    reconnects.connected()
+    clock.now += 10.0
+    assert reconnects.held()
+    assert reconnects.lost() == 0.0  # reconnect at once ...
+    assert reconnects.failed() == 1.0  # ... and a failure after that starts from base again
+
+
+def test_a_connection_dropped_at_once_counts_as_a_failed_try() -> None:
+    """A broker dropping one of two clients with the same client id accepts each connection and drops it
+    at once: the loop must slow down, not spin."""
+    clock = FakeClock()
+    reconnects = Reconnects(ceilings, stable_s=10.0, clock=clock)
+    delays = []
+    for _ in range(5):
+        reconnects.connected()
+        clock.now += 0.1
+        assert not reconnects.held()
+        delays.append(reconnects.lost())
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert not reconnects.held()  # nothing connected now
