@@ -1,9 +1,9 @@
 """`edge-agent run | check-config | status`.
 
 - `run --config PATH`: the service (systemd `Type=notify`); exit 0 after SIGTERM, 1 on a fatal error.
-- `check-config --config PATH`: validate the file (and, when readable, the bundle it names against the
-  assets); exit 0 or print the error naming the key path and exit 1. The systemd unit runs it in
-  `ExecStartPre=`.
+- `check-config --config PATH`: validate the file and the bundle `run` would load (the installed one, else
+  `[bundle] path`; none is an error) against the assets; exit 0 or print the error naming the key path and
+  exit 1. `--no-bundle` checks the file alone. The systemd unit runs it in `ExecStartPre=`.
 - `status [--json] --config PATH`: active bundle, per-asset last score and state, open episodes, outbox
   backlog, counters, source states, read from the status file the running agent writes and from its SQLite
   database.
@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_run)
     check = subparsers.add_parser("check-config", help="validate a config file; exit 0 when valid")
     check.add_argument("--config", required=True, type=Path)
-    check.add_argument("--no-bundle", action="store_true", help="do not check the assets against the bundle")
+    check.add_argument("--no-bundle", action="store_true",
+                       help="check the file alone: no bundle needed, assets not checked against one")
     check.set_defaults(func=cmd_check_config)
     status = subparsers.add_parser("status", help="what the running agent is doing")
     status.add_argument("--config", required=True, type=Path)
@@ -146,10 +147,7 @@ def _check_bundle(config: Any) -> None:
 
     from edge_agent.pipeline import load_bundle
 
-    try:
-        path = config.bundle_path()
-    except ConfigError:
-        return  # no bundle yet: `bundle install` checks the assets when one arrives
+    path = config.bundle_path()  # no bundle at all: `run` could not start (--no-bundle checks the file alone)
     if not path.exists():
         raise ConfigError("bundle -> path", "bundle file does not exist", str(path), config.source)
     with tempfile.TemporaryDirectory(prefix="edge-agent-check-") as tmp:

@@ -166,7 +166,8 @@ class AgentConfig:
             return active
         if self.bundle.path is None:
             raise ConfigError("bundle -> path", f"no bundle installed in {active.parent} and no bundle "
-                              "file configured", source=self.source)
+                              "file configured (`edge-agent bundle install FILE --config CONFIG` installs "
+                              "one)", source=self.source)
         return self.bundle.path
 
 

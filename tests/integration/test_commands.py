@@ -44,6 +44,23 @@ def test_check_config_exit_codes(tmp_path: Path, state_dir: Path, capsys: pytest
             f"or directory (value: '{tmp_path / 'no-keys'}')") in capsys.readouterr().err
 
 
+def test_check_config_without_any_bundle_fails_like_run(tmp_path: Path, state_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """No bundle installed and no `[bundle] path`: `run` cannot start, so the unit's ExecStartPre must not
+    pass either (it used to say OK, and systemd then restarted a failing agent); `--no-bundle` checks the
+    file alone."""
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})
+    config.write_text(config.read_text().replace(f'path = "{bundle}"\n', ""))
+    assert main(["check-config", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"bundle -> path: no bundle installed in {state_dir / 'bundles' / 'active'}" in err
+    assert "`edge-agent bundle install FILE --config CONFIG` installs one" in err
+    assert main(["check-config", "--no-bundle", "--config", str(config)]) == 0
+    assert "OK (1 sources, 1 assets)" in capsys.readouterr().out
+
+
 def test_check_config_reads_replay_recordings(tmp_path: Path, state_dir: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A replay source with `fields` given is not read when the config loads (so `status` works while a
