@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import platform
+import socket
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +66,7 @@ class Requirements:
     active_bundle: str | None = None  # "name version" of the installed active bundle
     bundle_file: Path | None = None  # [bundle] path, used when nothing is installed
     upstream_protocol: str | None = None  # [mqtt] protocol; None: no upstream (console sink)
+    brokers: tuple[tuple[str, str, int], ...] = ()  # (what, host, port): [mqtt] and MQTT sources
 
 
 @dataclass
@@ -135,9 +138,24 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def tcp_reach(host: str, port: int, timeout_s: float = 3.0) -> str | None:
+    """None when a TCP connection to `host:port` opens within `timeout_s`, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"no answer in {timeout_s:g} s"
+    except OSError as exc:
+        return str(exc.strerror or exc)
+
+
 def diagnose(req: Requirements, machine: Machine,
-             access: Callable[[str, int], bool] = os.access) -> list[Finding]:
-    """Every finding for these requirements on this machine (pure given `machine` and `access`)."""
+             access: Callable[[str, int], bool] = os.access,
+             reach: Callable[[str, int], str | None] = tcp_reach) -> list[Finding]:
+    """Every finding for these requirements on this machine (pure given `machine`, `access` and
+    `reach`)."""
     profile = req.profile
     found: list[Finding] = []
     add = found.append
@@ -221,6 +239,16 @@ def diagnose(req: Requirements, machine: Machine,
                     'set protocol = "5" in [mqtt]: refused alerts are then kept and reported'))
     elif req.upstream_protocol is not None:
         add(Finding("ok", "upstream", f"MQTT {req.upstream_protocol}: refused alerts are detected"))
+    for what, host, port in req.brokers:
+        # a warning, not a failure: the agent starts without its brokers and keeps retrying (alerts wait in
+        # the outbox), but an address that never works is worth knowing before the first alert
+        why = reach(host, port)
+        if why is None:
+            add(Finding("ok", what, f"broker {host}:{port} accepts connections"))
+        else:
+            add(Finding("warn", what, f"broker {host}:{port} not reachable: {why}",
+                        f"check host and port in the config, DNS (`getent hosts {host}`), the network and "
+                        "the broker; the agent keeps retrying meanwhile"))
     return found
 
 
@@ -250,6 +278,19 @@ def _device_finding(kind: str, device: str, machine: Machine, access: Callable[[
                "video": "plug the camera in; `v4l2-ctl --list-devices` shows what is there",
                "audio": "this machine has no sound devices; connect a USB microphone"}[kind]
         return Finding("fail", label, "not present", fix)
+    if kind in ("serial", "video"):  # a character device: not a regular file or a directory by mistake
+        try:
+            mode_bits = Path(device).stat().st_mode
+        except OSError as exc:
+            return Finding("fail", label, f"cannot stat: {exc.strerror or exc}",
+                           "check the path in the config")
+        if not stat.S_ISCHR(mode_bits):
+            found = ("a directory" if stat.S_ISDIR(mode_bits)
+                     else "a regular file" if stat.S_ISREG(mode_bits) else "not a device")
+            where = ("`ls -l /dev/serial/by-id/` shows the adapters" if kind == "serial"
+                     else "`v4l2-ctl --list-devices` shows the cameras")
+            return Finding("fail", label, f"{found}, not a {kind} device",
+                           f"point the config at the device; {where}")
     mode = os.R_OK | (os.W_OK if kind == "serial" else 0)
     if not access(device, mode):
         return Finding("fail", label, f"not accessible to user {machine.user}",
@@ -294,6 +335,9 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
         path = getattr(source.settings, "path", None)
         if isinstance(path, Path):
             files.append((f"source {source.name} file", path))
+    brokers = [("upstream broker", config.mqtt.host, config.mqtt.port)] if config.mqtt is not None else []
+    brokers += [(f"source {source.name} broker", source.settings.host, source.settings.port)
+                for source in config.sources.values() if source.kind == "mqtt"]
     min_ort = active = None
     with contextlib.suppress(Exception):  # a broken store is reported by `bundle list`, not here
         installed = BundleStore(config.state_dir).active()
@@ -305,7 +349,8 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
                         video_devices=tuple(video), audio_needed=audio, trusted_keys_dir=keys,
                         min_onnxruntime=min_ort, files=tuple(files), active_bundle=active,
                         bundle_file=config.bundle.path,
-                        upstream_protocol=config.mqtt.protocol if config.mqtt is not None else None)
+                        upstream_protocol=config.mqtt.protocol if config.mqtt is not None else None,
+                        brokers=tuple(brokers))
 
 
 def _min_ort_of(bundle_file: Path) -> str | None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 from pathlib import Path
 
 import pytest
 
 from edge_agent.doctor import run_doctor
+from tests.support.broker import MosquittoBroker
 from tests.support.bundles import make_keypair
 from tests.support.serial_ports import PtyPair
 
@@ -73,3 +75,39 @@ def test_doctor_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     config.write_text("colour = 1\n")
     assert run_doctor(argparse.Namespace(config=config, json=False)) == 1
     assert "FAIL  config" in capsys.readouterr().out
+
+
+def test_doctor_tries_each_broker(tmp_path: Path, pty_pair: PtyPair, mqtt_broker: MosquittoBroker,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A broker that answers is OK; one that does not (wrong port, a name that does not resolve) is a
+    warning: the agent starts without it and keeps retrying, but the operator should know."""
+    make_keypair(tmp_path / "keys")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "seed.bundle").write_bytes(b"")
+    config = _config(tmp_path, pty_pair.device)
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    config.write_text(config.read_text() + f"""
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_broker.port}
+[sources.plant]
+type = "mqtt"
+host = "127.0.0.1"
+port = {closed_port}
+payload = "json"
+fields = ["level"]
+topics = {{"plant/t" = "t"}}
+""")
+    assert run_doctor(argparse.Namespace(config=config, json=False)) == 0  # warnings do not block
+    out = capsys.readouterr().out
+    assert re.search(rf"OK +upstream broker +broker 127\.0\.0\.1:{mqtt_broker.port} accepts connections", out)
+    assert re.search(rf"WARN +source plant broker +broker 127\.0\.0\.1:{closed_port} not reachable: "
+                     "Connection refused", out)
+    assert "the agent keeps retrying meanwhile" in out
+    text = config.read_text().replace('[mqtt]\nhost = "127.0.0.1"', '[mqtt]\nhost = "broker.invalid"')
+    config.write_text(text)
+    assert run_doctor(argparse.Namespace(config=config, json=False)) == 0
+    assert re.search(r"WARN +upstream broker +broker broker\.invalid:\d+ not reachable: cannot resolve "
+                     r"broker\.invalid", capsys.readouterr().out)

@@ -49,16 +49,34 @@ def test_jetson_profile_on_a_cpu_only_box_blocks(state_dir: Path) -> None:
 
 
 def test_devices_missing_or_not_accessible(tmp_path: Path, state_dir: Path) -> None:
-    present = tmp_path / "ttyUSB0"
-    present.write_text("")
-    req = Requirements(state_dir=state_dir, profile=load_profile("arm64-rpi"),
-                       serial_devices=(str(present), str(tmp_path / "ttyUSB9")), audio_needed=False)
-    findings = diagnose(req, _machine(arch="aarch64"), access=lambda _path, _mode: False)
+    controller, device = os.openpty()  # a real character device (a pty), like an adapter's tty
+    present = os.ttyname(device)
+    try:
+        req = Requirements(state_dir=state_dir, profile=load_profile("arm64-rpi"),
+                           serial_devices=(present, str(tmp_path / "ttyUSB9")), audio_needed=False)
+        findings = diagnose(req, _machine(arch="aarch64"), access=lambda _path, _mode: False)
+    finally:
+        os.close(controller)
+        os.close(device)
     by_check = {f.check: f for f in findings}
     denied = by_check[f"serial device {present}"]
     assert (denied.level, denied.message) == ("fail", "not accessible to user edge-agent")
     assert "usermod -aG dialout edge-agent" in denied.fix
     assert by_check[f"serial device {tmp_path / 'ttyUSB9'}"].message == "not present"
+
+
+def test_a_serial_device_that_is_a_file_or_a_directory_fails(tmp_path: Path, state_dir: Path) -> None:
+    """A typo'd path that happens to exist passed as "present and accessible"; the agent then retried
+    opening it forever ("Inappropriate ioctl for device")."""
+    regular = tmp_path / "ttyUSB0.log"
+    regular.write_text("")
+    req = Requirements(state_dir=state_dir, profile=load_profile("x86-64-ipc"),
+                       serial_devices=(str(regular), str(tmp_path)), audio_needed=False)
+    by_check = {f.check: f for f in diagnose(req, _machine(), access=lambda _path, _mode: True)}
+    assert (by_check[f"serial device {regular}"].level,
+            by_check[f"serial device {regular}"].message) == ("fail", "a regular file, not a serial device")
+    assert by_check[f"serial device {tmp_path}"].message == "a directory, not a serial device"
+    assert "/dev/serial/by-id/" in by_check[f"serial device {tmp_path}"].fix
 
 
 def test_state_dir_and_keys_and_bundle(tmp_path: Path) -> None:
