@@ -14,14 +14,17 @@ caller uses the arrival time.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone
 
 from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section
+from edge_agent.sources.base import RateLimitedLog
 
 LINE_FORMATS = ("csv", "json", "kv")
 TIMESTAMP_FORMATS = ("unix_s", "unix_ms", "iso8601")
@@ -59,6 +62,12 @@ class LineFormat:
 # device sending milliseconds under `timestamp_format = "unix_s"` (1.7e12) is rejected here, as invalid.
 MIN_TIMESTAMP_S = 0.0
 MAX_TIMESTAMP_S = 253_402_300_799.0
+# unix_ms values from 1e9 to 1e11 read as 1970-01-12 .. 1973-03-03, and as seconds as 2001 .. 5138: most
+# likely a device sending seconds. Still accepted (a millisecond uptime counter looks the same), with a
+# warning.
+SECONDS_AS_MS = (1e9, 1e11)
+log = logging.getLogger(__name__)
+_seconds_as_ms_log = RateLimitedLog(log, interval_s=3600.0)
 
 
 def parse_timestamp(raw: object, fmt: str) -> float:
@@ -81,6 +90,10 @@ def parse_timestamp(raw: object, fmt: str) -> float:
         return stamp
     value = to_number(raw, "timestamp")
     seconds = value / 1000.0 if fmt == "unix_ms" else value
+    if fmt == "unix_ms" and SECONDS_AS_MS[0] <= value < SECONDS_AS_MS[1]:
+        _seconds_as_ms_log.warning("timestamp %r read as unix_ms is in %s: if the device sends seconds, set "
+                                   "timestamp_format = \"unix_s\"", raw,
+                                   time.strftime("%Y-%m-%d", time.gmtime(seconds)))
     if not MIN_TIMESTAMP_S <= seconds <= MAX_TIMESTAMP_S:
         hint = " (milliseconds? set timestamp_format = \"unix_ms\")" if seconds > MAX_TIMESTAMP_S else ""
         raise LineFormatError(f"timestamp {raw!r} ({fmt}) is outside 1970..9999{hint}")
