@@ -222,9 +222,18 @@ def _table(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+SINK_NAMES = {"MqttUpstream": "MQTT broker", "ConsoleSink": "console"}  # status.json's sink kinds, for people
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
 def format_status(status: dict[str, Any]) -> str:
-    """Human-readable status (parts of a status file that are not what the agent writes are left out)."""
+    """Human-readable status (parts of a status file that are not what the agent writes are left out).
+    Connection states of an agent that is not running are what they were when it last wrote its status."""
     lines = []
+    then = "" if status.get("running") else " (when it last ran)"
     if "error" in status:
         lines.append(status["error"])
     if "database_error" in status:
@@ -235,15 +244,15 @@ def format_status(status: dict[str, Any]) -> str:
     bundle = _table(status.get("bundle"))
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
     sink = _table(status.get("sink"))
-    lines.append(f"upstream: {sink.get('kind', '-')} {sink.get('state', '')}; outbox backlog: "
-                 f"{status.get('outbox_backlog', '-')}"
+    kind, state = sink.get("kind"), sink.get("state")
+    shown = f"{SINK_NAMES.get(kind, kind) if kind else '-'}{f' {state}{then}' if state else ''}"
+    lines.append(f"upstream: {shown}; outbox backlog: {status.get('outbox_backlog', '-')}"
                  + (f"; rejected by the broker: {status['outbox_rejected']}"
                     if status.get("outbox_rejected") else ""))
     for name, entry in sorted(_table(status.get("assets")).items()):
         asset = _table(entry)
-        score = asset.get("last_score")
-        shown = f"{score:.4g}" if isinstance(score, int | float) else "-"
-        lines.append(f"asset {name}: model {asset.get('model')} score {shown} / {asset.get('threshold')} "
+        lines.append(f"asset {name}: model {asset.get('model')} score {_number(asset.get('last_score'))} / "
+                     f"{_number(asset.get('threshold'))} "
                      f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''} "
                      f"stale windows {asset.get('stale_windows', 0)}")
     episodes = status.get("open_episodes")
@@ -252,7 +261,7 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{episode.get('model')} {episode.get('severity')}")
     for name, entry in sorted(_table(status.get("sources")).items()):
         source = _table(entry)
-        lines.append(f"source {name} ({source.get('type')}): {source.get('state')}, received "
+        lines.append(f"source {name} ({source.get('type')}): {source.get('state')}{then}, received "
                      f"{source.get('received')}, invalid {source.get('invalid')}, "
                      f"dropped {source.get('dropped')}")
     counters = _table(status.get("counters"))

@@ -315,8 +315,12 @@ def _channel_ref(asset: str, channel: str, ref: str, default_source: str | None,
     produced = sources[source_name].field_names()
     if field not in produced:
         shown = ", ".join(produced[:12]) + (" ..." if len(produced) > 12 else "")
+        # "other.flow" with the asset's `source` set: read as a field of that source; say both readings
+        other = (f"; nor is {ref.partition('.')[0]!r} a source (sources: {', '.join(sources)})"
+                 if dot and field == ref else "")
         raise ConfigError(path, f"asset {asset!r}: channel {channel!r} is not produced by any source "
-                          f"(source {source_name!r} has no field {field!r}; it produces: {shown})", ref)
+                          f"(source {source_name!r} has no field {field!r}; it produces: {shown}{other})",
+                          ref)
     return ChannelRef(source=source_name, field=field)
 
 

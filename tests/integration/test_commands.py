@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -109,10 +110,16 @@ def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_d
         assert main(["status", "--config", str(config)]) == 0
         text = capsys.readouterr().out
         assert "agent: running" in text
-        assert "asset pump-3: model pump score" in text
+        assert "upstream: console " in text  # not the class name (status.json keeps "ConsoleSink")
+        assert re.search(r"asset pump-3: model pump score [0-9.e+-]+ / [0-9.e+-]{1,10} state normal", text)
+        assert "source line1 (serial): connected, received" in text
         assert agent.stop() == 0
         assert main(["status", "--json", "--config", str(config)]) == 0
         assert json.loads(capsys.readouterr().out)["running"] is False
+        assert main(["status", "--config", str(config)]) == 0
+        text = capsys.readouterr().out
+        assert "agent: not running" in text
+        assert "source line1 (serial): connected (when it last ran), received" in text
     finally:
         if agent.proc.poll() is None:
             agent.kill()

@@ -86,6 +86,10 @@ def error_for(mutate: Any, tmp_path: Path) -> str:
     (lambda d: (d["assets"]["pump-3"].pop("source"),
                 d["assets"]["pump-3"]["channels"].update(flow="ghost.flow")),
      "channel 'flow' refers to source 'ghost', which is not defined"),
+    # with the asset's `source` set, "ghost.flow" is read as a field of it: the error says both readings
+    (lambda d: d["assets"]["pump-3"]["channels"].update(flow="ghost.flow"),
+     ("(source 'line1' has no field 'ghost.flow'; it produces: flow, pressure; nor is 'ghost' a source "
+     "(sources: line1))")),
     (lambda d: d["gateway"].update(site="a/b"), "gateway -> site: must be non-empty without '/'"),
     (lambda d: d["bundle"].update(require_signature=True), "bundle -> trusted_keys: is required"),
     (lambda d: d.update(device_profile="no-such-box"), "device_profile: device profile cannot be loaded"),
