@@ -14,7 +14,6 @@ rows flagged and each channel's share of their windows' summed squared error, in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit  # noqa: E402
+from bench.skab_dev import dev_setup, with_seed  # noqa: E402
 from trainer.benchmarks.skab import anomaly_free_parts, development_series  # noqa: E402
 from trainer.benchmarks.skab_file import run_file  # noqa: E402
-from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions, parse_options  # noqa: E402
+from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions  # noqa: E402
 from trainer.benchmarks.skab_scoring import channel_indices, model_windows  # noqa: E402
-from trainer.config import TrainerConfig, load_config  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
 from trainer.data.series import Series  # noqa: E402
 
 GROUPS = ("anomaly_free_flagged", "dev_true_alarms", "dev_false_alarms")
@@ -69,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", nargs=2, metavar=("RULE", "MARGIN"), default=["mean", "1.5"])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    base = load_config(args.config)
-    options = parse_options(base.data.generic.options if base.data.generic is not None else {})
-    if not options.dev_files or not options.anomaly_free_rows:
-        parser.error("the config needs [data.skab] dev_files and anomaly_free_rows")
-    config = dataclasses.replace(base, training=dataclasses.replace(base.training, seed=args.seed))
+    base, options = dev_setup(parser, args.config)
+    config = with_seed(base, args.seed)
     setting = (args.setting[0], float(args.setting[1]))
     groups: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
     channels: list[str] = []

@@ -27,11 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit  # noqa: E402
+from bench.skab_dev import dev_setup, with_seed  # noqa: E402
 from trainer.benchmarks.skab import anomaly_free_parts, development_series, select_vae_setting  # noqa: E402
 from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file, validation_mask  # noqa: E402
-from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions, parse_options  # noqa: E402
+from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions  # noqa: E402
 from trainer.benchmarks.skab_scoring import channel_indices, model_windows  # noqa: E402
-from trainer.config import TrainerConfig, load_config  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
 from trainer.data.series import Series  # noqa: E402
 from trainer.data.windows import StandardScaler  # noqa: E402
 from trainer.scoring import build_scorer, latent_statistics, score_windows  # noqa: E402
@@ -87,14 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    base = load_config(args.config)
-    options = parse_options(base.data.generic.options if base.data.generic is not None else {})
-    if not options.dev_files or not options.anomaly_free_rows:
-        parser.error("the config needs [data.skab] dev_files and anomaly_free_rows")
+    base, options = dev_setup(parser, args.config)
     runs = {}
     for seed in args.seeds:
-        config = dataclasses.replace(base, training=dataclasses.replace(base.training, seed=seed))
-        runs[str(seed)] = one_seed(args.data_dir, config, options)
+        runs[str(seed)] = one_seed(args.data_dir, with_seed(base, seed), options)
         print(f"seed {seed} done", file=sys.stderr)
     means = {kind: {
         key: round(statistics.mean(run[kind]["chosen_on_dev"][key] for run in runs.values()), 4)

@@ -15,19 +15,11 @@ from edge_agent.decisions import DecisionConfig, DecisionEngine, new_id
 from edge_agent.sinks.payload import alert_payload
 from edge_agent.storage import RetentionConfig, Store
 from edge_agent.types import AlertEvent, GatewayIdentity, RootCauseEntry, ScoredWindow, Window
-from tests.support import wait_until
+from tests.support import FakeClock, wait_until
 
 pytestmark = pytest.mark.integration
 
 IDENTITY = GatewayIdentity("s1", "a1", "l1", "gw1")
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def scored(ts: float, score: float = 0.5, asset: str = "pump-1") -> ScoredWindow:
@@ -88,14 +80,14 @@ def test_wal_keeper_checkpoints_by_itself_while_writes_come_in(tmp_path: Path) -
 
 
 def test_windows_ring_buffer_is_capped_by_rows_and_age(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     store = Store.open(tmp_path / "state.db", RetentionConfig(max_rows=5, max_age_s=100.0), clock=clock)
-    store.record_windows([scored(clock.t - 500 + i) for i in range(3)])  # too old
-    store.record_windows([scored(clock.t - 50 + i) for i in range(8)])
+    store.record_windows([scored(clock.now - 500 + i) for i in range(3)])  # too old
+    store.record_windows([scored(clock.now - 50 + i) for i in range(8)])
     removed = store.prune()
     assert removed == 3 + 3
     rows = store.last_windows(10)
-    assert [r["end_ts"] for r in rows] == [clock.t - 50 + i for i in range(7, 2, -1)]
+    assert [r["end_ts"] for r in rows] == [clock.now - 50 + i for i in range(7, 2, -1)]
     assert rows[0]["channel_error"] == pytest.approx([0.25, 0.75])
     assert rows[0]["latent_mean"] == pytest.approx([0.5, -0.5])
 

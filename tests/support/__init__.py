@@ -22,3 +22,13 @@ async def poll_until(predicate: Callable[[], bool], what: str = "condition", tim
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise TimeoutError(f"{what} not reached within {timeout} s") from None
+
+
+class FakeClock:
+    """A clock tests move by hand: `clock.now += 5`; calling it returns `now`."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

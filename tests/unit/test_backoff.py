@@ -4,6 +4,7 @@ from itertools import islice
 import pytest
 
 from edge_agent.backoff import Reconnects, backoff_ceilings, backoff_delays
+from tests.support import FakeClock
 
 
 def test_ceilings_grow_geometrically_then_stay_at_cap() -> None:
@@ -34,14 +35,6 @@ def test_bad_parameters_are_rejected(base: float, cap: float, factor: float) -> 
 
 def ceilings() -> Iterator[float]:
     return backoff_ceilings(base=1.0, cap=8.0, factor=2.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_connection_that_held_resets_the_backoff() -> None:

@@ -13,14 +13,7 @@ import pytest
 from edge_agent.sources.base import DropOldestQueue, RateLimitedLog
 from edge_agent.supervisor import FatalTaskError, RestartBudget, _find_fatal
 from edge_agent.systemd import Notifier
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def test_restart_budget_five_in_sixty_seconds() -> None:
