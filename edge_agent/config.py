@@ -331,8 +331,12 @@ def _logging(section: Section) -> LoggingConfig:
     return LoggingConfig(level=level, format=fmt)
 
 
+MAX_HELD_SAMPLES = 10_000  # staleness_s in sample periods: how long a sample may be held (see below)
+
+
 def check_against_manifest(config: AgentConfig, manifest: Any) -> None:
-    """Every asset's model must be in the bundle and map exactly that model's input channels."""
+    """Every asset's model must be in the bundle and map exactly that model's input channels, and its
+    `staleness_s` hold at most `MAX_HELD_SAMPLES` of that model's sample periods."""
     names = [model.name for model in manifest.models]
     for asset in config.assets.values():
         path = join(join("assets", asset.name), "model")
@@ -356,6 +360,15 @@ def check_against_manifest(config: AgentConfig, manifest: Any) -> None:
         if spec.modality != "timeseries":
             raise ConfigError(path, f"asset {asset.name!r}: model {asset.model!r} is {spec.modality!r}; "
                               "only timeseries models can be fed from these sources", source=config.source)
+        period = float(spec.input.sample_period_s)
+        if asset.staleness_s is not None and asset.staleness_s / period > MAX_HELD_SAMPLES:
+            # a sample is held for staleness_s: after a silence that long, one reading would make the agent
+            # build (and score) every held window in between on the event loop, 86,000 of them for a day
+            raise ConfigError(join(join("assets", asset.name), "staleness_s"),
+                              f"asset {asset.name!r}: {asset.staleness_s:g} s is "
+                              f"{asset.staleness_s / period:.0f} sample periods of model {asset.model!r} "
+                              f"({period:g} s); at most {MAX_HELD_SAMPLES} "
+                              f"({MAX_HELD_SAMPLES * period:g} s)", asset.staleness_s, config.source)
     _check_debounce_override(config, manifest)
 
 

@@ -153,8 +153,9 @@ def test_load_names_the_file(tmp_path: Path) -> None:
 
 
 class _Input:
-    def __init__(self, channels: tuple[str, ...]) -> None:
+    def __init__(self, channels: tuple[str, ...], sample_period_s: float = 1.0) -> None:
         self.channels = channels
+        self.sample_period_s = sample_period_s
 
 
 class _Model:
@@ -179,6 +180,21 @@ def test_assets_checked_against_the_bundle(tmp_path: Path) -> None:
         check_against_manifest(config, _Manifest(_Model("fan", ("pressure",))))
     with pytest.raises(ConfigError, match=r"channels do not match model 'pump' \(missing vibration"):
         check_against_manifest(config, _Manifest(_Model("pump", ("pressure", "flow", "vibration"))))
+
+
+def test_staleness_holds_at_most_ten_thousand_samples(tmp_path: Path) -> None:
+    """Held for a day at 10 Hz, one reading after a day's silence made the windower build 86,000 windows on
+    the event loop (22 s here); the hold is bounded in sample periods of the asset's model."""
+    model = _Model("pump", ("pressure", "flow"))
+    model.input = _Input(("pressure", "flow"), sample_period_s=0.1)
+    data = copy.deepcopy(MINIMAL)
+    data["assets"]["pump-3"]["staleness_s"] = 1000.0
+    check_against_manifest(load(data, tmp_path), _Manifest(model))
+    data["assets"]["pump-3"]["staleness_s"] = 86400.0
+    expected = (r"assets -> pump-3 -> staleness_s: asset 'pump-3': 86400 s is 864000 sample periods of model "
+                r"'pump' \(0.1 s\); at most 10000 \(1000 s\)")
+    with pytest.raises(ConfigError, match=expected):
+        check_against_manifest(load(data, tmp_path), _Manifest(model))
 
 
 def test_a_partial_debounce_override_must_fit_each_models_debounce(tmp_path: Path) -> None:
