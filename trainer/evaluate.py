@@ -78,9 +78,9 @@ def write_scores_csv(
         for i in range(len(score)):
             label = "" if labels is None else int(labels[i])
             head = (
-                [unit_of(names[i]), f"{end_time[i]:g}", f"{rul[i]:g}"]
+                [unit_of(names[i]), f"{end_time[i]:.15g}", f"{rul[i]:g}"]
                 if rul is not None
-                else [names[i], f"{end_time[i]:g}"]
+                else [names[i], f"{end_time[i]:.15g}"]  # Unix times whole: %g would print 1.77304e+09
             )
             writer.writerow([*head, label, f"{score[i]:.6g}", f"{threshold:.6g}", int(score[i] > threshold)])
 

@@ -109,7 +109,7 @@ def contribution_figure(
     axes = np.atleast_1d(axes)
     for ax, index in zip(axes, top, strict=True):
         ax.barh(list(channels), channel_error[index])
-        ax.set_title(f"{str(names[index]).rsplit('/', 1)[-1]} @ {time[index]:g}", fontsize=9)
+        ax.set_title(f"{str(names[index]).rsplit('/', 1)[-1]} @ {time[index]:.15g}", fontsize=9)
         ax.tick_params(labelsize=7)
     return _png(fig)
 

@@ -141,9 +141,14 @@ def test_text_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
         read_csv_file(path, OPTIONS)
 
 
-def test_missing_file_and_no_files(tmp_path: Path) -> None:
-    with pytest.raises(CsvFormatError, match="no such CSV file"):
+def test_missing_file_and_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(CsvFormatError, match=r"absent\.csv: no such CSV file$"):
         read_csv_file(tmp_path / "absent.csv", OPTIONS)
+    monkeypatch.chdir(tmp_path)  # a relative path: the message says where it was looked for
+    with pytest.raises(CsvFormatError, match=rf"^data/absent.csv: no such CSV file \(relative paths in a "
+                                             rf"training config are taken from the working directory, here "
+                                             rf"{tmp_path}\)$"):
+        read_csv_file(Path("data/absent.csv"), OPTIONS)
     with pytest.raises(CsvFormatError, match="no CSV files given"):
         read_csv_files([], OPTIONS)
 

@@ -173,7 +173,9 @@ def _read_table(path: Path, options: CsvOptions,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
     """Times, channel values, labels and the file line of each row."""
     if not path.is_file():
-        raise CsvFormatError(f"{path}: no such CSV file")
+        where = "" if path.is_absolute() else (f" (relative paths in a training config are taken from the "
+                                               f"working directory, here {Path.cwd()})")
+        raise CsvFormatError(f"{path}: no such CSV file{where}")
     wanted = [options.timestamp_column, *options.channels]
     if options.label_column is not None:
         wanted.append(options.label_column)
