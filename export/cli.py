@@ -107,6 +107,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"edge-trainer export: {exc}", file=sys.stderr)
         return 1
     model = result.manifest.models[0]
+    if args.sign_key is None:
+        log.warning("the bundle is not signed: a gateway refuses it unless its config sets [bundle] "
+                    "require_signature = false; sign with --sign-key (edge-trainer keygen makes a key)")
+    if args.model_name is None:
+        log.warning("model name %r (the run's data source, the default): a gateway's assets name it as "
+                    "model = %r; --model-name chooses another", model.name, model.name)
     summary = {"bundle": str(result.path), "name": result.manifest.name, "version": result.manifest.version,
                "signed": args.sign_key is not None, "precision": model.precision,
                "reason": model.precision_decision.reason, "threshold": model.threshold.value,

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from edge_agent.configtools import ConfigError
@@ -20,6 +21,8 @@ def register(subparsers: Any) -> None:
     fit.add_argument("--config", required=True, help="training config (see trainer/configs/)")
     fit.add_argument("--out", required=True, help="run directory to write (checkpoint, run.json, windows)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace the run in --out when it holds one (default: refuse a non-empty --out)")
     fit.set_defaults(func=run_fit)
     evaluate = subparsers.add_parser(
         "evaluate", help="score a run's test windows: metrics, scores.csv, report"
@@ -40,9 +43,14 @@ def run_fit(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.run import fit_run
 
+    out = Path(args.out)
+    if not args.overwrite and out.is_dir() and any(out.iterdir()):
+        print(f"edge-trainer fit: {out} is not empty: a run directory holds one run (its checkpoint is what "
+              "export reads); give a new --out, or --overwrite to replace that run", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
-        run = fit_run(config, args.out, progress=not args.quiet)
+        run = fit_run(config, out, progress=not args.quiet)
     except (ConfigError, ValueError, OSError) as exc:  # OSError: --out is a file, say
         print(f"edge-trainer fit: {exc}", file=sys.stderr)
         return 2

@@ -199,11 +199,11 @@ def _parse(top: Section) -> TrainerConfig:
     t.finish()
     c = top.section("calibration")
     method = c.choice("method", tuple(CALIBRATION_PARAMS), "pot")
-    calibration = CalibrationConfig(
-        method,
-        c.number("target_far", 0.01, minimum=0, maximum=1, exclusive_minimum=True),
-        _calibration_params(c.section("params"), method),
-    )
+    target_far = c.number("target_far", 0.01, minimum=0, maximum=1, exclusive_minimum=True)
+    if target_far >= 1:  # caught here, not by `calibrate` after the whole training
+        raise ConfigError(c.key_path("target_far"), "must be less than 1 (a false-alarm rate per window)",
+                          target_far)
+    calibration = CalibrationConfig(method, target_far, _calibration_params(c.section("params"), method))
     c.finish()
     e = top.section("evaluation")
     evaluation = EvaluationConfig(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import zipfile
 from collections.abc import Mapping
@@ -188,7 +189,19 @@ def fit_run(
         if config.source_path and not exc.source:
             raise exc.with_source(config.source_path) from exc
         raise
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit_into(out, config, data, units, progress)
+    except BaseException:
+        if created:  # a failed fit (a calibration error after training, Ctrl-C) leaves no half run behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit_into(
+    out: Path, config: TrainerConfig, data: PreparedData, units: Any, progress: bool
+) -> dict[str, Any]:
     n_model = len(data.channels)
     vae, history = fit_vae(
         scale_windows(data.scaler, data.fit.data, n_model),
@@ -249,9 +262,14 @@ def fit_run(
 
     cal_raw = score_windows(scorer, data.calibration.data).score
     cal_scores = adjusted_scores(cal_raw, data.calibration.series, chosen["score_baseline"])
-    threshold = calibrate(
-        cal_scores, config.calibration.method, config.calibration.target_far, **config.calibration.params
-    )
+    try:
+        threshold = calibrate(
+            cal_scores, config.calibration.method, config.calibration.target_far, **config.calibration.params
+        )
+    except ValueError as exc:  # after training: name the config section and how many windows it had
+        raise ConfigError("calibration", f"{exc} ({len(cal_scores)} calibration windows from "
+                          f"{len(set(data.calibration.series))} series)",
+                          source=config.source_path) from exc
     val_scores = adjusted_scores(
         score_windows(scorer, data.val_labelled.data).score,
         data.val_labelled.series,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import stat
 import tarfile
@@ -277,6 +278,21 @@ def test_cli_keygen_and_export(run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert (bundle.manifest.name, bundle.manifest.version) == ("cli", "2")
     assert _cli("export", "--run", str(run_dir), "--out", str(out)) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_export_warns_about_what_a_gateway_will_refuse_or_need(
+        run_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Unsigned, and with the model named after the data source: both legal, both worth a warning."""
+    caplog.set_level(logging.WARNING, logger="export.cli")
+    assert _cli("export", "--run", str(run_dir), "--out", str(tmp_path / "u.bundle"), "--precision", "fp32",
+                "--latency-repeats", str(REPEATS)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("the bundle is not signed: a gateway refuses it unless") for w in warnings)
+    assert any("(the run's data source, the default)" in w and "--model-name" in w for w in warnings)
+    caplog.clear()
+    assert _cli("export", "--run", str(run_dir), "--out", str(tmp_path / "n.bundle"), "--precision", "fp32",
+                "--model-name", "pump", "--latency-repeats", str(REPEATS)) == 0
+    assert not any("--model-name" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

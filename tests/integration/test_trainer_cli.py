@@ -332,3 +332,32 @@ def test_benchmark_warns_when_the_protocol_is_changed(
     )
     assert code == 2  # no data here: the warning comes before any work
     assert "protocol changed: window_length = 40 (protocol: 50)" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_fit_keeps_an_existing_run_and_leaves_no_half_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.toml"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")  # an earlier run: fit used to replace it without a word
+    config.write_text(SYNTHETIC)
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
+    assert f"{run_dir} is not empty: a run directory holds one run" in capsys.readouterr().err
+    assert (run_dir / "run.json").read_text() == "{}"
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet", "--overwrite"]) == 0
+    assert json.loads((run_dir / "run.json").read_text())["threshold"]["value"] > 0
+    capsys.readouterr()
+    # POT needs 10 exceedances of its initial quantile; 90 calibration windows give 2. That shows only
+    # after training: the error names the section, and the directory fit made is removed again
+    config.write_text(SYNTHETIC.replace('method = "percentile"', 'method = "pot"'))
+    fresh = tmp_path / "fresh"
+    assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: calibration: method 'pot': only 2 score(s) exceed" in err
+    assert "(90 calibration windows from 2 series)" in err
+    assert not fresh.exists()
+    config.write_text(SYNTHETIC.replace("target_far = 0.02", "target_far = 1.0"))
+    assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
+    assert "calibration -> target_far: must be less than 1" in capsys.readouterr().err
