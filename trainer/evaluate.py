@@ -115,6 +115,13 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     }
     if test.labels is not None:
         metrics["test"] = binary_metrics(test.labels, score, threshold)
+    splits = run.get("splits") or {}
+    if splits.get("test") and splits.get("test") == splits.get("calibration"):
+        # no labelled series to test on (CSV data without anomalies): the only windows are the threshold's own
+        metrics["test_note"] = ("no labelled series: the test windows are the calibration windows the "
+                                "threshold was fitted on, so their false-alarm rate is in-sample, not a "
+                                "held-out estimate; add a labelled recording to test on")
+        log.warning("%s", metrics["test_note"])
     val_path = root / "validation.npz"
     healthy_rul = run.get("healthy_min_rul")
     if test.rul is not None and healthy_rul is not None:

@@ -85,8 +85,9 @@ def histogram_figure(labels: np.ndarray | None, score: np.ndarray, threshold: fl
     if labels is None:
         ax.hist(score, bins=bins, alpha=0.7, label="all")
     else:
-        ax.hist(score[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
-        ax.hist(score[labels == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        for value, name in ((0, "normal"), (1, "anomalous")):
+            if np.any(labels == value):  # an empty class has no density (numpy warns dividing by 0)
+                ax.hist(score[labels == value], bins=bins, alpha=0.6, density=True, label=name)
     ax.axvline(threshold, color="r", ls="--", label="threshold")
     ax.set(xlabel="score", ylabel="density", yscale="log")
     ax.legend()

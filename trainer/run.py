@@ -303,7 +303,7 @@ def _fit_into(
         "healthy_min_rul": data.splits.healthy_min_rul,
         "splits": {
             name: sorted({s.name for s in getattr(data.splits, name)})
-            for name in ("fit", "val", "calibration", "test")
+            for name in ("fit", "val", "calibration", "val_labelled", "test")
         },
     }
     write_run_files(out, vae, run, config, windows={

@@ -216,9 +216,21 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     assert run["channels"] == ["a", "b", "c"]
     assert run["units"] == ["bar", None, "degC"]  # [data.units], in channel order, for the bundle
     assert run["splits"]["test"] == ["run3"]  # one anomalous file validates, the other tests
+    assert "run2" in run["splits"]["val_labelled"]  # the validating file is named too
     assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 0
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["test"]["roc_auc"] is not None
+    assert "test_note" not in metrics
+    capsys.readouterr()
+    # healthy recordings only: the test windows are the calibration windows, and metrics.json says so
+    text = config.read_text()
+    config.write_text(text.replace(f"paths = {json.dumps(paths)}", f"paths = {json.dumps(paths[:2])}"))
+    healthy, healthy_eval = tmp_path / "healthy", tmp_path / "healthy_eval"
+    assert main(["fit", "--config", str(config), "--out", str(healthy), "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(healthy), "--out", str(healthy_eval)]) == 0
+    metrics = json.loads((healthy_eval / "metrics.json").read_text())
+    assert metrics["test_note"].startswith("no labelled series: the test windows are the calibration windows")
+    assert "test_note" in (healthy_eval / "report.html").read_text()
     capsys.readouterr()
 
 
