@@ -58,18 +58,22 @@ def test_short_time_gap_gets_interpolated_rows(tmp_path: Path) -> None:
     np.testing.assert_array_equal(series.labels, [0, 0, 0, 0, 0, 1, 1, 1])
 
 
-def test_long_gap_splits_into_segments(tmp_path: Path) -> None:
-    times = [0, 1, 2, 3, 10, 11, 12]  # 6 missing samples > max_gap 2
+def test_long_gap_splits_into_segments(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    times = [0, 1, 2, 3, 10, 11, 12, 1000, 1001]  # 6 missing samples > max_gap 2, then 987
     path = write(tmp_path, rows(times))
-    first, second = read_csv_file(path, OPTIONS)
+    first, second, _third = read_csv_file(path, OPTIONS)
+    # what is left out, in sample periods (not the few placeholder rows a long gap gets on the grid)
+    expected = f"{path}: 2 gap(s) longer than 2 samples (missing or NaN), 993 sample periods in all, left out"
+    assert f"{expected}; 3 segment(s)" in caplog.text
     assert (first.name, second.name) == ("pump#0", "pump#1")
     np.testing.assert_allclose(first.timestamps, [0, 1, 2, 3])
     np.testing.assert_allclose(second.timestamps, [10, 11, 12])
 
 
-def test_long_nan_run_and_edge_nans_are_dropped(tmp_path: Path) -> None:
+def test_long_nan_run_and_edge_nans_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     flows = ["", "1", "2", "nan", "nan", "nan", "6", "7"]
     [a, b] = read_csv_file(write(tmp_path, rows(list(range(8)), flows)), OPTIONS)
+    assert "2 gap(s) longer than 2 samples (missing or NaN), 4 sample periods in all" in caplog.text
     np.testing.assert_allclose(a.values[:, 0], [1, 2])
     np.testing.assert_allclose(b.values[:, 0], [6, 7])
 

@@ -264,6 +264,18 @@ def _fill_short_gaps(values: np.ndarray, max_gap: int) -> np.ndarray:
     return unusable
 
 
+def _missing_periods(times: np.ndarray, unusable: np.ndarray, period: float) -> int:
+    """How many sample periods the unusable runs of grid rows span. A long time gap has only a few
+    placeholder rows on the grid (`_on_grid`), so this is read from the times around each run."""
+    edges = np.diff(np.concatenate([[0], unusable.astype(np.int8), [0]]))
+    total = 0
+    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        before = times[start - 1] if start > 0 else times[start] - period
+        after = times[stop] if stop < len(times) else times[stop - 1] + period
+        total += round(float((after - before) / period)) - 1
+    return total
+
+
 def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
     """One CSV file as one or more gap-free `Series` segments (see the module docstring)."""
     path = Path(path)
@@ -283,11 +295,14 @@ def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
             f"{path}: no usable rows (every row lies in a gap longer than max_gap={options.max_gap})"
         )
     if int(unusable.sum()):
+        gaps = np.flatnonzero(np.diff(np.concatenate([[0], unusable.astype(np.int8), [0]])) == 1)
         log.warning(
-            "%s: %d rows in gaps longer than %d samples dropped; %d segment(s)",
+            "%s: %d gap(s) longer than %d samples (missing or NaN), %d sample periods in all, left out; "
+            "%d segment(s)",
             path,
-            int(unusable.sum()),
+            len(gaps),
             options.max_gap,
+            _missing_periods(times, unusable, period),
             len(starts),
         )
     single = len(starts) == 1
