@@ -12,7 +12,7 @@ The agent's reconnect loops (serial reopen, MQTT sources, MQTT upstream) take th
             continue
         reconnects.connected()
         serve()                                  # until the connection is lost
-        await asyncio.sleep(reconnects.lost())   # 0 when it held STABLE_CONNECTION_S, else the next delay
+        await asyncio.sleep(reconnects.lost())   # from `base` again when it held STABLE_CONNECTION_S
 
 A connection the other end drops right after accepting it (a broker dropping one of two clients with the
 same client id, a USB adapter that resets) counts as a failed try, so such a loop slows down instead of
@@ -77,11 +77,16 @@ class Reconnects:
         return self._connected_at is not None and self._clock() - self._connected_at >= self._stable_s
 
     def lost(self) -> float:
-        """The connection was lost: 0 (and the delays start again from `base`) when it had held `stable_s`,
-        else it counts as a failed try and the next delay is returned."""
+        """The connection was lost: when it had held `stable_s`, the delays start again from `base` and the
+        first of them is returned (a jittered pause of at most `base`: gateways that lost one broker at once
+        do not all come back in the same instant); else it counts as a failed try and the next delay is
+        returned."""
         held = self.held()
         self._connected_at = None
         if held:
             self._delays = self._make()
-            return 0.0
         return self.failed()
+
+    def closed(self) -> None:
+        """This side closed the connection on purpose (not a failure, not a success)."""
+        self._connected_at = None

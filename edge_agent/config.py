@@ -14,6 +14,7 @@ Checks against the bundle (is the model in it, are these its channels) run once 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -368,7 +369,8 @@ def check_against_manifest(config: AgentConfig, manifest: Any) -> None:
                               f"asset {asset.name!r}: {asset.staleness_s:g} s is "
                               f"{asset.staleness_s / period:.0f} sample periods of model {asset.model!r} "
                               f"({period:g} s); at most {MAX_HELD_SAMPLES} "
-                              f"({MAX_HELD_SAMPLES * period:g} s)", asset.staleness_s, config.source)
+                              f"({math.floor(MAX_HELD_SAMPLES * period * 1000) / 1000:g} s)",
+                              asset.staleness_s, config.source)
     _check_debounce_override(config, manifest)
 
 

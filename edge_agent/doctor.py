@@ -20,6 +20,8 @@ import platform
 import socket
 import stat
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +153,31 @@ def tcp_reach(host: str, port: int, timeout_s: float = 3.0) -> str | None:
         return str(exc.strerror or exc)
 
 
+REACH_DEADLINE_S = 5.0  # all broker probes together: a resolver that hangs must not hang the doctor
+
+
+def probe_brokers(targets: Sequence[tuple[str, int]], reach: Callable[[str, int], str | None],
+                  deadline_s: float = REACH_DEADLINE_S) -> dict[tuple[str, int], str | None]:
+    """`reach` for each distinct (host, port), all at once in daemon threads, waiting at most `deadline_s`
+    in all (`socket.create_connection` cannot time-limit name resolution); a probe still running then
+    reads as no answer."""
+    results: dict[tuple[str, int], str | None] = {}
+    unique = list(dict.fromkeys(targets))
+
+    def probe(target: tuple[str, int]) -> None:
+        results[target] = reach(*target)
+
+    threads = [threading.Thread(target=probe, args=(t,), daemon=True, name=f"doctor-probe-{t[0]}:{t[1]}")
+               for t in unique]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + deadline_s
+    for thread in threads:
+        thread.join(max(0.0, end - time.monotonic()))
+    answered = dict(results)
+    return {t: answered.get(t, f"no answer in {deadline_s:g} s") for t in unique}
+
+
 def diagnose(req: Requirements, machine: Machine,
              access: Callable[[str, int], bool] = os.access,
              reach: Callable[[str, int], str | None] = tcp_reach) -> list[Finding]:
@@ -239,10 +266,11 @@ def diagnose(req: Requirements, machine: Machine,
                     'set protocol = "5" in [mqtt]: refused alerts are then kept and reported'))
     elif req.upstream_protocol is not None:
         add(Finding("ok", "upstream", f"MQTT {req.upstream_protocol}: refused alerts are detected"))
+    probes = probe_brokers([(host, port) for _what, host, port in req.brokers], reach)
     for what, host, port in req.brokers:
         # a warning, not a failure: the agent starts without its brokers and keeps retrying (alerts wait in
         # the outbox), but an address that never works is worth knowing before the first alert
-        why = reach(host, port)
+        why = probes[(host, port)]
         if why is None:
             add(Finding("ok", what, f"broker {host}:{port} accepts connections"))
         else:

@@ -317,6 +317,13 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload ignored, the running config stays: %s", exc)
             return False
+        if new.state_dir.resolve() != self.config.state_dir.resolve():
+            # the instance lock and pid file are on the running state directory: moving to another one
+            # would run unlocked there (a second agent could start on it) and leave the old pid file behind
+            log.error("reload ignored, the running config stays: state_dir changed (%s -> %s); a new state "
+                      "directory needs a restart (systemctl restart edge-agent)", self.config.state_dir,
+                      new.state_dir)
+            return False
         if new != self.config:
             check_dir = Path(tempfile.mkdtemp(prefix="reload-check-"))
             try:  # the new config must work with its bundle before the running pipeline is stopped

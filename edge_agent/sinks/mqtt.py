@@ -233,17 +233,20 @@ class MqttUpstream:
                     await self._serve()
                 finally:
                     await self._teardown()
-                held = reconnects.held()
-                delay = reconnects.lost()
+                hold, self._hold_s = self._hold_s, 0.0
+                if hold > 0:  # closed here: the broker refused an alert for now (quota, ...), own backoff
+                    reconnects.closed()
+                    delay, why = hold, ""
+                else:
+                    held = reconnects.held()
+                    delay = reconnects.lost()
+                    why = "" if held else (" right after connecting (another client with the same client_id? "
+                                           "see [mqtt] client_id)")
                 if not self._closing:
                     self._state = "disconnected"
-                    log.warning("upstream broker connection lost%s; %d alerts waiting%s",
-                                "" if held else " right after connecting (another client with the same "
-                                "client_id? see [mqtt] client_id)", self._store.backlog(),
-                                f"; reconnecting in {delay:.1f} s" if delay > 0 else "")
-                hold, self._hold_s = self._hold_s, 0.0
-                if max(hold, delay) > 0:  # refused an alert for now (quota, ...), or a connection that did
-                    await self._pause(max(hold, delay))  # not hold: back off, then resend
+                    log.warning("upstream broker connection lost%s; %d alerts waiting; reconnecting in "
+                                "%.1f s", why, self._store.backlog(), delay)
+                await self._pause(delay)
         finally:
             self._state = "closed"
             self._running = False

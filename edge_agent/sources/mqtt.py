@@ -250,8 +250,9 @@ class MqttSource(Source):
             finally:
                 self._teardown()
             self._set_state("disconnected")
+            held = reconnects.held()
             delay = reconnects.lost()
-            if delay > 0:
+            if not held:
                 self._unreachable_log.warning(
                     "source %s: broker %s:%d dropped the connection right after accepting it (another "
                     "client with the same client_id?); reconnecting in %.1f s",

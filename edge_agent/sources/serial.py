@@ -103,9 +103,9 @@ class SerialSource(Source):
                 self._close_port(loop)
             self.stats.state = "disconnected"
             self.stats.reconnects += 1
-            delay = reconnects.lost()  # a port lost again right after opening: wait before the next try
-            log.warning("source %s: lost %s (%s); reopening%s", self.name, self.config.device, error,
-                        f" in {delay:.1f} s" if delay > 0 else "")
+            delay = reconnects.lost()  # a port lost again right after opening waits longer each time
+            log.warning("source %s: lost %s (%s); reopening in %.1f s", self.name, self.config.device, error,
+                        delay)
             await asyncio.sleep(delay)
 
     def _open(self) -> serial.Serial:

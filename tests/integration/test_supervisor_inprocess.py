@@ -137,3 +137,24 @@ def test_watchdog_pings_go_on_during_a_pipeline_restart(tmp_path: Path,
     assert any(m.startswith("MONOTONIC_USEC=") for m in messages)
     assert sup.config.status_interval_s == 0.3
     assert engines[0]._executor._shutdown  # the first pipeline's engine was closed at its restart
+
+
+def test_a_reload_that_moves_state_dir_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The instance lock and the pid file are on the running state directory: a reload onto another one would
+    run there unlocked (a second agent could start on it) and leave the old pid file behind."""
+    caplog.set_level(logging.INFO)
+    config_path = replay_config(tmp_path)
+    state, moved = tmp_path / "state", tmp_path / "state2"
+    sup = Supervisor(AgentConfig.load(config_path))
+
+    async def reload() -> None:
+        config_path.write_text(config_path.read_text().replace(str(state), str(moved)))
+        sup.request_reload()
+        await poll_until(lambda: "state_dir changed" in caplog.text, "the reload refused")
+        assert sup.config.state_dir == state
+        assert (state / "agent.pid").is_file()
+        assert not moved.exists()
+
+    assert asyncio.run(running(sup, reload)) == 0
+    assert "a new state directory needs a restart (systemctl restart edge-agent)" in caplog.text
+    assert not (state / "agent.pid").exists()

@@ -44,8 +44,8 @@ def test_a_connection_that_held_resets_the_backoff() -> None:
     reconnects.connected()
     clock.now += 10.0
     assert reconnects.held()
-    assert reconnects.lost() == 0.0  # reconnect at once ...
-    assert reconnects.failed() == 1.0  # ... and a failure after that starts from base again
+    assert reconnects.lost() == 1.0  # from base again (a jittered pause of at most base) ...
+    assert reconnects.failed() == 2.0  # ... and the failures after it grow from there
 
 
 def test_a_connection_dropped_at_once_counts_as_a_failed_try() -> None:
@@ -61,3 +61,13 @@ def test_a_connection_dropped_at_once_counts_as_a_failed_try() -> None:
         delays.append(reconnects.lost())
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert not reconnects.held()  # nothing connected now
+
+
+def test_a_connection_closed_on_purpose_neither_fails_nor_resets() -> None:
+    clock = FakeClock()
+    reconnects = Reconnects(ceilings, stable_s=10.0, clock=clock)
+    assert reconnects.failed() == 1.0
+    reconnects.connected()
+    reconnects.closed()  # e.g. the sink hangs up after a refused alert, which has its own backoff
+    assert not reconnects.held()
+    assert reconnects.failed() == 2.0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from edge_agent.doctor import Machine, Requirements, diagnose, report, version_tuple
+from edge_agent.doctor import Machine, Requirements, diagnose, probe_brokers, report, version_tuple
 from edge_agent.profiles import load_profile
 
 
@@ -119,3 +120,26 @@ def test_an_upstream_on_mqtt_3_1_1_is_a_warning(state_dir: Path) -> None:
     assert [(f.level, f.fix) for f in upstream("3.1.1")] == [("warn", fix)]
     assert [f.level for f in upstream("5")] == ["ok"]
     assert upstream(None) == []  # no [mqtt]: alerts go to the console
+
+
+def test_brokers_are_probed_once_each_and_together_within_a_deadline() -> None:
+    """One probe per distinct broker, all at once; one that hangs (a dead resolver) reads as no answer at the
+    deadline instead of holding the doctor for its own timeouts."""
+    calls: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    def reach(host: str, port: int) -> str | None:
+        calls.append((host, port))
+        if host == "hangs.example":
+            release.wait(10)
+            return None
+        return None if port == 1883 else "Connection refused"
+
+    try:
+        found = probe_brokers([("a", 1883), ("a", 1883), ("b", 8883), ("hangs.example", 1883)], reach,
+                              deadline_s=0.5)
+    finally:
+        release.set()  # only now: the hanging probe was still running when the answer came
+    assert sorted(calls) == [("a", 1883), ("b", 8883), ("hangs.example", 1883)]
+    assert found == {("a", 1883): None, ("b", 8883): "Connection refused",
+                     ("hangs.example", 1883): "no answer in 0.5 s"}
