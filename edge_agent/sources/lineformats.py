@@ -67,11 +67,12 @@ MAX_TIMESTAMP_S = 253_402_300_799.0
 # warning.
 SECONDS_AS_MS = (1e9, 1e11)
 log = logging.getLogger(__name__)
-_seconds_as_ms_log = RateLimitedLog(log, interval_s=3600.0)
+_seconds_as_ms_logs: dict[str, RateLimitedLog] = {}  # per source: one line an hour each
 
 
-def parse_timestamp(raw: object, fmt: str) -> float:
-    """A timestamp value from a line as Unix seconds (UTC). Naive ISO 8601 times are taken as UTC."""
+def parse_timestamp(raw: object, fmt: str, source: str = "") -> float:
+    """A timestamp value from a line of `source` as Unix seconds (UTC). Naive ISO 8601 times are taken
+    as UTC."""
     if fmt == "iso8601":
         if not isinstance(raw, str):
             raise LineFormatError(f"timestamp {raw!r} is not an ISO 8601 string")
@@ -91,9 +92,10 @@ def parse_timestamp(raw: object, fmt: str) -> float:
     value = to_number(raw, "timestamp")
     seconds = value / 1000.0 if fmt == "unix_ms" else value
     if fmt == "unix_ms" and SECONDS_AS_MS[0] <= value < SECONDS_AS_MS[1]:
-        _seconds_as_ms_log.warning("timestamp %r read as unix_ms is in %s: if the device sends seconds, set "
-                                   "timestamp_format = \"unix_s\"", raw,
-                                   time.strftime("%Y-%m-%d", time.gmtime(seconds)))
+        limiter = _seconds_as_ms_logs.setdefault(source, RateLimitedLog(log, interval_s=3600.0))
+        limiter.warning("source %s: timestamp %r read as unix_ms is in %s: if the device sends seconds, set "
+                        "timestamp_format = \"unix_s\"", source or "?", raw,
+                        time.strftime("%Y-%m-%d", time.gmtime(seconds)))
     if not MIN_TIMESTAMP_S <= seconds <= MAX_TIMESTAMP_S:
         hint = " (milliseconds? set timestamp_format = \"unix_ms\")" if seconds > MAX_TIMESTAMP_S else ""
         raise LineFormatError(f"timestamp {raw!r} ({fmt}) is outside 1970..9999{hint}")
@@ -124,8 +126,9 @@ def to_number(raw: object, name: str) -> float:
 class LineParser:
     """Parses lines of one `LineFormat`. Stateful only for CSV with a header (the column order)."""
 
-    def __init__(self, fmt: LineFormat) -> None:
+    def __init__(self, fmt: LineFormat, source: str = "") -> None:
         self.format = fmt
+        self.source = source  # named in warnings
         self._columns: tuple[str, ...] | None = fmt.columns or None
         self._wanted = set(fmt.fields.values()) | ({fmt.timestamp_field} if fmt.timestamp_field else set())
 
@@ -182,7 +185,7 @@ class LineParser:
         if fmt.timestamp_field is not None:
             if fmt.timestamp_field not in row:
                 raise LineFormatError(f"timestamp field {fmt.timestamp_field!r} missing")
-            ts = parse_timestamp(row[fmt.timestamp_field], fmt.timestamp_format)
+            ts = parse_timestamp(row[fmt.timestamp_field], fmt.timestamp_format, self.source)
         mapping = fmt.fields or {name: name for name in fmt.field_names()}
         values: dict[str, float] = {}
         for name, key in mapping.items():

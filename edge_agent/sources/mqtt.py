@@ -384,7 +384,7 @@ class MqttSource(Source):
         if self.config.timestamp_field is not None:
             if self.config.timestamp_field not in obj:
                 raise LineFormatError(f"timestamp field {self.config.timestamp_field!r} missing")
-            ts = parse_timestamp(obj[self.config.timestamp_field], self.config.timestamp_format)
+            ts = parse_timestamp(obj[self.config.timestamp_field], self.config.timestamp_format, self.name)
         values = {}
         for name, key in self.config.fields.items():
             if key not in obj:
@@ -412,7 +412,7 @@ class MqttSource(Source):
         if self.config.timestamp_format == "iso8601" or type(raw) not in (float, int):
             return None
         try:
-            return parse_timestamp(raw, self.config.timestamp_format), values
+            return parse_timestamp(raw, self.config.timestamp_format, self.name), values
         except LineFormatError:
             return None
 

@@ -172,7 +172,7 @@ class ReplaySource(Source):
             raise LineFormatError(f"expected {len(header)} fields, got {len(row)}")
         cells = dict(zip(header, row, strict=True))
         if self.config.timestamp_field is not None:
-            ts = parse_timestamp(cells[self.config.timestamp_field], self.config.timestamp_format)
+            ts = parse_timestamp(cells[self.config.timestamp_field], self.config.timestamp_format, self.name)
         else:
             ts = (row_no - 2) * self.config.sample_period_s
         try:  # the fast path; anything odd goes through to_number for a precise message

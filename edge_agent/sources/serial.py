@@ -71,7 +71,7 @@ class SerialSource(Source):
     def __init__(self, name: str, config: SerialConfig) -> None:
         super().__init__(name, config.queue_size)
         self.config = config
-        self._parser = LineParser(config.line_format)
+        self._parser = LineParser(config.line_format, name)
         self._port: serial.Serial | None = None
         self._buffer = b""
 

@@ -140,16 +140,19 @@ def test_a_source_lagging_past_staleness_does_not_move_the_grid() -> None:
     assert w.counters()["windows"] == 0
 
 
-def test_seconds_sent_as_milliseconds_are_accepted_with_a_hint(caplog: pytest.LogCaptureFixture) -> None:
+def test_seconds_sent_as_milliseconds_are_accepted_with_a_hint(caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A device sending Unix seconds under unix_ms lands in 1970 and no window is ever complete; a
-    millisecond uptime counter looks the same, so the reading stays, with one warning naming the fix."""
+    millisecond uptime counter looks the same, so the reading stays, with a warning naming the source and
+    the fix: once an hour per source, so one source cannot hide another's."""
     caplog.set_level(logging.WARNING, logger="edge_agent.sources.lineformats")
-    lineformats._seconds_as_ms_log = lineformats.RateLimitedLog(lineformats.log, interval_s=3600.0)
-    assert parse_timestamp(1.5, "unix_ms") == pytest.approx(0.0015)  # an uptime counter's first seconds
+    monkeypatch.setattr(lineformats, "_seconds_as_ms_logs", {})
+    assert parse_timestamp(1.5, "unix_ms", "line1") == pytest.approx(0.0015)  # an uptime counter's start
     assert "unix_s" not in caplog.text
-    assert parse_timestamp(1_800_000_000, "unix_ms") == pytest.approx(1_800_000.0)
-    assert parse_timestamp(1_800_000_001, "unix_ms") == pytest.approx(1_800_000.001)
+    assert parse_timestamp(1_800_000_000, "unix_ms", "line1") == pytest.approx(1_800_000.0)
+    assert parse_timestamp(1_800_000_001, "unix_ms", "line1") == pytest.approx(1_800_000.001)
+    assert parse_timestamp(1_800_000_002, "unix_ms", "plant") == pytest.approx(1_800_000.002)
     warnings = [r.getMessage() for r in caplog.records]
-    expected = ("timestamp 1800000000 read as unix_ms is in 1970-01-21: if the device sends seconds, "
-                'set timestamp_format = "unix_s"')
-    assert warnings == [expected]  # once, not per reading
+    hint = ' read as unix_ms is in 1970-01-21: if the device sends seconds, set timestamp_format = "unix_s"'
+    assert warnings == [f"source line1: timestamp 1800000000{hint}",
+                        f"source plant: timestamp 1800000002{hint}"]
