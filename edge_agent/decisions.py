@@ -199,6 +199,16 @@ def _summary(scored: ScoredWindow, policy: ModelPolicy) -> _Summary:
                     scored.bundle_name, scored.bundle_version)
 
 
+def _restored_threshold(policy: ModelPolicy | None, row: dict[str, Any]) -> float:
+    """A restored episode's threshold: its model's in the bundle now, else the one it was opened against
+    (kept with the episode), else NaN (an episode from before that was kept, whose model is gone: its close
+    alert says null)."""
+    if policy is not None:
+        return policy.threshold
+    stored = row.get("threshold")
+    return float(stored) if stored is not None else float("nan")
+
+
 class DecisionEngine:
     """Turns scored windows into `AlertEvent`s. Not thread-safe: call it from the event loop."""
 
@@ -226,7 +236,7 @@ class DecisionEngine:
                 bundle_name=row["bundle_name"], bundle_version=row["bundle_version"],
                 start_ts=row["start_ts"],
                 severity=row["severity"], last_event_ts=row["last_event_ts"], peak_score=row["peak_score"],
-                threshold=policy.threshold if policy else float("nan"), interval_severity=row["severity"])
+                threshold=_restored_threshold(policy, row), interval_severity=row["severity"])
             track = self._track(row["asset"], row["model"], policy)
             track.episode = episode
             log.info("restored open episode %s for %s/%s", episode.episode_id, episode.asset, episode.model)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     severity TEXT NOT NULL,
     peak_score REAL NOT NULL,
     last_score REAL NOT NULL,
-    alerts INTEGER NOT NULL DEFAULT 0
+    alerts INTEGER NOT NULL DEFAULT 0,
+    threshold REAL
 );
 CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status, asset, model);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -399,11 +401,13 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _add_outbox_rejected(conn: sqlite3.Connection) -> None:
-    """Databases made before the `rejected` column get it (NULL: not rejected; no data to migrate)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-    if "rejected" not in columns:
-        conn.execute("ALTER TABLE outbox ADD COLUMN rejected TEXT")
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Databases made before a column was added get it (NULL: no data to migrate): the outbox's
+    `rejected` (not rejected), the episodes' `threshold` (the threshold the episode was opened against;
+    unknown for episodes opened before it was kept)."""
+    for table, column, kind in (("outbox", "rejected", "TEXT"), ("episodes", "threshold", "REAL")):
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class Store:
@@ -435,7 +439,7 @@ class Store:
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_WalKeeper`, off the event loop
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
-            _add_outbox_rejected(conn)
+            _add_columns(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -592,10 +596,11 @@ class Store:
         if event.state == "open":
             conn.execute(
                 "INSERT INTO episodes (episode_id, asset, model, bundle_name, bundle_version, status,"
-                " start_ts, last_event_ts, severity, peak_score, last_score, alerts)"
-                " VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, 1)",
+                " start_ts, last_event_ts, severity, peak_score, last_score, alerts, threshold)"
+                " VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, 1, ?)",
                 (event.episode_id, event.asset, event.model, event.bundle_name, event.bundle_version,
-                 event.episode_start_ts, event.ts, event.severity, event.score, event.score))
+                 event.episode_start_ts, event.ts, event.severity, event.score, event.score,
+                 event.threshold if math.isfinite(event.threshold) else None))
             return
         status = "closed" if event.state == "close" else "open"
         conn.execute(
@@ -608,9 +613,10 @@ class Store:
         """Episodes not yet closed (restored by the decision engine after a restart)."""
         rows = self._query(
             "SELECT episode_id, asset, model, bundle_name, bundle_version, start_ts, last_event_ts, severity,"
-            " peak_score, last_score, alerts FROM episodes WHERE status = 'open' ORDER BY start_ts")
+            " peak_score, last_score, alerts, threshold FROM episodes WHERE status = 'open'"
+            " ORDER BY start_ts")
         keys = ("episode_id", "asset", "model", "bundle_name", "bundle_version", "start_ts", "last_event_ts",
-                "severity", "peak_score", "last_score", "alerts")
+                "severity", "peak_score", "last_score", "alerts", "threshold")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def pending(self, limit: int = 100) -> list[OutboxRow]:

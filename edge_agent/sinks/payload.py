@@ -8,6 +8,7 @@ millisecond precision (`2026-11-27T10:57:35.123Z`).
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,7 +43,9 @@ def alert_document(event: AlertEvent, identity: GatewayIdentity) -> dict[str, An
         "model": event.model,
         "bundle": {"name": event.bundle_name, "version": event.bundle_version},
         "score": float(event.score),
-        "threshold": float(event.threshold),
+        # null only for an episode restored from a database older than the episodes' threshold column
+        # whose model has left the bundle: its close alert has no threshold to report
+        "threshold": float(event.threshold) if math.isfinite(event.threshold) else None,
         "severity": event.severity,
         "window": {"start": rfc3339(event.window_start_ts), "end": rfc3339(event.window_end_ts)},
         "root_cause": {

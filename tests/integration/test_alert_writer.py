@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -28,6 +29,8 @@ MANIFEST = {"name": "b", "version": "1.0", "models": [
     {"name": "pump", "input": {"channels": ["a", "b"]}, "threshold": {"value": 1.0},
      "severity": [{"level": "warning", "min_score": 1.0}], "debounce": {"k": 1, "n": 1, "clear_windows": 2}}]}
 T0 = 1_800_000_000.0
+ALERT_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "edge_agent/schemas/alert.schema.json").read_text())
 
 
 def scored(ts: float, score: float, asset: str = "pump-1", start: float | None = None) -> ScoredWindow:
@@ -155,6 +158,35 @@ def test_episode_of_an_asset_removed_from_the_config_is_closed(tmp_path: Path) -
     assert [row["asset"] for row in store.open_episodes()] == ["pump-1"]
     assert [(r["asset"], r["state"]) for r in outbox(path)][-1] == ("pump-2", "close")
     assert [e["asset"] for e in engine.open_episodes()] == ["pump-1"]
+    store.close()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_episode_of_a_model_gone_from_the_bundle_closes_with_its_threshold(tmp_path: Path,
+                                                                            legacy: bool) -> None:
+    """An episode open when the agent stopped, whose model the next bundle lacks, is closed at start-up
+    (model_removed). Its threshold comes from the episode row; a database from before that column has none,
+    and the close alert says null. It used to render NaN, which JSON refuses: every start crashed."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    assert alerts.write(engine.process_batch([scored(T0, 3.0)], T0))
+    store.close()
+    if legacy:
+        with sqlite3.connect(path) as conn:
+            conn.execute("ALTER TABLE episodes DROP COLUMN threshold")  # as before the column: re-added
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    valve = {**MANIFEST, "models": [{**MANIFEST["models"][0], "name": "valve"}]}
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, valve)
+    closed = engine.orphaned_episodes(T0 + 5)
+    assert [(e.state, e.extra["reason"]) for e in closed] == [("close", "model_removed")]
+    assert alerts.write(closed)
+    last = outbox(path)[-1]
+    jsonschema.validate(last, ALERT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert (last["state"], last["threshold"]) == ("close", None if legacy else 1.0)
+    assert store.open_episodes() == []
     store.close()
 
 
