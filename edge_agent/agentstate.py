@@ -15,6 +15,7 @@ The status file (`<state_dir>/status.json`) is rewritten atomically every `statu
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import tempfile
@@ -31,6 +32,25 @@ STATUS_SCHEMA_VERSION = 1
 # from the windower, the sources and the engine, which a restart rebuilds from zero
 _OWN_COUNTERS = ("windows_scored", "windows_dropped", "windows_nonfinite", "windows_stale",
                  "readings_out_of_range")
+
+
+def agent_holds_lock(lock_path: Path) -> bool:
+    """Whether a running agent holds `lock_path` (its instance lock, `AgentConfig.lock_path`): a shared
+    `flock` that cannot be had means an agent has it. A pid file alone can outlive its agent and name a
+    process that reused the pid."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no lock file: no agent has run here since it was introduced
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the shared lock when it was taken
+    return False
 
 
 def write_status_file(path: Path, document: dict[str, Any]) -> None:

@@ -159,6 +159,11 @@ class AgentConfig:
     def pid_path(self) -> Path:
         return self.state_dir / "agent.pid"
 
+    @property
+    def lock_path(self) -> Path:
+        """Held (flock) by the running agent for its whole life: one agent per state directory."""
+        return self.state_dir / "agent.lock"
+
     def bundle_path(self) -> Path:
         """The installed active bundle (`state_dir/bundles/active/bundle.tar`, written by `edge-agent bundle
         install`) if there is one, else `[bundle] path`."""

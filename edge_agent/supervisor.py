@@ -77,7 +77,6 @@ CLOSE_ALERT_ATTEMPTS = 10
 # sample-to-alert budget. The agent asks for a hand-over every 1 ms while it runs.
 GIL_SWITCH_INTERVAL_S = 0.001
 _find_fatal = find_fatal
-INSTANCE_LOCK = "agent.lock"  # in state_dir; see _hold_instance_lock
 
 
 def _freeze_long_lived_objects() -> None:
@@ -96,7 +95,7 @@ def _hold_instance_lock(config: AgentConfig) -> int:
     hand-started `edge-agent run` next to the service, would share the database and the MQTT client id (the
     broker would drop each for the other) and delete the other's pid file: it is refused, naming the
     running agent's pid."""
-    fd = os.open(config.state_dir / INSTANCE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.agentstate import agent_holds_lock
 from edge_agent.bundle.archive import MAX_MEMBER_BYTES, Bundle, read_bundle
 from edge_agent.bundle.errors import (
     BundleError,
@@ -83,6 +84,7 @@ class InstallSettings:
     check_assets: Callable[[Manifest], None] | None = None  # raises ConfigError when assets do not fit
     pid_path: Path | None = None
     status_path: Path | None = None
+    lock_path: Path | None = None  # the running agent's instance lock (None: trust the pid file)
     max_member_bytes: int = MAX_MEMBER_BYTES  # no single archive member may be larger
 
 
@@ -115,7 +117,7 @@ def settings_from_config(config: Any) -> InstallSettings:
         state_dir=Path(config.state_dir), profile=profile,
         trusted_keys=config.bundle.trusted_keys, require_signature=config.bundle.require_signature,
         keep=int(getattr(config.bundle, "keep", 3)), check_assets=check_assets,
-        pid_path=config.pid_path, status_path=config.status_path,
+        pid_path=config.pid_path, status_path=config.status_path, lock_path=config.lock_path,
         max_member_bytes=min(MAX_MEMBER_BYTES, profile_member_limit(profile)))
 
 
@@ -339,6 +341,10 @@ def notify_agent(settings: InstallSettings) -> str:
         return f"pid file {settings.pid_path} is unreadable ({exc}); restart the agent to load the new bundle"
     if not _is_agent(pid):
         return f"no running agent (pid {pid} from {settings.pid_path} is gone or not edge-agent)"
+    if settings.lock_path is not None and not agent_holds_lock(settings.lock_path):
+        # the pid file outlived its agent (a crash, kill -9) and the pid may now be another process's
+        return (f"no running agent (no agent holds {settings.lock_path}; pid {pid} in {settings.pid_path} "
+                "is stale); it will load the new bundle when it starts")
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
@@ -372,12 +378,15 @@ def restore_previous(settings: InstallSettings, failed: str, previous: str | Non
 
 
 def agent_alive(settings: InstallSettings) -> bool:
-    """The pid file names a running edge-agent process."""
+    """The pid file names a running edge-agent process, and an agent holds the instance lock: a pid file
+    left by an agent that died can name another process that reused the pid, which SIGHUP would kill."""
     if settings.pid_path is None:
         return False
     try:
         pid = int(settings.pid_path.read_text().strip())
     except (OSError, ValueError):
+        return False
+    if settings.lock_path is not None and not agent_holds_lock(settings.lock_path):
         return False
     return _is_agent(pid)
 

@@ -394,3 +394,24 @@ def test_require_signature_false_installs_what_the_agent_would_load(tmp_path: Pa
     outcome = install(unsigned, _settings(config))
     assert outcome.installed.version == "1.0.0"
     assert BundleStore(_settings(config).state_dir).active_version() == "1.0.0"
+
+
+def test_a_stale_pid_file_is_not_signalled(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
+    """An agent killed with -9 leaves its pid file; the pid can be reused by another process (here one whose
+    command line even says edge-agent). No agent holds the instance lock, so nothing is signalled: SIGHUP
+    would have killed that process."""
+    config, keys = gateway
+    settings = _settings(config)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge-agent"])
+    try:
+        settings.pid_path.write_text(f"{bystander.pid}\n")
+        settings.lock_path.write_text("")  # the lock file of the agent that died; nobody holds it
+        outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings)
+        assert outcome.agent.startswith(f"no running agent (no agent holds {settings.lock_path}; pid "
+                                        f"{bystander.pid} in {settings.pid_path} is stale)")
+        assert bystander.poll() is None  # not signalled
+        assert BundleStore(settings.state_dir).active_version() == "1.0.0"  # the activation stands
+    finally:
+        bystander.kill()
+        bystander.wait(10)
