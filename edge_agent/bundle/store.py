@@ -68,7 +68,7 @@ class InstalledBundle:
 
 def check_version(version: str) -> str:
     """A version usable as a directory name (refuses `..`, slashes, the `active` link's name, ...)."""
-    if not VERSION_RE.match(version) or version == ACTIVE_LINK:
+    if not VERSION_RE.match(version) or version in (ACTIVE_LINK, HISTORY_FILE):  # the store's own names
         raise StoreError(f"bundle version {version!r} cannot be stored: use letters, digits, '.', '_', '+', "
                          "'-' (at most 64, starting with a letter or digit)")
     return version
@@ -164,12 +164,21 @@ class BundleStore:
         if not path.is_file():
             return []
         entries = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:  # a damaged history must not stop installs or rollbacks: bad lines are skipped, named
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            log.warning("%s cannot be read (%s), ignored", path, exc.strerror or exc)
+            return []
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    entries.append(json.loads(line))
+                    entry = json.loads(line)
                 except ValueError:
-                    log.warning("%s line %d is not JSON, ignored", path, number)
+                    entry = None
+                if isinstance(entry, dict):
+                    entries.append(entry)
+                else:
+                    log.warning("%s line %d is not a JSON object, ignored", path, number)
         return entries
 
     def previous_version(self) -> str | None:

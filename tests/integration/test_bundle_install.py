@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.bundle import read_bundle, sign_manifest, write_bundle
 from edge_agent.bundle.install import CheckError, InstallSettings, install, rollback, settings_from_config
-from edge_agent.bundle.store import BundleStore
+from edge_agent.bundle.store import BundleStore, StoreError
 from edge_agent.cli import main
 from edge_agent.config import AgentConfig
 from tests.support import wait_until
@@ -415,3 +415,30 @@ def test_a_stale_pid_file_is_not_signalled(tmp_path: Path, gateway: tuple[Path, 
     finally:
         bystander.kill()
         bystander.wait(10)
+
+
+def test_a_damaged_history_does_not_stop_installs_or_rollbacks(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that are not UTF-8 and a JSON line that is not an object used to crash `install` after it had
+    switched `active` (the agent was never told) and `list` / `rollback` outright."""
+    _config, keys = gateway
+    history = installed.state_dir / "bundles" / "history.jsonl"
+    with history.open("ab") as handle:
+        handle.write(b"\xff\xfe garbage\nnull\n")
+    install(_bundle(tmp_path, keys, "2.0.0"), installed)
+    store = BundleStore(installed.state_dir)
+    assert store.active_version() == "2.0.0"
+    assert store.previous_version() == "1.0.0"
+    assert "line 2 is not a JSON object, ignored" in caplog.text
+    assert "line 3 is not a JSON object, ignored" in caplog.text
+    rollback(installed)
+    assert store.active_version() == "1.0.0"
+
+
+def test_the_stores_own_file_names_are_not_versions(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                    installed: InstallSettings) -> None:
+    _config, keys = gateway
+    with pytest.raises(StoreError, match=r"bundle version 'history\.jsonl' cannot be stored"):
+        install(_bundle(tmp_path, keys, "history.jsonl"), installed)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
