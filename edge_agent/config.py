@@ -170,6 +170,12 @@ class AgentConfig:
         active = self.state_dir / "bundles" / "active" / "bundle.tar"
         if active.exists():
             return active
+        link = active.parent
+        if link.is_symlink() or link.exists():  # installed once, now broken: never fall back silently
+            where = f"points to {str(link.readlink())!r}" if link.is_symlink() else "is not a link"
+            raise ConfigError("bundle", f"{link} {where}, which holds no bundle.tar: the installed bundle "
+                              "is damaged (`edge-agent bundle list` shows what is installed; `edge-agent "
+                              "bundle rollback VERSION` or `bundle install` repairs it)", source=self.source)
         if self.bundle.path is None:
             raise ConfigError("bundle -> path", f"no bundle installed in {active.parent} and no bundle "
                               "file configured (`edge-agent bundle install FILE --config CONFIG` installs "

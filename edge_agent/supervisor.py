@@ -336,14 +336,15 @@ class Supervisor:
             self.config = new
             return True
         assert self.bundle is not None
-        if new.bundle_path().resolve() == self.bundle.source.resolve():
-            log.info("reload: config and bundle unchanged")
-            return False
         try:
+            path = new.bundle_path()
+            if path.resolve() == self.bundle.source.resolve():
+                log.info("reload: config and bundle unchanged")
+                return False
             bundle = await asyncio.to_thread(load_bundle, new, new.state_dir / "run")
-        except Exception as exc:  # any bad bundle keeps the running one  # noqa: BLE001
-            log.error("new bundle %s not loaded, keeping %s %s: %s", new.bundle_path(),
-                      self.bundle.manifest.name, self.bundle.manifest.version, exc)
+        except Exception as exc:  # any bad bundle (or a damaged store) keeps the running one  # noqa: BLE001
+            log.error("new bundle not loaded, keeping %s %s: %s", self.bundle.manifest.name,
+                      self.bundle.manifest.version, exc)
             return False
         await self.swap_bundle(bundle)
         return False

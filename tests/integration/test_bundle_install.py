@@ -22,6 +22,7 @@ from edge_agent.bundle.install import CheckError, InstallSettings, install, roll
 from edge_agent.bundle.store import BundleStore, StoreError
 from edge_agent.cli import main
 from edge_agent.config import AgentConfig
+from edge_agent.configtools import ConfigError
 from tests.support import wait_until
 from tests.support.bundles import KeyPair, build_test_bundle, make_keypair
 
@@ -442,3 +443,19 @@ def test_the_stores_own_file_names_are_not_versions(tmp_path: Path, gateway: tup
     with pytest.raises(StoreError, match=r"bundle version 'history\.jsonl' cannot be stored"):
         install(_bundle(tmp_path, keys, "history.jsonl"), installed)
     assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
+def test_a_broken_active_link_is_an_error_not_a_silent_fallback(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`active` pointing at a version that is not installed used to make the agent load `[bundle] path`
+    (an older bundle, perhaps) without a word; check-config said OK."""
+    config, _keys = gateway
+    link = installed.state_dir / "bundles" / "active"
+    link.unlink()
+    link.symlink_to("9.9.9")
+    with pytest.raises(ConfigError, match=r"active points to '9\.9\.9', which holds no bundle\.tar: the "
+                                          r"installed bundle is damaged"):
+        AgentConfig.load(config).bundle_path()
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert "bundle rollback VERSION` or `bundle install` repairs it" in capsys.readouterr().err
