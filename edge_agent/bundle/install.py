@@ -287,6 +287,14 @@ def verify_only(bundle_file: Path, settings: InstallSettings) -> Verified:
         return verify(bundle_file, settings, Path(tmp))
 
 
+def _naming(exc: BundleError, bundle_file: Path) -> BundleError:
+    """`exc` as about the user's `bundle_file` (it was raised for the private copy install verifies)."""
+    if exc.bundle is not None:
+        exc.bundle = str(bundle_file)
+        exc.args = (f"{exc.bundle}: {exc.message}",)
+    return exc
+
+
 def install(bundle_file: Path, settings: InstallSettings, *, notify: bool = True,
             progress: Callable[[str, str], None] | None = None) -> Outcome:
     """Verify, store, activate (atomically), prune to `settings.keep`, then notify the running agent.
@@ -294,15 +302,23 @@ def install(bundle_file: Path, settings: InstallSettings, *, notify: bool = True
     The store lock is held from verification to activation, so concurrent installs run one after the other.
     """
     store = BundleStore(settings.state_dir)
+    bundle_file = Path(bundle_file)
     with store.lock(), _workdir(settings) as work:
-        verified = verify(Path(bundle_file), settings, work)
+        # one private copy is verified and stored: the file at `bundle_file` can change meanwhile (a copy
+        # still being written, or swapped on purpose) and must not be what gets stored unverified
+        incoming = work / "incoming.bundle"
+        if bundle_file.is_file():
+            shutil.copyfile(bundle_file, incoming)
+        try:
+            verified = verify(incoming if incoming.is_file() else bundle_file, settings, work)
+        except BundleError as exc:
+            raise _naming(exc, bundle_file) from exc.__cause__
         for check, detail in verified.passed:
             if progress is not None:
                 progress(check, detail)
         manifest = verified.bundle.manifest
-        installed = store.add(Path(bundle_file), name=manifest.name, version=manifest.version,
-                              models=[m.name for m in manifest.models],
-                              source=str(Path(bundle_file).resolve()))
+        installed = store.add(incoming, name=manifest.name, version=manifest.version,
+                              models=[m.name for m in manifest.models], source=str(bundle_file.resolve()))
         previous = store.active_version()
         if previous != installed.version:
             store.activate(installed.version, action="install")

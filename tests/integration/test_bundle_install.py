@@ -459,3 +459,29 @@ def test_a_broken_active_link_is_an_error_not_a_silent_fallback(
         AgentConfig.load(config).bundle_path()
     assert main(["check-config", "--config", str(config)]) == 1
     assert "bundle rollback VERSION` or `bundle install` repairs it" in capsys.readouterr().err
+
+
+def test_what_is_stored_is_what_was_verified(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file given to `install` is replaced by an unsigned bundle while the checks run (a copy still
+    being written, or a swap on purpose): the stored bundle is the copy that was verified, not what the path
+    holds by the time it is stored."""
+    from edge_agent.bundle import install as install_module
+
+    config, keys = gateway
+    settings = _settings(config)
+    given = _bundle(tmp_path, keys, "3.0.0")
+    verified_bytes = given.read_bytes()
+    unsigned = build_test_bundle(tmp_path / "unsigned", version="3.0.0", sign_key=None, name="pumps",
+                                 window_length=16, stride=8, channels=CHANNELS)
+    real_verify = install_module.verify
+
+    def swapping_verify(bundle_file: Path, settings: InstallSettings, workdir: Path) -> object:
+        given.write_bytes(unsigned.read_bytes())  # the path changes under the running install
+        return real_verify(bundle_file, settings, workdir)
+
+    monkeypatch.setattr(install_module, "verify", swapping_verify)
+    outcome = install(given, settings, notify=False)
+    stored = outcome.installed.bundle_file.read_bytes()
+    assert stored == verified_bytes
+    read_bundle(outcome.installed.bundle_file, trusted_keys=config.parent / "keys", extract_to=tmp_path / "x")
