@@ -111,9 +111,22 @@ class BundleStore:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._remove_leftovers()
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+
+    def _remove_leftovers(self) -> None:
+        """Work files of operations that were killed (`.verify-*` extractions, `.staging-*` copies,
+        `.active.*` temporary links): only operations holding the lock make them, so with it held none is in
+        use. A killed install of a large bundle otherwise left its size on the disk each time."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith((".verify-", ".staging-", f".{ACTIVE_LINK}.")):
+                log.info("removing %s, left by an interrupted bundle operation", entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------------------
 

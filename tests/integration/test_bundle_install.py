@@ -485,3 +485,18 @@ def test_what_is_stored_is_what_was_verified(tmp_path: Path, gateway: tuple[Path
     stored = outcome.installed.bundle_file.read_bytes()
     assert stored == verified_bytes
     read_bundle(outcome.installed.bundle_file, trusted_keys=config.parent / "keys", extract_to=tmp_path / "x")
+
+
+def test_work_files_of_a_killed_install_are_removed_by_the_next_operation(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings) -> None:
+    """`kill -9` during an install leaves its extraction and staging copy (the bundle's size each time);
+    the next operation that takes the store lock removes them."""
+    _config, keys = gateway
+    root = installed.state_dir / "bundles"
+    (root / ".verify-abc123" / "extracted").mkdir(parents=True)
+    (root / ".verify-abc123" / "incoming.bundle").write_bytes(bytes(1024))
+    (root / ".staging-def456").mkdir()
+    (root / ".active.4242").symlink_to("1.0.0")
+    install(_bundle(tmp_path, keys, "2.0.0"), installed, notify=False)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".lock"]
+    assert BundleStore(installed.state_dir).active_version() == "2.0.0"
