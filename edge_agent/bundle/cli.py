@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ def _progress(check: str, detail: str) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     def action(settings: InstallSettings) -> int:
+        started = time.time()  # the agent's status must be newer than this to count as its answer
         outcome = install(args.file, settings, progress=_progress)
         version = outcome.installed.version
         if outcome.previous == version:
@@ -122,19 +124,27 @@ def cmd_install(args: argparse.Namespace) -> int:
               f"{outcome.previous or 'none'})")
         if outcome.removed:
             print(f"removed old versions (keeping {settings.keep}): {', '.join(outcome.removed)}")
-        return _switch_agent(settings, outcome.agent, version, outcome.previous, args.wait)
+        return _switch_agent(settings, outcome.agent, version, outcome.previous, wait_s=args.wait,
+                             since=started)
 
     return _run(args, action)
 
 
-def _switch_agent(settings: InstallSettings, agent: str, version: str, previous: str | None,
-                  wait_s: float) -> int:
-    """Wait for the notified agent to report `version`; otherwise restore `previous` and fail."""
+def _switch_agent(settings: InstallSettings, agent: str, version: str, previous: str | None, *,
+                  wait_s: float, since: float) -> int:
+    """Wait for the notified agent to report `version` (in a status written after `since`); otherwise
+    restore `previous` and fail, unless another operation activated a version meanwhile."""
     print(agent)
     if "notified" not in agent or wait_s <= 0:
         return 0
-    if wait_for_agent(settings, version, wait_s):
+    if wait_for_agent(settings, version, wait_s, since=since):
         print(f"the running agent now scores with {version}")
+        return 0
+    now_active = BundleStore(settings.state_dir).active_version()
+    if now_active != version:  # another install or rollback came after ours: theirs is the one that counts
+        print(f"{version} was superseded while the agent switched: the active bundle is "
+              f"{now_active or 'none'} now (activated by another bundle operation); {version} stays "
+              "installed but inactive")
         return 0
     why = (f"the running agent did not report {version} within {wait_s:g} s (it keeps its bundle when the "
            "new one fails to load: see its log)" if agent_alive(settings) else
@@ -175,9 +185,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     def action(settings: InstallSettings) -> int:
+        started = time.time()
         outcome = rollback(settings, args.version)
         print(f"rolled back to {outcome.installed.name} {outcome.installed.version} (was {outcome.previous})")
-        return _switch_agent(settings, outcome.agent, outcome.installed.version, outcome.previous, args.wait)
+        return _switch_agent(settings, outcome.agent, outcome.installed.version, outcome.previous,
+                             wait_s=args.wait, since=started)
 
     return _run(args, action)
 

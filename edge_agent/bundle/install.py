@@ -416,17 +416,36 @@ def _is_agent(pid: int) -> bool:
 
 
 def wait_for_agent(settings: InstallSettings, version: str, timeout_s: float,
-                   clock: Callable[[], float] = time.monotonic) -> bool:
-    """Poll the agent's status file until it reports `version` as its bundle (True) or `timeout_s` passes."""
+                   clock: Callable[[], float] = time.monotonic, *, since: float | None = None) -> bool:
+    """Poll the agent's status file until it reports `version` as its bundle (True) or `timeout_s` passes.
+    With `since` (Unix time of the notification), only a status the agent named in the pid file wrote after
+    it counts: an old status.json from an earlier run, or from an agent that is stopped, can name the
+    version too."""
     if settings.status_path is None or timeout_s <= 0:
         return False
     deadline = clock() + timeout_s
     while True:
-        if running_version(settings.status_path) == version:
+        if running_version(settings.status_path) == version and (
+                since is None or _fresh_status(settings, since)):
             return True
         if clock() >= deadline:
             return False
         time.sleep(0.1)  # a CLI waiting on another process's file; not test synchronisation
+
+
+def _fresh_status(settings: InstallSettings, since: float) -> bool:
+    """The status file was written at or after `since` by the process the pid file names."""
+    assert settings.status_path is not None
+    try:
+        status = json.loads(settings.status_path.read_text(encoding="utf-8"))
+        pid = int(settings.pid_path.read_text().strip()) if settings.pid_path is not None else None
+    except (OSError, ValueError):
+        return False
+    if not isinstance(status, dict):
+        return False
+    updated = status.get("updated_at")
+    return (isinstance(updated, int | float) and updated >= since
+            and (pid is None or status.get("pid") == pid))
 
 
 def running_version(status_path: Path) -> str | None:

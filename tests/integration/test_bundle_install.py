@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -500,3 +501,42 @@ def test_work_files_of_a_killed_install_are_removed_by_the_next_operation(
     install(_bundle(tmp_path, keys, "2.0.0"), installed, notify=False)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".lock"]
     assert BundleStore(installed.state_dir).active_version() == "2.0.0"
+
+
+def test_only_a_status_written_after_the_notification_by_that_agent_counts(
+        tmp_path: Path, installed: InstallSettings) -> None:
+    """status.json from an earlier run (or a stopped agent) can already name the new version: the switch
+    check needs one written after the notification by the process in the pid file."""
+    from edge_agent.bundle.install import wait_for_agent
+
+    assert installed.status_path is not None
+    assert installed.pid_path is not None
+    installed.pid_path.write_text("4242\n")
+    since = time.time()
+    installed.status_path.write_text(json.dumps({"pid": 4242, "updated_at": since - 60,
+                                                 "bundle": {"name": "pumps", "version": "1.0.0"}}))
+    assert not wait_for_agent(installed, "1.0.0", 0.3, since=since)  # stale
+    installed.status_path.write_text(json.dumps({"pid": 999, "updated_at": since + 1,
+                                                 "bundle": {"name": "pumps", "version": "1.0.0"}}))
+    assert not wait_for_agent(installed, "1.0.0", 0.3, since=since)  # another process wrote it
+    installed.status_path.write_text(json.dumps({"pid": 4242, "updated_at": since + 1,
+                                                 "bundle": {"name": "pumps", "version": "1.0.0"}}))
+    assert wait_for_agent(installed, "1.0.0", 0.3, since=since)
+
+
+def test_an_install_superseded_while_the_agent_switches_is_not_a_failure(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], installed: InstallSettings,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two installs at once: the agent takes the later one before the earlier one sees its own version in
+    the status; the earlier one used to report a failed switch and exit 1."""
+    from edge_agent.bundle.cli import _switch_agent
+
+    _config, keys = gateway
+    install(_bundle(tmp_path, keys, "2.0.0"), installed, notify=False)
+    install(_bundle(tmp_path, keys, "3.0.0"), installed, notify=False)  # the other operation, later
+    code = _switch_agent(installed, "agent pid 4242 notified (SIGHUP)", "2.0.0", "1.0.0", wait_s=0.2,
+                         since=time.time())
+    assert code == 0
+    assert ("2.0.0 was superseded while the agent switched: the active bundle is 3.0.0 now"
+            in capsys.readouterr().out)
+    assert BundleStore(installed.state_dir).active_version() == "3.0.0"  # left as it is
