@@ -89,6 +89,16 @@ def _freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of `path`: a bundle file overwritten in place, or replaced by a rename,
+    at the same path reads as changed on a reload."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _hold_instance_lock(config: AgentConfig) -> int:
     """Take `state_dir/agent.lock` (an exclusive `flock`, released by the kernel when the process ends,
     however it ends) and return its descriptor: one agent per state directory. A second one, such as a
@@ -136,6 +146,7 @@ class Supervisor:
         self._watchdog: asyncio.Task[None] | None = None
         self._status_io: asyncio.Future[dict[str, int]] | None = None  # the status loop's write (a thread)
         self.ever_ready = False  # READY=1 was sent once: a later failure is a crash, not a failed start
+        self._bundle_stamp: tuple[int, int, int] | None = None  # of the loaded bundle file (`_file_stamp`)
 
     # control ---------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -206,6 +217,7 @@ class Supervisor:
         self.store = Store.open(config.db_path, config.retention)
         self.recorder = WindowRecorder(self.store)
         self.bundle = await asyncio.to_thread(load_bundle, config, self._run_dir)
+        self._bundle_stamp = _file_stamp(self.bundle.source)
         self.engine = await asyncio.to_thread(self._build_engine, self.bundle)
         self.decisions = DecisionEngine(config.decisions, config.identity, self.store, self.bundle.manifest)
         self.windower = build_windower(config, self.bundle)
@@ -338,7 +350,7 @@ class Supervisor:
         assert self.bundle is not None
         try:
             path = new.bundle_path()
-            if path.resolve() == self.bundle.source.resolve():
+            if path.resolve() == self.bundle.source.resolve() and _file_stamp(path) == self._bundle_stamp:
                 log.info("reload: config and bundle unchanged")
                 return False
             bundle = await asyncio.to_thread(load_bundle, new, new.state_dir / "run")
@@ -372,6 +384,7 @@ class Supervisor:
             self.engine = engine
             self.state.engine_retired(old_engine)
             self.bundle = new_bundle
+            self._bundle_stamp = _file_stamp(new_bundle.source)
             self._store_alerts(self.decisions.swap_manifest(new_bundle.manifest, time.time()))
             self.state.bundle_swapped(new_bundle)
             log.info("bundle swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,

@@ -158,3 +158,25 @@ def test_a_reload_that_moves_state_dir_is_refused(tmp_path: Path, caplog: pytest
     assert asyncio.run(running(sup, reload)) == 0
     assert "a new state directory needs a restart (systemctl restart edge-agent)" in caplog.text
     assert not (state / "agent.pid").exists()
+
+
+def test_a_bundle_file_overwritten_in_place_is_loaded_on_reload(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`[bundle] path` names the same file, but it now holds another version: a reload swaps to it (it used to
+    say "config and bundle unchanged", comparing paths only)."""
+    caplog.set_level(logging.INFO)
+    config = AgentConfig.load(replay_config(tmp_path))
+    newer, _keys = make_bundle(tmp_path / "v2", version="2.0.0")
+    sup = Supervisor(config)
+
+    async def overwrite_and_reload() -> None:
+        assert sup.bundle is not None
+        assert sup.bundle.manifest.version == "1.0.0"
+        path = config.bundle_path()
+        path.write_bytes(newer.read_bytes())
+        sup.request_reload()
+        await poll_until(lambda: sup.bundle is not None and sup.bundle.manifest.version == "2.0.0",
+                         "the overwritten bundle loaded")
+
+    assert asyncio.run(running(sup, overwrite_and_reload)) == 0
+    assert "config and bundle unchanged" not in caplog.text
