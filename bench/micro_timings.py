@@ -105,20 +105,6 @@ def batch(second: int, threshold: float, rng: np.random.Generator) -> list[Score
     return out
 
 
-def write_status_indented(path: Path, document: dict[str, Any]) -> None:
-    """`write_status_file` with `indent=2` (json's pure-Python encoder), as the agent wrote it before."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(document, sort_keys=True, default=float, indent=2))
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def timed(into: list[tuple[float, float]], call: Callable[..., T], *args: Any) -> T:
     """`call(*args)`, its (wall, this thread's CPU) seconds appended to `into`."""
     wall, cpu = time.perf_counter(), time.thread_time()
@@ -177,7 +163,7 @@ def time_status(supervisor: Supervisor, args: argparse.Namespace) -> dict[str, A
     document = supervisor.snapshot()
     path = supervisor.config.status_path
     writers: dict[str, Callable[[Path, dict[str, Any]], None]] = {
-        "c_encoder": write_status_file, "python_encoder_indent": write_status_indented}
+        "c_encoder": write_status_file, "python_encoder_indent": partial(write_status_file, indent=2)}
     # the encoding alone, to tell it from the file work (temp file, chmod, rename) that both variants share
     encoders = {"c_encoder": partial(json.dumps, sort_keys=True, default=float),
                 "python_encoder_indent": partial(json.dumps, sort_keys=True, default=float, indent=2)}

@@ -53,15 +53,15 @@ def agent_holds_lock(lock_path: Path) -> bool:
     return False
 
 
-def write_status_file(path: Path, document: dict[str, Any]) -> None:
-    """Write `document` as JSON to `path` atomically (temp file + rename), so readers never see half."""
+def write_status_file(path: Path, document: dict[str, Any], *, indent: int | None = None) -> None:
+    """Write `document` as JSON to `path` atomically (temp file + rename), so readers never see half.
+    Compact by default: json's C encoder (an `indent` falls back to the pure-Python one, 2.7x slower to
+    encode, bench/micro_timings.py); `edge-agent status` prints it readably."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            # compact: json's C encoder (indent falls back to the pure-Python one, about 5x slower on the
-            # event loop, once a second); `edge-agent status` prints it readably
-            handle.write(json.dumps(document, sort_keys=True, default=float))
+            handle.write(json.dumps(document, sort_keys=True, default=float, indent=indent))
         Path(tmp).chmod(0o644)
         Path(tmp).replace(path)
     except BaseException:
