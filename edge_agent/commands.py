@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.agentstate import agent_holds_lock
+from edge_agent.agentstate import agent_lock_says_stopped
 from edge_agent.configtools import ConfigError
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def read_status(config: Any) -> dict[str, Any]:
     pid = status.get("pid")
     if isinstance(pid, int) and config.pid_path.exists():
         # the pid alone can name a process that reused it; the agent's instance lock cannot lie
-        status["running"] = _alive(pid) and agent_holds_lock(config.lock_path)
+        status["running"] = _alive(pid) and not agent_lock_says_stopped(config.lock_path)
     if config.db_path.exists():
         status.update(_from_database(config.db_path))
     return status

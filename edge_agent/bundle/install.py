@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agentstate import agent_holds_lock
+from edge_agent.agentstate import agent_lock_says_stopped
 from edge_agent.bundle.archive import MAX_MEMBER_BYTES, Bundle, read_bundle
 from edge_agent.bundle.errors import (
     BundleError,
@@ -357,7 +357,7 @@ def notify_agent(settings: InstallSettings) -> str:
         return f"pid file {settings.pid_path} is unreadable ({exc}); restart the agent to load the new bundle"
     if not _is_agent(pid):
         return f"no running agent (pid {pid} from {settings.pid_path} is gone or not edge-agent)"
-    if settings.lock_path is not None and not agent_holds_lock(settings.lock_path):
+    if settings.lock_path is not None and agent_lock_says_stopped(settings.lock_path):
         # the pid file outlived its agent (a crash, kill -9) and the pid may now be another process's
         return (f"no running agent (no agent holds {settings.lock_path}; pid {pid} in {settings.pid_path} "
                 "is stale); it will load the new bundle when it starts")
@@ -402,7 +402,7 @@ def agent_alive(settings: InstallSettings) -> bool:
         pid = int(settings.pid_path.read_text().strip())
     except (OSError, ValueError):
         return False
-    if settings.lock_path is not None and not agent_holds_lock(settings.lock_path):
+    if settings.lock_path is not None and agent_lock_says_stopped(settings.lock_path):
         return False
     return _is_agent(pid)
 

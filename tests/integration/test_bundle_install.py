@@ -540,3 +540,22 @@ def test_an_install_superseded_while_the_agent_switches_is_not_a_failure(
     assert ("2.0.0 was superseded while the agent switched: the active bundle is 3.0.0 now"
             in capsys.readouterr().out)
     assert BundleStore(installed.state_dir).active_version() == "3.0.0"  # left as it is
+
+
+def test_without_a_lock_file_the_pid_file_is_trusted_as_before(tmp_path: Path,
+                                                              gateway: tuple[Path, KeyPair]) -> None:
+    """An agent started before the instance lock existed (the package upgraded, the service not restarted
+    yet) has no lock file: install still notifies the edge-agent process the pid file names."""
+    config, keys = gateway
+    settings = _settings(config)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    older_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge-agent"])
+    try:
+        settings.pid_path.write_text(f"{older_agent.pid}\n")
+        assert not settings.lock_path.exists()
+        outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings)
+        assert outcome.agent == f"agent pid {older_agent.pid} notified (SIGHUP)"
+        assert older_agent.wait(10) == -1  # SIGHUP's default action ended the stand-in
+    finally:
+        older_agent.kill()
+        older_agent.wait(10)
