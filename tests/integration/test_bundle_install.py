@@ -5,6 +5,7 @@ as it was.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -398,25 +399,33 @@ def test_require_signature_false_installs_what_the_agent_would_load(tmp_path: Pa
     assert BundleStore(_settings(config).state_dir).active_version() == "1.0.0"
 
 
+@contextlib.contextmanager
+def _pid_file_naming_a_stand_in(settings: InstallSettings) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose command line says edge-agent (it is not one), named by the pid file."""
+    assert settings.pid_path is not None
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge-agent"])
+    try:
+        settings.pid_path.write_text(f"{process.pid}\n")
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+
+
 def test_a_stale_pid_file_is_not_signalled(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
     """An agent killed with -9 leaves its pid file; the pid can be reused by another process (here one whose
     command line even says edge-agent). No agent holds the instance lock, so nothing is signalled: SIGHUP
     would have killed that process."""
     config, keys = gateway
     settings = _settings(config)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge-agent"])
-    try:
-        settings.pid_path.write_text(f"{bystander.pid}\n")
+    with _pid_file_naming_a_stand_in(settings) as bystander:
         settings.lock_path.write_text("")  # the lock file of the agent that died; nobody holds it
         outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings)
         assert outcome.agent.startswith(f"no running agent (no agent holds {settings.lock_path}; pid "
                                         f"{bystander.pid} in {settings.pid_path} is stale)")
         assert bystander.poll() is None  # not signalled
         assert BundleStore(settings.state_dir).active_version() == "1.0.0"  # the activation stands
-    finally:
-        bystander.kill()
-        bystander.wait(10)
 
 
 def test_a_damaged_history_does_not_stop_installs_or_rollbacks(
@@ -548,14 +557,8 @@ def test_without_a_lock_file_the_pid_file_is_trusted_as_before(tmp_path: Path,
     yet) has no lock file: install still notifies the edge-agent process the pid file names."""
     config, keys = gateway
     settings = _settings(config)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    older_agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge-agent"])
-    try:
-        settings.pid_path.write_text(f"{older_agent.pid}\n")
+    with _pid_file_naming_a_stand_in(settings) as older_agent:
         assert not settings.lock_path.exists()
         outcome = install(_bundle(tmp_path, keys, "1.0.0"), settings)
         assert outcome.agent == f"agent pid {older_agent.pid} notified (SIGHUP)"
         assert older_agent.wait(10) == -1  # SIGHUP's default action ended the stand-in
-    finally:
-        older_agent.kill()
-        older_agent.wait(10)
