@@ -35,28 +35,21 @@ _OWN_COUNTERS = ("windows_scored", "windows_dropped", "windows_nonfinite", "wind
 
 
 def agent_lock_says_stopped(lock_path: Path) -> bool:
-    """Whether the instance lock shows that no agent runs: the lock file exists (an agent that takes it ran
-    here) and nobody holds it. A pid file alone can outlive its agent and name a process that reused the
-    pid. No lock file: unknown (an agent from before the lock may be running), so False."""
-    return lock_path.exists() and not agent_holds_lock(lock_path)
-
-
-def agent_holds_lock(lock_path: Path) -> bool:
-    """Whether a running agent holds `lock_path` (its instance lock, `AgentConfig.lock_path`): a shared
-    `flock` that cannot be had means an agent has it."""
+    """Whether the instance lock (`AgentConfig.lock_path`) shows that no agent runs: the lock file exists
+    (an agent that takes it ran here) and a shared `flock` on it can be had (nobody holds it). A pid file
+    alone can outlive its agent and name a process that reused the pid. No lock file, or one that cannot be
+    probed: unknown (an agent from before the lock may be running), so False."""
     try:
         fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # BlockingIOError: an agent holds it
         return False
     finally:
         os.close(fd)  # also releases the shared lock when it was taken
-    return False
+    return True
 
 
 def write_status_file(path: Path, document: dict[str, Any], *, indent: int | None = None) -> None:

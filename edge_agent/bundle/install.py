@@ -307,10 +307,12 @@ def install(bundle_file: Path, settings: InstallSettings, *, notify: bool = True
         # one private copy is verified and stored: the file at `bundle_file` can change meanwhile (a copy
         # still being written, or swapped on purpose) and must not be what gets stored unverified
         incoming = work / "incoming.bundle"
-        if bundle_file.is_file():
-            shutil.copyfile(bundle_file, incoming)
         try:
-            verified = verify(incoming if incoming.is_file() else bundle_file, settings, work)
+            shutil.copyfile(bundle_file, incoming)
+        except OSError:  # missing or unreadable: verify names what is wrong with the file itself
+            incoming = bundle_file
+        try:
+            verified = verify(incoming, settings, work)
         except BundleError as exc:
             raise _naming(exc, bundle_file) from exc.__cause__
         for check, detail in verified.passed:
@@ -425,37 +427,40 @@ def wait_for_agent(settings: InstallSettings, version: str, timeout_s: float,
         return False
     deadline = clock() + timeout_s
     while True:
-        if running_version(settings.status_path) == version and (
-                since is None or _fresh_status(settings, since)):
+        status = _read_status(settings.status_path)
+        if _version_in(status) == version and (since is None or _fresh(status, settings, since)):
             return True
         if clock() >= deadline:
             return False
         time.sleep(0.1)  # a CLI waiting on another process's file; not test synchronisation
 
 
-def _fresh_status(settings: InstallSettings, since: float) -> bool:
-    """The status file was written at or after `since` by the process the pid file names."""
-    assert settings.status_path is not None
+def _fresh(status: dict[str, Any], settings: InstallSettings, since: float) -> bool:
+    """`status` was written at or after `since` by the process the pid file names."""
     try:
-        status = json.loads(settings.status_path.read_text(encoding="utf-8"))
         pid = int(settings.pid_path.read_text().strip()) if settings.pid_path is not None else None
     except (OSError, ValueError):
-        return False
-    if not isinstance(status, dict):
         return False
     updated = status.get("updated_at")
     return (isinstance(updated, int | float) and updated >= since
             and (pid is None or status.get("pid") == pid))
 
 
-def running_version(status_path: Path) -> str | None:
-    """The bundle version a running agent reports in its status file (None if unknown)."""
+def _read_status(status_path: Path) -> dict[str, Any]:
+    """The agent's status file as a dict (empty when absent or unreadable)."""
     try:
         status = json.loads(status_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(status, dict):
-        return None
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def running_version(status_path: Path) -> str | None:
+    """The bundle version a running agent reports in its status file (None if unknown)."""
+    return _version_in(_read_status(status_path))
+
+
+def _version_in(status: dict[str, Any]) -> str | None:
     bundle = status.get("bundle")
     if isinstance(bundle, dict) and "version" in bundle:
         return str(bundle["version"])
