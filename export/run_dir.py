@@ -107,6 +107,7 @@ def load_run(run_dir: Path | str) -> RunInputs:
     absent = [key for key in REQUIRED_RUN_KEYS if key not in run]
     if absent:
         raise ExportError(f"{root / 'run.json'}: missing key(s) {', '.join(absent)}")
+    _check_run_values(root / "run.json", run)
     try:
         vae, metadata = load_checkpoint(root / "checkpoint.pt")
     except (ValueError, OSError, RuntimeError) as exc:
@@ -146,6 +147,23 @@ def load_run(run_dir: Path | str) -> RunInputs:
 
 def _both_classes(labels: np.ndarray | None) -> bool:
     return labels is not None and 0 < int(np.sum(labels == 1)) < len(labels)
+
+
+def _check_run_values(path: Path, run: dict[str, Any]) -> None:
+    """The values the manifest and the agent depend on, checked before any work (a bad one used to fail
+    only at the manifest check, after the quantisation and the parity runs)."""
+    for key in ("window_length", "stride"):
+        value = run[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{path}: {key} must be a positive integer, got {value!r:.60}")
+    period = run["sample_period_s"]
+    if isinstance(period, bool) or not isinstance(period, int | float) or not 0 < period < float("inf"):
+        raise ExportError(f"{path}: sample_period_s must be a positive number of seconds (the time between "
+                          f"rows at the gateway), got {period!r:.60}")
+    for key in ("channels", "input_channels"):
+        names = run[key]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ExportError(f"{path}: {key} must be a non-empty list of channel names, got {names!r:.60}")
 
 
 def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict[str, Any]) -> None:

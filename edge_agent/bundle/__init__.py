@@ -6,6 +6,7 @@ files and reference I/O it lists by SHA-256, and an Ed25519 `signature` over the
 
 from edge_agent.bundle.archive import Bundle, read_bundle, sha256_file, write_bundle
 from edge_agent.bundle.errors import (
+    BundleArchiveError,
     BundleError,
     BundleFormatError,
     BundleIntegrityError,
@@ -46,6 +47,7 @@ from edge_agent.bundle.signing import (
 __all__ = [
     "SCHEMA_VERSION",
     "Bundle",
+    "BundleArchiveError",
     "BundleError",
     "BundleFormatError",
     "BundleIntegrityError",

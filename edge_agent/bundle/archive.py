@@ -28,6 +28,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.errors import (
+    BundleArchiveError,
     BundleError,
     BundleFormatError,
     BundleIntegrityError,
@@ -114,7 +115,7 @@ def read_bundle(path: Path | str, trusted_keys: TrustedKeys | None = None,
     except FileNotFoundError as exc:
         raise BundleError("no such bundle file", bundle=source) from exc
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleFormatError(f"not a readable tar archive ({exc})", bundle=source) from exc
+        raise BundleArchiveError(f"not a readable tar archive ({exc})", bundle=source) from exc
     with archive:
         members = _checked_members(archive, source, max_members, max_member_bytes, max_total_bytes)
         if MANIFEST_NAME not in members:
@@ -199,7 +200,7 @@ def _checked_members(archive: tarfile.TarFile, source: Path, max_members: int, m
                 raise UnsafeArchiveError(f"members total more than {max_total_bytes} bytes", bundle=source)
             members[name] = member
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleFormatError(f"corrupt tar archive ({exc})", bundle=source) from exc
+        raise BundleArchiveError(f"corrupt tar archive ({exc})", bundle=source) from exc
     _check_prefix_clashes(members, source)
     return members
 
@@ -228,11 +229,11 @@ def _chunks(archive: tarfile.TarFile, member: tarfile.TarInfo, source: Path) -> 
             while remaining > 0:
                 chunk = handle.read(min(_CHUNK, remaining))
                 if not chunk:
-                    raise BundleFormatError(f"member {member.name!r} is truncated", bundle=source)
+                    raise BundleArchiveError(f"member {member.name!r} is truncated", bundle=source)
                 remaining -= len(chunk)
                 yield chunk
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleFormatError(f"cannot read member {member.name!r} ({exc})", bundle=source) from exc
+        raise BundleArchiveError(f"cannot read member {member.name!r} ({exc})", bundle=source) from exc
 
 
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, source: Path, limit: int) -> bytes:

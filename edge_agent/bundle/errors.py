@@ -29,6 +29,11 @@ class BundleFormatError(BundleError):
         super().__init__(f"manifest.json: {path}: {message}" if path else message, bundle=bundle)
 
 
+class BundleArchiveError(BundleFormatError):
+    """The file is not a readable tar archive: not gzip/tar at all, cut short (a copy that did not finish) or
+    corrupt."""
+
+
 class UnsupportedSchemaError(BundleFormatError):
     """The manifest's `schema_version` is not one this code reads."""
 

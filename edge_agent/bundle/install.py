@@ -36,6 +36,7 @@ import numpy as np
 from edge_agent.agentstate import agent_lock_says_stopped
 from edge_agent.bundle.archive import MAX_MEMBER_BYTES, Bundle, read_bundle
 from edge_agent.bundle.errors import (
+    BundleArchiveError,
     BundleError,
     BundleFormatError,
     BundleIntegrityError,
@@ -135,6 +136,7 @@ _ERROR_CHECKS: tuple[tuple[type[BundleError], str], ...] = (
     (UnsafeArchiveError, "safe extraction"),
     (BundleIntegrityError, "integrity"),
     (UnsupportedSchemaError, "schema version"),
+    (BundleArchiveError, "archive"),
     (BundleFormatError, "manifest"),
 )
 

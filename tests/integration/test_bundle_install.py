@@ -161,6 +161,20 @@ def test_tampered_bundle_is_refused_and_active_unchanged(tmp_path: Path, gateway
     assert not [p.name for p in store.root.iterdir() if p.name.startswith((".verify", ".staging"))]
 
 
+@pytest.mark.parametrize("cut", [0.5, 0.02])
+def test_a_copy_cut_short_fails_the_archive_check(tmp_path: Path, gateway: tuple[Path, KeyPair],
+                                                  installed: InstallSettings, cut: float) -> None:
+    _config, keys = gateway
+    data = _bundle(tmp_path, keys, "2.0.0").read_bytes()
+    short = tmp_path / "short.bundle"
+    short.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(CheckError) as info:
+        install(short, installed)
+    assert info.value.check == "archive"
+    assert "corrupt tar archive" in str(info.value)
+    assert BundleStore(installed.state_dir).active_version() == "1.0.0"
+
+
 def test_untrusted_signer_is_refused(tmp_path: Path, installed: InstallSettings) -> None:
     stranger = make_keypair(tmp_path / "stranger")
     with pytest.raises(CheckError, match=rf"check 'signature' failed: signed with key id "

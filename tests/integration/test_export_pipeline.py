@@ -212,6 +212,26 @@ def test_checkpoint_not_matching_config(run_dir: Path, tmp_path: Path) -> None:
     _no_output(out)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("sample_period_s", 0, "sample_period_s must be a positive number of seconds"),
+    ("sample_period_s", "1", "sample_period_s must be a positive number of seconds"),
+    ("stride", 0, "stride must be a positive integer"),
+    ("window_length", 16.0, "window_length must be a positive integer"),
+    ("input_channels", [], "input_channels must be a non-empty list of channel names"),
+])
+def test_bad_run_values_are_named_before_any_work(run_dir: Path, tmp_path: Path, key: str, value: object,
+                                                  message: str) -> None:
+    changed = tmp_path / "changed"
+    shutil.copytree(run_dir, changed)
+    run = json.loads((changed / "run.json").read_text())
+    run[key] = value
+    (changed / "run.json").write_text(json.dumps(run))
+    out = tmp_path / "x.bundle"
+    with pytest.raises(ExportError, match=rf"run\.json: {message}"):
+        export_run(changed, out)
+    _no_output(out)
+
+
 def test_detrend_channels_must_name_model_channels_and_match_the_checkpoint(run_dir: Path,
                                                                             tmp_path: Path) -> None:
     changed = tmp_path / "changed"
