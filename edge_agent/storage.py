@@ -14,6 +14,7 @@ WAL into the database. The schema is documented in `docs/storage.md`; vectors ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,12 @@ LOCK_SLICE_S = 0.05
 RECORDER_RETRY_S = 1.0  # the ring-buffer thread's pause before writing again to a database another holds
 LOCK_RETRY_PAUSE_S = 0.02
 CHECKPOINT_INTERVAL_S = 10.0  # the WAL keeper's passive checkpoints, at most this often while writes come in
+FAULT_LOG_INTERVAL_S = 60.0  # a disk fault that goes on is logged at most this often, with the count so far
+FREE_FRACTION = 0.1  # on a full disk the ring buffer gives up this share of its oldest windows, then retries
+# Primary SQLite result codes meaning the disk or the file is the problem, not the agent's code: the ring
+# buffer and retention log them and go on (detection must not stop), `Store.open` moves a corrupt file aside.
+SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 8, 10, 11, 13, 26
+DISK_FAULTS = frozenset({SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -187,6 +193,10 @@ class WindowRecorder:
     the event loop before the sink is woken. A write error is raised by the next `submit`, so the
     detector fails and is restarted as before; but a database held by another process (a `sqlite3` shell,
     a backup) is not an error: the batch goes back in front and is tried again every `RECORDER_RETRY_S`.
+    Nor is a disk fault (`DISK_FAULTS`: disk full, I/O error, read-only or corrupt file): detection must go
+    on without its record, so the batch is dropped (counted in `failed_windows`, logged at most every
+    `FAULT_LOG_INTERVAL_S`); on a full disk the oldest windows make room first (`Store.free_space`) and the
+    batch is tried once more.
     At most `max_pending` windows wait (`submit` then blocks until the thread has caught up:
     back-pressure); while the database is held, the oldest windows beyond that are dropped instead (counted
     in `dropped`, logged), so the detector never waits on the ring buffer.
@@ -215,6 +225,10 @@ class WindowRecorder:
         self.written = 0
         self.dropped = 0  # windows given up while the database was held by another process
         self.requeued = 0  # batches put back for that reason
+        self.failed_windows = 0  # windows given up on a disk fault (`DISK_FAULTS`)
+        self.last_fault: str | None = None  # the latest such error, for status
+        self._fault_logged_at: float | None = None  # monotonic time of the last disk-fault log line
+        self._freeing_helps = True  # False once a batch failed even after `free_space`; a success resets it
         self._held_elsewhere = False  # the last write found the database held; cleared by the next success
         self._thread = threading.Thread(target=self._run, name="storage[windows]", daemon=True)
         self._thread.start()
@@ -280,14 +294,14 @@ class WindowRecorder:
                 self._busy = True
                 self._cond.notify_all()
             try:
-                self._store.record_windows(batch)
-            except sqlite3.OperationalError as exc:
-                if not _locked(exc):
-                    self._failed(batch, exc)
-                else:  # another process holds the database: keep the windows, try again shortly
-                    self._requeue(batch, exc)
+                self._write(batch)
             except Exception as exc:  # reported to the detector by the next submit  # noqa: BLE001
-                self._failed(batch, exc)
+                if _disk_fault(exc):  # the disk, not the agent: drop the batch, detection goes on
+                    self._lost(batch, exc)
+                elif isinstance(exc, sqlite3.OperationalError) and _locked(exc):
+                    self._requeue(batch, exc)  # another process holds the database: try again shortly
+                else:
+                    self._failed(batch, exc)
             else:
                 self.written += len(batch)
                 self._held_elsewhere = False
@@ -295,6 +309,33 @@ class WindowRecorder:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _write(self, batch: Sequence[ScoredWindow]) -> None:
+        """Record a batch; on a full disk free the oldest windows and try once more. Where that did not help
+        (the disk is full of something else) no more windows are freed until a write succeeds again: a full
+        disk must not empty the ring buffer 10 % at a time."""
+        try:
+            self._store.record_windows(batch)
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) != SQLITE_FULL or not self._freeing_helps:
+                raise
+            self._freeing_helps = False
+            if not self._store.free_space():
+                raise
+            self._store.record_windows(batch)  # once more, into the pages just freed
+        self._freeing_helps = True
+
+    def _lost(self, batch: Sequence[ScoredWindow], exc: BaseException) -> None:
+        """Count a batch a disk fault refused; log the count at most every `FAULT_LOG_INTERVAL_S`."""
+        with self._cond:
+            self.failed_windows += len(batch)
+            self.last_fault = str(exc)
+            self._held_elsewhere = False
+        now = time.monotonic()
+        if self._fault_logged_at is None or now - self._fault_logged_at >= FAULT_LOG_INTERVAL_S:
+            self._fault_logged_at = now
+            log.error("%s: scored windows not recorded, the disk or the database file failed (%s); %d windows"
+                      " lost so far, detection goes on", self._store.path, exc, self.failed_windows)
 
     def _failed(self, batch: Sequence[ScoredWindow], exc: BaseException) -> None:
         log.error("%s: writing %d scored windows failed: %s", self._store.path, len(batch), exc)
@@ -316,7 +357,6 @@ class WindowRecorder:
                             "(%s); %d waiting, %d dropped so far", self._store.path, exc, len(self._pending),
                             self.dropped)
             self._cond.wait_for(lambda: self._closed, RECORDER_RETRY_S)
-
 
     def _linger(self) -> None:
         """With the condition held: wait until the pending windows are due (see the class docstring)."""
@@ -395,10 +435,102 @@ class _WalKeeper:
             self._cond.notify_all()
 
 
+def _primary_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of an `sqlite3.Error` (extended codes carry it in the low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _disk_fault(exc: BaseException) -> bool:
+    """Disk full, I/O error, read-only file or corrupt file (`DISK_FAULTS`): not a bug in the agent."""
+    return isinstance(exc, sqlite3.Error) and _primary_code(exc) in DISK_FAULTS
+
+
 def _locked(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the database; waiting may help."""
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+class _DamagedFileError(Exception):
+    """SQLite found the database file damaged (not a database, malformed, or a failed `quick_check`)."""
+
+
+def _check(path: Path) -> None:
+    """`PRAGMA quick_check` of an existing database (docs/storage.md has its measured cost), on a read-only
+    connection: closing it never checkpoints a damaged file's WAL into it nor deletes that WAL.
+    `_DamagedFileError` if SQLite finds the file damaged."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                                timeout=BUSY_TIMEOUT_S)) as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        if _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            raise _DamagedFileError(str(exc)) from exc
+        raise
+    if problems != ["ok"]:
+        raise _DamagedFileError("quick_check: " + "; ".join(problems[:3]))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The writer connection to `path`, with WAL and the current schema, once `_check` found the file sound;
+    `_DamagedFileError` if SQLite finds it damaged."""
+    _check(path)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # FULL for alert transactions (`durable=True`)
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_WalKeeper`, off the event loop
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(_SCHEMA)
+        _add_columns(conn)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StorageError(f"{path}: schema version {row[0]} is not supported"
+                               f" (expected {SCHEMA_VERSION})")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            raise _DamagedFileError(str(exc)) from exc
+        raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _move_aside(path: Path, now: float) -> Path:
+    """Rename a damaged database and its `-wal`/`-shm` to `<name>.corrupt-<UTC time>` (+ `-wal`/`-shm`, so
+    `sqlite3` opens the moved file with its WAL); never deletes them. Returns the moved database's path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    extra = 1
+    while moved.exists():  # damaged again within the same second
+        extra += 1
+        moved = path.with_name(f"{path.name}.corrupt-{stamp}-{extra}")
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the database last: a crash in between leaves no orphan WAL
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(moved.with_name(moved.name + suffix))
+    except OSError as exc:
+        raise StorageError(f"{path}: the state database is damaged and cannot be moved aside: {exc}") from exc
+    return moved
+
+
+def _undelivered_in(path: Path) -> str:
+    """How many undelivered alerts a moved-aside database still shows, for the log ('an unknown number' if
+    it cannot be read)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            count = conn.execute("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL").fetchone()[0]
+    except sqlite3.Error:
+        return "an unknown number of"
+    return str(count)
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
@@ -423,37 +555,40 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._keeper = _WalKeeper(path, checkpoint_interval_s)
+        self.recovered_from: Path | None = None  # where `open` moved a damaged database (for status)
+        self.prune_failures = 0  # retention passes a disk fault stopped (`DISK_FAULTS`)
+        self.last_fault: str | None = None  # the latest such error, for status
 
     @classmethod
     def open(cls, path: Path, retention: RetentionConfig | None = None,
              clock: Callable[[], float] = time.time,
              checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> Store:
-        """Open (creating if needed) the database at `path` with WAL and the current schema."""
+        """Open (creating if needed) the database at `path` with WAL and the current schema.
+
+        A file SQLite finds damaged (`file is not a database`, `database disk image is malformed`, a failed
+        `PRAGMA quick_check`) would fail every start: it is moved aside with its `-wal` and `-shm` to
+        `<name>.corrupt-<UTC time>` (never deleted), logged as an ERROR, and a fresh database is started;
+        `recovered_from` names the moved file."""
         path = Path(path)
+        moved: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_S)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # FULL for alert transactions (`durable=True`)
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_WalKeeper`, off the event loop
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-            _add_columns(conn)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                conn.close()
-                raise StorageError(f"{path}: schema version {row[0]} is not supported"
-                                   f" (expected {SCHEMA_VERSION})")
-        except sqlite3.Error as exc:
+            try:
+                conn = _connect(path)
+            except _DamagedFileError as exc:
+                moved = _move_aside(path, clock())
+                log.error("state database %s is damaged (%s): moved it aside to %s and started a fresh one;"
+                          " %s undelivered alerts in it were not sent", path, exc, moved,
+                          _undelivered_in(moved))
+                conn = _connect(path)
+        except (sqlite3.Error, _DamagedFileError) as exc:
             raise StorageError(f"{path}: cannot open the state database: {exc}") from exc
         log.info("state database %s open (WAL)", path)
-        return cls(conn, path, retention or RetentionConfig(), clock, checkpoint_interval_s)
+        store = cls(conn, path, retention or RetentionConfig(), clock, checkpoint_interval_s)
+        store.recovered_from = moved
+        return store
 
-    @contextmanager
+    @contextlib.contextmanager
     def _transaction(self, durable: bool = False,
                      busy_s: float = BUSY_TIMEOUT_S) -> Iterator[sqlite3.Connection]:
         """One write transaction; `durable`: the commit is fsynced (synchronous=FULL) before it returns;
@@ -463,13 +598,23 @@ class Store:
         try:
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._conn.execute("COMMIT")
             self._keeper.wrote()
         finally:
             self._release(durable)
+
+    def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction. SQLite may have rolled it back itself (disk full,
+        I/O error), and a COMMIT may have failed: the connection must not stay inside it either way."""
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the original error is the one to raise
+            log.warning("%s: rollback failed: %s", self.path, exc)
 
     def _begin(self, busy_s: float, durable: bool) -> None:
         deadline = time.monotonic() + busy_s
@@ -541,23 +686,72 @@ class Store:
     def prune(self, chunk: int = PRUNE_CHUNK_ROWS) -> int:
         """Drop windows beyond the row cap or older than the age cap, and delivered outbox rows and closed
         episodes older than the age cap, in transactions of at most `chunk` rows each (other writers get
-        the lock in between). Returns the number of windows removed."""
-        cutoff = self._clock() - self.retention.max_age_s
-        statements = (
-            ("DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE end_ts < ? LIMIT ?)", (cutoff,)),
-            (("DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE id <= (SELECT id FROM windows"
-              " ORDER BY id DESC LIMIT 1 OFFSET ?) LIMIT ?)"), (self.retention.max_rows,)),
-        )
+        the lock in between). Returns the number of windows removed; 0, logged, on a disk fault
+        (`DISK_FAULTS`: the retention loop goes on, counted in `prune_failures`).
+
+        Age is measured against the newest row of the same clock, never past the gateway's clock: each
+        (asset, model)'s windows against its newest `end_ts` (the device's time), delivered outbox rows
+        against the newest `delivered_ts`, closed episodes against their asset and model's newest `end_ts`.
+        A device whose clock is years off, or a gateway clock stepping forward, thus never empties a table;
+        undelivered (and rejected) alerts and open episodes are never pruned."""
+        try:
+            return self._prune(chunk)
+        except sqlite3.Error as exc:
+            if not _disk_fault(exc):
+                raise
+            self.prune_failures += 1
+            self.last_fault = str(exc)
+            log.error("%s: retention pass failed, the disk or the database file failed (%s); %d failed"
+                      " so far", self.path, exc, self.prune_failures)
+            return 0
+
+    def _prune(self, chunk: int) -> int:
+        now, max_age = self._clock(), self.retention.max_age_s
         removed = 0
-        for sql, params in statements:
-            removed += self._delete_in_chunks(sql, params, chunk)
-        self._delete_in_chunks("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ts"
-                               " IS NOT NULL AND delivered_ts < ? LIMIT ?)", (cutoff,), chunk)
-        self._delete_in_chunks("DELETE FROM episodes WHERE episode_id IN (SELECT episode_id FROM episodes"
-                               " WHERE status = 'closed' AND end_ts < ? LIMIT ?)", (cutoff,), chunk)
+        for asset, model, newest in self._window_groups():
+            removed += self._delete_in_chunks(
+                "DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE asset = ? AND model = ?"
+                " AND end_ts < ? LIMIT ?)", (asset, model, min(now, newest) - max_age), chunk)
+        removed += self._delete_in_chunks(
+            "DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE id <= (SELECT id FROM windows"
+            " ORDER BY id DESC LIMIT 1 OFFSET ?) LIMIT ?)", (self.retention.max_rows,), chunk)
+        self._delete_in_chunks(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ts IS NOT NULL AND"
+            " delivered_ts < min(?, (SELECT max(delivered_ts) FROM outbox)) - ? LIMIT ?)", (now, max_age),
+            chunk)
+        self._delete_in_chunks(  # episodes are few: the correlated newest-per-asset is cheap
+            "DELETE FROM episodes WHERE episode_id IN (SELECT episode_id FROM episodes AS e WHERE status ="
+            " 'closed' AND end_ts < min(?, (SELECT max(end_ts) FROM episodes AS n WHERE n.status = 'closed'"
+            " AND n.asset = e.asset AND n.model = e.model)) - ? LIMIT ?)", (now, max_age), chunk)
         if removed:
             log.debug("pruned %d windows", removed)
         return removed
+
+    def _window_groups(self) -> Iterator[tuple[str, str, float]]:
+        """Each (asset, model) in the ring buffer with its newest `end_ts`, by index seeks (a skip scan of
+        `windows_asset_model`), not a scan of the table."""
+        row = self._query("SELECT asset, model FROM windows ORDER BY asset, model LIMIT 1")
+        while row:
+            asset, model = row[0]
+            newest = self._query("SELECT max(end_ts) FROM windows WHERE asset = ? AND model = ?",
+                                 (asset, model))[0][0]
+            if newest is not None:  # None: `free_space` emptied the group meanwhile
+                yield asset, model, float(newest)
+            row = self._query("SELECT asset, model FROM windows WHERE (asset, model) > (?, ?)"
+                              " ORDER BY asset, model LIMIT 1", (asset, model))
+
+    def free_space(self) -> int:
+        """Delete the oldest `FREE_FRACTION` of the ring buffer (by insertion order, one transaction), so a
+        full disk takes new windows: SQLite reuses the freed pages without a VACUUM. Returns the number of
+        windows deleted; logged as a WARNING."""
+        first, last = self._query("SELECT min(id), max(id) FROM windows")[0]
+        if first is None:
+            return 0
+        upto = first + max(1, int((last - first + 1) * FREE_FRACTION))
+        with self._transaction() as conn:
+            count = max(conn.execute("DELETE FROM windows WHERE id < ?", (upto,)).rowcount, 0)
+        log.warning("%s: disk full: deleted the %d oldest scored windows to make room", self.path, count)
+        return count
 
     def _delete_in_chunks(self, sql: str, params: tuple[Any, ...], chunk: int) -> int:
         total = 0

@@ -1,0 +1,271 @@
+"""Faults of the state database, on real SQLite files: clock steps against retention, damaged files at start,
+a full disk and a corrupt file under the ring buffer and the retention pass."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.decisions import new_id
+from edge_agent.sinks.payload import alert_payload
+from edge_agent.storage import RetentionConfig, Store, WindowRecorder
+from edge_agent.types import AlertEvent, GatewayIdentity, RootCauseEntry, ScoredWindow, Window
+from tests.support import FakeClock
+
+pytestmark = pytest.mark.integration
+
+IDENTITY = GatewayIdentity("s1", "a1", "l1", "gw1")
+NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+DAY = 86_400.0
+YEAR_2000 = 946_684_800.0
+
+
+def scored(ts: float, asset: str = "pump-1") -> ScoredWindow:
+    window = Window(asset, "pump", ts - 10, ts, np.zeros((2, 4), np.float32))
+    return ScoredWindow(window, 0.5, 0.6, 1.0, np.array([0.25, 0.75], np.float32),
+                        np.array([0.5, -0.5], np.float32), np.zeros(4, np.float32), "b", "1.0")
+
+
+def event(state: str, episode: str, ts: float) -> AlertEvent:
+    return AlertEvent(new_id(ts), episode, state, ts, ts, "pump-1", "pump", "b", "1.0", 2.0, 1.0, "warning",
+                      ts - 10, ts, ts - 3, (RootCauseEntry("flow", 1.0),), {"reason": state})
+
+
+def add(store: Store, events: list[AlertEvent]) -> None:
+    store.add_alerts(events, lambda e: f"t/{e.asset}", lambda e: alert_payload(e, IDENTITY))
+
+
+def count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute(sql).fetchone()[0])
+
+
+# retention against clock faults ---------------------------------------------------------------------------
+def test_a_device_clock_years_behind_keeps_its_windows(tmp_path: Path) -> None:
+    clock = FakeClock(NOW)
+    store = Store.open(tmp_path / "state.db", RetentionConfig(max_age_s=100.0), clock=clock)
+    store.record_windows([scored(YEAR_2000 + i, asset="rtc-reset") for i in range(5)])
+    store.record_windows([scored(NOW - 500 + i) for i in range(3)] + [scored(NOW - 10)])
+    assert store.prune() == 3  # the right-clock asset's old windows only
+    kept = [(w["asset"], w["end_ts"]) for w in store.last_windows(10)]
+    assert kept == [("pump-1", NOW - 10)] + [("rtc-reset", YEAR_2000 + i) for i in range(4, -1, -1)]
+    store.close()
+
+
+def test_a_gateway_clock_step_forward_deletes_nothing_recent(tmp_path: Path) -> None:
+    clock = FakeClock(NOW)
+    path = tmp_path / "state.db"
+    store = Store.open(path, RetentionConfig(max_age_s=30 * DAY), clock=clock)
+    store.record_windows([scored(NOW - 600 + i * 10) for i in range(60)])
+    episode = new_id(NOW)
+    opened, closed = event("open", episode, NOW - 300), event("close", episode, NOW - 100)
+    add(store, [opened, closed])
+    store.mark_delivered([opened.alert_id, closed.alert_id])
+    clock.now += 40 * DAY  # bad RTC, or an NTP correction
+    assert store.prune() == 0
+    assert store.window_count() == 60
+    assert count(path, "SELECT count(*) FROM outbox") == 2
+    assert count(path, "SELECT count(*) FROM episodes WHERE status = 'closed'") == 1
+    store.close()
+
+
+def test_old_undelivered_alerts_and_open_episodes_are_never_pruned(tmp_path: Path) -> None:
+    clock = FakeClock(NOW - 365 * DAY)
+    path = tmp_path / "state.db"
+    store = Store.open(path, RetentionConfig(max_age_s=30 * DAY), clock=clock)
+    old_closed, still_open = new_id(clock.now), new_id(clock.now)
+    delivered = [event("open", old_closed, clock.now - 20), event("close", old_closed, clock.now - 10)]
+    waiting = event("open", still_open, clock.now)
+    add(store, [*delivered, waiting])
+    store.mark_delivered([e.alert_id for e in delivered])
+    clock.now = NOW  # a year on: a newer delivered alert and a newer closed episode make the old ones old
+    recent = new_id(NOW)
+    newer = [event("open", recent, NOW - 20), event("close", recent, NOW - 10)]
+    add(store, newer)
+    store.mark_delivered([e.alert_id for e in newer])
+    store.prune()
+    outbox = {row[0] for row in sqlite3.connect(path).execute("SELECT alert_id FROM outbox")}
+    assert outbox == {waiting.alert_id, *(e.alert_id for e in newer)}
+    assert [e["episode_id"] for e in store.open_episodes()] == [still_open]
+    assert count(path, "SELECT count(*) FROM episodes") == 2  # the old closed one is gone
+    store.close()
+
+
+# damaged files at start -------------------------------------------------------------------------------------
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_one_started(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.db"
+    garbage = b"not sqlite " * 1000
+    path.write_bytes(garbage)
+    (tmp_path / "state.db-wal").write_bytes(b"wal " * 100)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.storage"):
+        store = Store.open(path, clock=FakeClock(NOW))
+    moved = tmp_path / "state.db.corrupt-20270115T080000Z"
+    assert store.recovered_from == moved
+    assert moved.read_bytes() == garbage  # kept, never deleted
+    assert (tmp_path / "state.db.corrupt-20270115T080000Z-wal").read_bytes() == b"wal " * 100
+    (record,) = caplog.records
+    assert str(moved) in record.getMessage()
+    assert "undelivered alerts in it were not sent" in record.getMessage()
+    add(store, [event("open", new_id(NOW), NOW)])  # the fresh database works
+    assert store.backlog() == 1
+    store.close()
+    assert Store.open(path).recovered_from is None  # a sound file is opened as it is
+
+
+def _damage_pages(path: Path, first_page: int) -> None:
+    """Overwrite every page from `first_page` (1-based) on with noise, as a failing SD card might."""
+    page_size = count(path, "PRAGMA page_size")
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek((first_page - 1) * page_size)
+        f.write(np.random.default_rng(3).integers(0, 256, size - f.tell(), dtype=np.uint8).tobytes())
+
+
+def test_a_malformed_database_is_moved_aside_at_start(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.db"
+    store = Store.open(path)
+    store.record_windows([scored(NOW + i) for i in range(3000)])
+    add(store, [event("open", new_id(NOW), NOW)])
+    store.close()
+    _damage_pages(path, first_page=5)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.storage"):
+        again = Store.open(path, clock=FakeClock(NOW))
+    assert again.recovered_from is not None
+    assert again.recovered_from.exists()
+    assert again.recovered_from.name.startswith("state.db.corrupt-")
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert again.window_count() == 0
+    assert again.backlog() == 0
+    again.close()
+
+
+# disk faults while running ----------------------------------------------------------------------------------
+def test_a_full_database_gives_up_its_oldest_windows_for_the_new_batch(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.record_windows([scored(NOW + i) for i in range(2000)])
+    with store._lock:  # SQLite's own size limit: inserts beyond it fail with SQLITE_FULL, for real
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.record_windows([scored(NOW + 5000 + i) for i in range(100)])
+    recorder = WindowRecorder(store)
+    recorder.submit([scored(NOW + 5000 + i) for i in range(100)])
+    assert recorder.flush(timeout=10)
+    recorder.submit([])  # no error for the detector
+    assert recorder.failed_windows == 0
+    assert recorder.written == 100
+    newest = store.last_windows(1)[0]["end_ts"]
+    assert newest == NOW + 5099
+    assert store.window_count() == 1800 + 100  # the oldest 10 % made room
+    recorder.close()
+    store.close()
+
+
+def test_a_batch_larger_than_what_freeing_gives_is_dropped_and_freeing_stops(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.record_windows([scored(NOW + i) for i in range(2000)])
+    with store._lock:
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    recorder = WindowRecorder(store)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.storage"):
+        for batch in range(3):
+            recorder.submit([scored(NOW + 10_000 * (batch + 1) + i) for i in range(1000)])
+            assert recorder.flush(timeout=10)
+    recorder.submit([])  # the detector goes on
+    assert recorder.failed_windows == 3000
+    assert recorder.written == 0
+    assert store.window_count() == 1800  # freed once; not again while freeing does not help
+    assert [r.levelname for r in caplog.records] == ["ERROR"]  # once a minute, with the count
+    assert "1000 windows lost so far" in caplog.records[0].getMessage()
+    assert recorder.last_fault is not None
+    assert "full" in recorder.last_fault
+    recorder.close()
+    store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem (tmpfs), so the disk itself fills up."""
+    mount_dir = tmp_path / "disk"
+    mount_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_dir)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_dir
+    finally:
+        subprocess.run(["umount", "-l", str(mount_dir)], check=True)
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to `path` until the filesystem is full."""
+    with pytest.raises(OSError, match="No space left") as full:
+        path.write_bytes(bytes(4 << 20))  # twice the filesystem: what fits stays in the file
+    assert full.value.errno == errno.ENOSPC
+
+
+def test_a_full_disk_drops_windows_and_detection_goes_on(small_disk: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.open(small_disk / "state.db", RetentionConfig(max_rows=10), checkpoint_interval_s=3600.0)
+    add(store, [event("open", new_id(NOW), NOW)])
+    recorder = WindowRecorder(store)
+    filler = small_disk / "filler"
+    _fill(filler)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.storage"):
+        for batch in range(20):
+            recorder.submit([scored(NOW + batch * 100 + i) for i in range(50)])
+            assert recorder.flush(timeout=10)
+        recorder.submit([])  # never raises: the detector keeps scoring
+        store.prune()  # neither does retention
+    assert recorder.failed_windows > 0
+    assert recorder.written + recorder.failed_windows == 1000
+    assert "database or disk is full" in (recorder.last_fault or "")
+    recorder_errors = [r for r in caplog.records if "scored windows not recorded" in r.getMessage()]
+    assert len(recorder_errors) == 1  # at most once a minute
+    assert store.backlog() == 1  # the alert is still there to be sent
+    filler.unlink()  # space again: windows are recorded again
+    written = recorder.written
+    recorder.submit([scored(NOW + 9000 + i) for i in range(50)])
+    assert recorder.flush(timeout=10)
+    assert recorder.written == written + 50
+    assert store.last_windows(1)[0]["end_ts"] == NOW + 9049
+    recorder.close()
+    store.close()
+
+
+def test_a_database_corrupted_while_running_does_not_stop_recording_or_retention(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.db"
+    store = Store.open(path)
+    store.record_windows([scored(NOW + i) for i in range(3000)])
+    store.close()
+    _damage_pages(path, first_page=5)
+    # the running agent's connection, opened before the damage (`Store.open` now would move the file aside)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    running = Store(conn, path, RetentionConfig(max_rows=10))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.storage"):
+        assert running.prune() == 0
+        assert asyncio.run(running.prune_async()) == 0
+        recorder = WindowRecorder(running)
+        recorder.submit([scored(NOW + 5000 + i) for i in range(10)])
+        assert recorder.flush(timeout=10)
+        recorder.submit([])
+    assert running.prune_failures == 2
+    assert "malformed" in (running.last_fault or "")
+    assert recorder.failed_windows == 10
+    assert any("retention pass failed" in r.getMessage() for r in caplog.records)
+    recorder.close()
+    running.close()
