@@ -4,12 +4,13 @@ Per (asset, model):
 
 - **open**: `k` of the last `n` windows above the threshold (the manifest's `debounce`) open an episode.
 - **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
-  *rises*. A fall in severity is reported by the next periodic update (which carries the highest severity
-  seen since the previous message), so a score wandering around a level boundary does not flood SCADA.
+  *rises*. A fall in severity is reported by the next periodic update (which reports the highest-scoring
+  window since the previous message), so a score wandering around a level boundary does not flood SCADA.
 - **close**: after `clear_windows` consecutive windows below the threshold (hysteresis). A sustained fault,
   even one that dips below the threshold for a few windows, is therefore ONE episode.
 
-Severity is the highest manifest level whose `min_score` the score reaches (levels ascend). Root cause:
+Every message's severity is the level of the score it reports: the highest manifest level whose
+`min_score` that score reaches (levels ascend; below every `min_score`, the first level). Root cause:
 channels ranked by their share of the window's excess reconstruction error (`channel_error / sum`), and the
 peak time is the timestamp of `argmax(time_error)`; both are computed only for windows that open an episode or
 fall inside one (most windows are normal and cost a deque append). Open episodes are stored in the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -38,12 +40,37 @@ log = logging.getLogger(__name__)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+class _MonotonicUlids:
+    """The last ULID this process made (as a 128-bit number), behind a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self, millis: int) -> int:
+        with self._lock:
+            if millis > self._last >> 80:
+                self._last = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+            else:
+                # an overflow of the 80 random bits carries into the time: still unique and ascending
+                self._last += 1
+            return self._last
+
+
+_ULIDS = _MonotonicUlids()
+
+
 def new_id(now: float | None = None) -> str:
     """A ULID: 26 Crockford base32 characters, 48-bit millisecond time + 80 random bits.
 
-    Unique, and sortable by creation time, so a receiver may also order by it."""
+    Unique, and monotonic within this process (the ULID spec's monotonic mode): when the millisecond is
+    not after the last id's (several ids in one millisecond, or the wall clock stepped back), the last id's
+    time is kept and its random part incremented. So the ids of one agent process sort in creation order;
+    their time part is then not always the creation time. Across a restart they sort by wall-clock time
+    only: after the clock stepped back, a new process's ids may sort before the previous one's.
+    Thread-safe."""
     millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    value = _ULIDS.next(millis)
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
@@ -130,6 +157,7 @@ class _Summary:
     """The parts of one scored window an alert reports."""
 
     score: float
+    severity: str  # the level of `score` on the ladder of the model that scored the window
     start_ts: float
     end_ts: float
     peak_ts: float
@@ -147,15 +175,15 @@ class _Episode:
     bundle_name: str
     bundle_version: str
     start_ts: float
-    severity: str
+    severity: str  # the level of the score the last message reported: a higher one sends `reason: severity`
     last_event_ts: float
     peak_score: float
     threshold: float
     below: int = 0
-    interval_severity: str = ""  # highest severity since the previous message
     interval_best: _Summary | None = None
     episode_best: _Summary | None = None
     last: _Summary | None = None
+    restored: _Summary | None = None  # restored after a restart: what a close reports before any window
 
 
 @dataclass
@@ -194,9 +222,22 @@ def peak_time(scored: ScoredWindow) -> float:
 def _summary(scored: ScoredWindow, policy: ModelPolicy) -> _Summary:
     """What an alert would report about this window; only built for windows an episode may report."""
     window = scored.window
-    return _Summary(scored.score, window.start_ts, window.end_ts, peak_time(scored),
-                    root_cause(scored.channel_error, policy.channels), scored.threshold,
+    return _Summary(scored.score, policy.severity_of(scored.score), window.start_ts, window.end_ts,
+                    peak_time(scored), root_cause(scored.channel_error, policy.channels), scored.threshold,
                     scored.bundle_name, scored.bundle_version)
+
+
+def _restored_summary(policy: ModelPolicy | None, row: dict[str, Any], threshold: float) -> _Summary:
+    """What the close of a restored episode reports when no window of its model was scored since the restart:
+    the peak score at its level on the model's ladder; when the model has left the bundle (no ladder to rate
+    the peak), the score and severity of the episode's last message. The window is the episode's span on the
+    gateway clock (start to last message)."""
+    if policy is not None:
+        score, severity = float(row["peak_score"]), policy.severity_of(float(row["peak_score"]))
+    else:
+        score, severity = float(row["last_score"]), str(row["severity"])
+    return _Summary(score, severity, row["start_ts"], row["last_event_ts"], row["last_event_ts"], (),
+                    threshold, row["bundle_name"], row["bundle_version"])
 
 
 def _restored_threshold(policy: ModelPolicy | None, row: dict[str, Any]) -> float:
@@ -231,12 +272,13 @@ class DecisionEngine:
             return
         for row in self._store.open_episodes():
             policy = self._policies.get(row["model"])
+            threshold = _restored_threshold(policy, row)
             episode = _Episode(
                 episode_id=row["episode_id"], asset=row["asset"], model=row["model"],
                 bundle_name=row["bundle_name"], bundle_version=row["bundle_version"],
                 start_ts=row["start_ts"],
                 severity=row["severity"], last_event_ts=row["last_event_ts"], peak_score=row["peak_score"],
-                threshold=_restored_threshold(policy, row), interval_severity=row["severity"])
+                threshold=threshold, restored=_restored_summary(policy, row, threshold))
             track = self._track(row["asset"], row["model"], policy)
             track.episode = episode
             log.info("restored open episode %s for %s/%s", episode.episode_id, episode.asset, episode.model)
@@ -269,16 +311,14 @@ class DecisionEngine:
         episode = track.episode
         if episode is None:
             if above and sum(track.history) >= policy.k:
-                return [self._open(track, scored, _summary(scored, policy), policy, now)]
+                return [self._open(track, scored, _summary(scored, policy), now)]
             return []  # the common case: no root cause or peak time to compute
         summary = _summary(scored, policy)
         episode.last = summary
         if above:
             episode.below = 0
-            self._note_peak(episode, summary, policy)
-            level = policy.severity_of(scored.score)
-            if policy.rank(level) > policy.rank(episode.severity):
-                episode.severity = level
+            self._note_peak(episode, summary)
+            if policy.rank(summary.severity) > policy.rank(episode.severity):
                 return [self._emit(episode, "update", summary, now, reason="severity")]
         else:
             episode.below += 1
@@ -291,7 +331,6 @@ class DecisionEngine:
         # a wall clock stepped back (NTP on a gateway without a real-time clock) makes the elapsed time
         # negative: the update is due then, and its time is the new reference, rather than waiting the step
         if elapsed >= self.config.update_interval_s or elapsed < 0:
-            episode.severity = episode.interval_severity or episode.severity
             best = episode.interval_best or summary
             return [self._emit(episode, "update", best, now, reason="periodic", current=summary)]
         return []
@@ -305,35 +344,30 @@ class DecisionEngine:
                 events.extend(found)
         return events
 
-    def _note_peak(self, episode: _Episode, summary: _Summary, policy: ModelPolicy) -> None:
-        level = policy.severity_of(summary.score)
-        if not episode.interval_severity or policy.rank(level) > policy.rank(episode.interval_severity):
-            episode.interval_severity = level
+    def _note_peak(self, episode: _Episode, summary: _Summary) -> None:
         if episode.interval_best is None or summary.score > episode.interval_best.score:
             episode.interval_best = summary
         if episode.episode_best is None or summary.score > episode.episode_best.score:
             episode.episode_best = summary
         episode.peak_score = max(episode.peak_score, summary.score)
 
-    def _open(self, track: _Track, scored: ScoredWindow, summary: _Summary, policy: ModelPolicy,
-              now: float) -> AlertEvent:
-        level = policy.severity_of(scored.score)
+    def _open(self, track: _Track, scored: ScoredWindow, summary: _Summary, now: float) -> AlertEvent:
         episode = _Episode(
             episode_id=new_id(now), asset=scored.window.asset, model=scored.window.model,
             bundle_name=scored.bundle_name, bundle_version=scored.bundle_version, start_ts=now,
-            severity=level, last_event_ts=now, peak_score=scored.score, threshold=scored.threshold)
-        self._note_peak(episode, summary, policy)
+            severity=summary.severity, last_event_ts=now, peak_score=scored.score, threshold=scored.threshold)
+        self._note_peak(episode, summary)
         episode.last = summary
         track.episode = episode
         log.info("episode %s opened: %s/%s score %.4g > %.4g (%s)", episode.episode_id, episode.asset,
-                 episode.model, scored.score, scored.threshold, level)
+                 episode.model, scored.score, scored.threshold, summary.severity)
         return self._emit(episode, "open", summary, now, reason="debounce")
 
     def _emit(self, episode: _Episode, state: EpisodeState, summary: _Summary, now: float, *, reason: str,
               current: _Summary | None = None) -> AlertEvent:
         episode.last_event_ts = now
+        episode.severity = summary.severity  # every message's severity is the level of the score it reports
         episode.interval_best = None
-        episode.interval_severity = ""
         if state == "close":
             log.info("episode %s closed (%s): %s/%s peak %.4g", episode.episode_id, reason, episode.asset,
                      episode.model, episode.peak_score)
@@ -344,7 +378,7 @@ class DecisionEngine:
             alert_id=new_id(now), episode_id=episode.episode_id, state=state, ts=now,
             episode_start_ts=episode.start_ts, asset=episode.asset, model=episode.model,
             bundle_name=summary.bundle_name, bundle_version=summary.bundle_version, score=summary.score,
-            threshold=summary.threshold, severity=episode.severity, window_start_ts=summary.start_ts,
+            threshold=summary.threshold, severity=summary.severity, window_start_ts=summary.start_ts,
             window_end_ts=summary.end_ts, peak_ts=summary.peak_ts, root_cause=summary.root_cause, extra=extra)
 
     def close_models(self, model_names: Iterable[str], now: float, reason: str) -> list[AlertEvent]:
@@ -359,11 +393,9 @@ class DecisionEngine:
             episode = track.episode
             if episode is None:
                 continue
-            last = episode.episode_best or episode.last
-            if last is None:  # restored after a restart, no window seen since
-                last = _Summary(episode.peak_score, episode.start_ts, episode.last_event_ts,
-                                episode.last_event_ts, (), episode.threshold, episode.bundle_name,
-                                episode.bundle_version)
+            # the peak window; restored after a restart: the last window since, or the restored peak if none
+            last = episode.episode_best or episode.last or episode.restored
+            assert last is not None  # an episode is either opened on a window or restored
             events.append(self._emit(episode, "close", last, now, reason=reason))
         return events
 

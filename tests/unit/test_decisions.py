@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -148,6 +149,30 @@ def test_ids_are_unique_and_time_sortable() -> None:
     assert all(len(i) == 26 for i in ids)
 
 
+def _id_millis(ulid: str) -> int:
+    return int("".join(format("0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(c), "05b") for c in ulid)[2:50], 2)
+
+
+def test_ids_keep_creation_order_when_the_clock_steps_back_or_stands_still() -> None:
+    """NTP steps the gateway clock back an hour: later ids still sort after earlier ones (the ULID monotonic
+    mode keeps the last millisecond and counts up), and once the clock passes it again they follow it."""
+    t = 2_000_000_000.0
+    ids = [new_id(t), new_id(t), new_id(t - 3600.0), new_id(t - 3600.0), new_id(t - 0.0005), new_id(t + 1.0)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert [_id_millis(i) for i in ids] == [2_000_000_000_000] * 5 + [2_000_000_001_000]
+
+
+def test_ids_made_on_several_threads_are_unique_and_ordered_per_thread() -> None:
+    def make() -> list[str]:
+        return [new_id(2_100_000_000.0) for _ in range(2000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = [future.result() for future in [pool.submit(make) for _ in range(4)]]
+    assert all(batch == sorted(batch) for batch in batches)
+    assert len({i for batch in batches for i in batch}) == 8000
+
+
 def test_config_parsing_and_errors() -> None:
     cfg = DecisionConfig.from_section(Section({"update_interval_s": 30, "debounce": {"k": 2, "n": 4}},
                                               "decisions"))
@@ -199,3 +224,96 @@ def test_a_wall_clock_stepped_back_does_not_silence_the_periodic_update() -> Non
     assert [(e.state, e.extra["reason"]) for e in stepped] == [("update", "periodic")]
     later = [e for _ in range(180) for e in f.feed(1.5)]
     assert [(e.state, e.extra["reason"]) for e in later] == [("update", "periodic")] * 3
+
+
+def test_every_message_reports_the_severity_of_its_own_score() -> None:
+    """Open at a critical score, a periodic update at a warning one, then the close: the close reports the
+    peak window and its level (it used to say the lowered running severity, "warning", next to 5.0)."""
+    f = Feeder(engine(update_interval_s=10.0, k=1, n=1, clear=2))
+    (opened,) = f.feed(5.0)
+    periodic = [e for _ in range(10) for e in f.feed(1.2)]
+    closed = f.feed(0.5) + f.feed(0.5)
+    assert [(e.state, e.score, e.severity) for e in [opened, *periodic, *closed]] == [
+        ("open", 5.0, "critical"), ("update", 1.2, "warning"), ("close", 5.0, "critical")]
+
+
+def test_periodic_update_of_a_window_below_the_threshold_reports_that_window_s_level() -> None:
+    """A data gap longer than update_interval_s, then a window below the threshold (and below every
+    min_score): the periodic update reports it with the first level of the ladder, not the old "critical";
+    the running severity follows, so a later rise is announced at once."""
+    f = Feeder(engine(update_interval_s=10.0, k=1, n=1, clear=3))
+    assert [e.severity for e in f.feed(5.0)] == ["critical"]
+    f.now += 30.0
+    (periodic,) = f.feed(0.5)
+    assert (periodic.extra["reason"], periodic.score, periodic.severity) == ("periodic", 0.5, "warning")
+    (rise,) = f.feed(2.5)
+    assert (rise.extra["reason"], rise.score, rise.severity) == ("severity", 2.5, "high")
+    (rise,) = f.feed(5.0)
+    assert (rise.extra["reason"], rise.severity) == ("severity", "critical")
+
+
+def test_closes_for_a_removed_model_or_asset_report_the_peak_and_its_level() -> None:
+    for remove in ("model", "asset"):
+        e = engine(update_interval_s=10.0, k=1, n=1, clear=3)
+        f = Feeder(e)
+        f.feed(5.0)
+        assert [ev.severity for _ in range(10) for ev in f.feed(1.2)] == ["warning"]
+        if remove == "model":
+            other = manifest()
+            other["models"][0]["name"] = "fan"
+            (close,) = e.swap_manifest(other, now=f.now + 1)  # the model's ladder is gone
+        else:
+            (close,) = e.orphaned_episodes(f.now + 1, assets=[("pump-2", "pump")])
+        assert (close.state, close.score, close.severity) == ("close", 5.0, "critical"), remove
+
+
+class FakeStore:
+    """The part of `Store` the engine reads at start-up: one open episode, as the agent left it."""
+
+    def __init__(self, **row: Any) -> None:
+        self.row = {"episode_id": new_id(1_800_000_000.0), "asset": "pump-1", "model": "pump",
+                    "bundle_name": "pumps", "bundle_version": "1.0.0", "start_ts": 1_800_000_000.0,
+                    "last_event_ts": 1_800_000_030.0, "severity": "warning", "peak_score": 5.0,
+                    "last_score": 1.2, "alerts": 2, "threshold": 1.0, **row}
+
+    def open_episodes(self) -> list[dict[str, Any]]:
+        return [dict(self.row)]
+
+
+def test_a_restored_episode_closed_before_any_window_reports_its_peak_at_the_peak_s_level() -> None:
+    """Restored after a restart (last message a warning update at 1.2, peak 5.0), then its model leaves the
+    bundle, or its asset the config, before any window: the close reports the peak and "critical"."""
+    for remove in ("model", "asset"):
+        e = DecisionEngine(DecisionConfig(), IDENTITY, FakeStore(), manifest())
+        if remove == "model":
+            other = manifest()
+            other["models"][0]["name"] = "fan"
+            (close,) = e.swap_manifest(other, now=1_800_000_100.0)
+        else:
+            (close,) = e.orphaned_episodes(1_800_000_100.0, assets=[])
+        assert (close.state, close.score, close.severity) == ("close", 5.0, "critical"), remove
+
+
+def test_a_restored_episode_whose_model_is_gone_closes_with_its_last_message_s_score_and_level() -> None:
+    """No ladder to rate the peak with: the close repeats the last message's score and severity (both from
+    the episode row), and `peak_score` still says the peak."""
+    other = manifest()
+    other["models"][0]["name"] = "fan"
+    e = DecisionEngine(DecisionConfig(), IDENTITY, FakeStore(), other)
+    (close,) = e.orphaned_episodes(1_800_000_100.0)
+    assert (close.extra["reason"], close.score, close.severity) == ("model_removed", 1.2, "warning")
+    assert close.extra["peak_score"] == 5.0
+
+
+def test_a_restored_episode_goes_on_from_its_last_message_s_severity() -> None:
+    f = Feeder(DecisionEngine(DecisionConfig(update_interval_s=10.0), IDENTITY,
+                              FakeStore(severity="high", last_score=2.5), manifest(k=1, n=1, clear=3)))
+    f.now = 1_800_000_030.0
+    assert f.feed(2.5) == []  # same level as the last message: nothing to announce
+    (rise,) = f.feed(5.0)
+    assert (rise.extra["reason"], rise.severity) == ("severity", "critical")
+    f.now += 30.0
+    (periodic,) = f.feed(0.5)
+    assert (periodic.extra["reason"], periodic.score, periodic.severity) == ("periodic", 0.5, "warning")
+    closed = f.feed(0.5) + f.feed(0.5)
+    assert [(e.state, e.score, e.severity) for e in closed] == [("close", 5.0, "critical")]
