@@ -6,10 +6,19 @@ The status file (`<state_dir>/status.json`) is rewritten atomically every `statu
     {"schema_version": 1, "pid": 1234, "updated_at": ..., "started_at": ..., "bundle": {"name", "version",
      "path"}, "bundle_version": "...", "sink": {"kind", "state"}, "outbox_backlog": 0,
      "assets": {"pump-3": {"model", "last_score", "threshold", "last_window_end", "state", "severity",
-                           "windows", "stale_windows"}},
+                           "windows", "stale_windows", "last_window_age_s", "silent"}},
      "open_episodes": [...], "sources": {"line1": {"type", "state", "received", "invalid", "dropped", ...}},
+     "storage": {"recovered_from", "windows_failed", "prune_failures", "alerts_in_memory",
+                 "alerts_sent_unstored", "last_fault"},
      "counters": {"windows_scored", "windows_stale", "windows_dropped", "windows_nonfinite",
                   "readings_invalid", "readings_dropped", "readings_received", "readings_out_of_range"}}
+
+An asset is **silent** when no window of it was scored for `silent_after_s` (its `staleness_s`, and at least
+three window strides) by the gateway's monotonic clock, counted from one window's length after the
+pipeline's start when it has not scored one since: its sensors stopped, or its readings arrive but are
+stale. An open episode of a silent asset
+is not evaluated (no window: no update, no close), so the health summary names silent assets
+(`silent_assets`) and the status file marks them.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -32,6 +42,12 @@ STATUS_SCHEMA_VERSION = 1
 # from the windower, the sources and the engine, which a restart rebuilds from zero
 _OWN_COUNTERS = ("windows_scored", "windows_dropped", "windows_nonfinite", "windows_stale",
                  "readings_out_of_range")
+
+
+def silent_after_s(spec: Any) -> float:
+    """How long an asset may go without a scored window before it counts as silent: its `staleness_s`, and
+    at least three window strides (`AssetWindowSpec`)."""
+    return max(spec.staleness_s, 3.0 * spec.stride * spec.sample_period_s)
 
 
 def agent_lock_says_stopped(lock_path: Path) -> bool:
@@ -76,6 +92,8 @@ class AgentState:
         self.started_at = time.time()
         self.bundle: dict[str, str] | None = None
         self.last: dict[str, dict[str, Any]] = {}
+        self.scored_at: dict[str, float] = {}  # asset -> monotonic time of its last scored window
+        self.pipeline_at = time.monotonic()  # when the current pipeline started
         self._persisted: dict[str, int] = {}
 
     def pipeline_restarted(self) -> None:
@@ -94,6 +112,7 @@ class AgentState:
         self.counters["windows_nonfinite"] += int(getattr(engine, "dropped_nonfinite", 0))
 
     def started(self, bundle: Bundle) -> None:
+        self.pipeline_at = time.monotonic()
         self.bundle_swapped(bundle)
 
     def bundle_swapped(self, bundle: Bundle) -> None:
@@ -102,6 +121,7 @@ class AgentState:
 
     def scored(self, item: ScoredWindow) -> None:
         self.counters["windows_scored"] += 1
+        self.scored_at[item.window.asset] = time.monotonic()
         self.last[item.window.asset] = {"model": item.window.model, "last_score": float(item.score),
                                         "threshold": float(item.threshold),
                                         "last_window_end": item.window.end_ts}
@@ -110,7 +130,9 @@ class AgentState:
         """`scored` for a batch: the count, and the last window of each asset in it."""
         self.counters["windows_scored"] += len(items)
         latest = {item.window.asset: item for item in items}
+        now = time.monotonic()
         for asset, item in latest.items():
+            self.scored_at[asset] = now
             self.last[asset] = {"model": item.window.model, "last_score": float(item.score),
                                 "threshold": float(item.threshold), "last_window_end": item.window.end_ts}
 
@@ -155,6 +177,7 @@ class AgentState:
             if supervisor.windower is not None and name in supervisor.windower.aligners:
                 stats = supervisor.windower.aligners[name].stats
                 entry.update(windows=stats.windows, stale_windows=stats.stale_windows)
+            entry.update(self.freshness(supervisor, name))
             assets[name] = entry
         episodes: list[dict[str, Any]] = []
         if supervisor.decisions is not None:
@@ -176,9 +199,39 @@ class AgentState:
             "sink": {"kind": type(sink).__name__ if sink is not None else None,
                      "state": sink.state if sink is not None else None},
             "outbox_backlog": backlog, "assets": assets, "open_episodes": episodes,
+            "storage": self.storage(supervisor),
             "sources": {source.name: source.describe() for source in supervisor.sources},
             "counters": self.totals(supervisor),
         }
+
+    def storage(self, supervisor: Any) -> dict[str, Any]:
+        """The state database's faults in this process: a damaged file moved aside at start
+        (`recovered_from`), windows the ring buffer could not take and retention passes stopped by a disk
+        fault, alerts waiting in memory because the outbox refused them (sent from there meanwhile) and
+        those delivered without an outbox record, and the latest error."""
+        store, recorder, alerts = supervisor.store, supervisor.recorder, supervisor.alerts
+        faults = [f for f in (getattr(recorder, "last_fault", None), getattr(store, "last_fault", None)) if f]
+        moved = getattr(store, "recovered_from", None)
+        return {"recovered_from": str(moved) if moved is not None else None,
+                "windows_failed": int(getattr(recorder, "failed_windows", 0)),
+                "prune_failures": int(getattr(store, "prune_failures", 0)),
+                "alerts_in_memory": len(alerts.unstored) if alerts is not None else 0,
+                "alerts_sent_unstored": alerts.sent_unstored if alerts is not None else 0,
+                "last_fault": faults[0] if faults else None}
+
+    def freshness(self, supervisor: Any, asset: str) -> dict[str, Any]:
+        """`last_window_age_s` (None before the first scored window) and `silent` for one asset."""
+        now = time.monotonic()
+        at = self.scored_at.get(asset)
+        age = None if at is None else round(now - at, 1)
+        windower = supervisor.windower
+        aligner = windower.aligners.get(asset) if windower is not None else None
+        if aligner is None:  # no pipeline running: nothing is scored, nothing to judge
+            return {"last_window_age_s": age, "silent": False}
+        spec = aligner.spec  # a new pipeline needs one window's length of readings before it scores
+        since = max(at if at is not None else -math.inf,
+                    self.pipeline_at + spec.window_length * spec.sample_period_s)
+        return {"last_window_age_s": age, "silent": now - since > silent_after_s(spec)}
 
     def health(self, supervisor: Any) -> dict[str, Any]:
         episodes = supervisor.decisions.open_episodes() if supervisor.decisions is not None else []
@@ -188,4 +241,7 @@ class AgentState:
             "outbox_backlog": supervisor.store.backlog() if supervisor.store is not None else 0,
             "open_episodes": len(episodes), "counters": self.totals(supervisor),
             "sources": {source.name: source.stats.state for source in supervisor.sources},
+            "silent_assets": sorted(name for name in supervisor.config.assets
+                                    if self.freshness(supervisor, name)["silent"]),
+            "storage": self.storage(supervisor),
         }

@@ -227,6 +227,10 @@ def _table(value: Any) -> dict[str, Any]:
 SINK_NAMES = {"MqttUpstream": "MQTT broker", "ConsoleSink": "console"}  # status.json's sink kinds, for people
 
 
+def _age(value: Any) -> str:
+    return f"{value:.0f} s" if isinstance(value, int | float) else "as long as the agent has run"
+
+
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
@@ -251,12 +255,22 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"upstream: {shown}; outbox backlog: {status.get('outbox_backlog', '-')}"
                  + (f"; rejected by the broker: {status['outbox_rejected']}"
                     if status.get("outbox_rejected") else ""))
+    storage = _table(status.get("storage"))
+    if storage.get("recovered_from"):
+        lines.append(f"state database was damaged: moved aside to {storage['recovered_from']} at start")
+    if storage.get("windows_failed") or storage.get("prune_failures") or storage.get("alerts_in_memory"):
+        lines.append(f"state database faults: {storage.get('windows_failed', 0)} windows not stored, "
+                     f"{storage.get('prune_failures', 0)} retention passes failed, "
+                     f"{storage.get('alerts_in_memory', 0)} alerts held in memory; last error: "
+                     f"{storage.get('last_fault')}")
     for name, entry in sorted(_table(status.get("assets")).items()):
         asset = _table(entry)
         lines.append(f"asset {name}: model {asset.get('model')} score {_number(asset.get('last_score'))} / "
                      f"{_number(asset.get('threshold'))} "
                      f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''} "
-                     f"stale windows {asset.get('stale_windows', 0)}")
+                     f"stale windows {asset.get('stale_windows', 0)}"
+                     + (f"; SILENT: no window scored for {_age(asset.get('last_window_age_s'))}"
+                        if asset.get("silent") else ""))
     episodes = status.get("open_episodes")
     for episode in (e for e in (episodes if isinstance(episodes, list) else []) if isinstance(e, dict)):
         lines.append(f"open episode {episode.get('episode_id')}: {episode.get('asset')}/"

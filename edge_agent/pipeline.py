@@ -127,6 +127,9 @@ class AlertWriter:
     fails (database locked, disk full) stays in memory, in order, and is written with the next batch or
     by `retry()` (the status loop calls it). The decision engine's state is never rolled back: an episode
     it opened is real, and its `open` alert reaches the outbox as soon as the database takes it.
+    Meanwhile the MQTT sink sends the alerts held here too (`pending`, `sent`: the sink's `MemoryOutbox`),
+    so a full or broken disk does not silence detection; one the broker acknowledged before the database
+    took it is dropped from memory (`sent_unstored` counts them) and has no outbox record.
 
     Rendering cannot fail for readings the sources accept (their timestamps lie in 1970..9999); should a
     window time still be out of range, the alert is sent with the decision time in its place (logged)
@@ -140,6 +143,21 @@ class AlertWriter:
         self.wake = wake
         self.unstored: list[Rendered] = []
         self.failures = 0
+        self.sent_unstored = 0  # acknowledged by the broker while not in the outbox
+
+    def pending(self) -> list[tuple[str, str, bytes]]:
+        """The alerts still in memory, as `(alert_id, topic, payload)`, in decision order."""
+        return [(event.alert_id, topic, payload) for event, topic, payload in self.unstored]
+
+    def sent(self, alert_ids: list[str]) -> None:
+        """The broker acknowledged these; those still in memory need no outbox record any more."""
+        done = set(alert_ids)
+        kept = [item for item in self.unstored if item[0].alert_id not in done]
+        if len(kept) < len(self.unstored):
+            log.warning("%d alerts delivered from memory without an outbox record (the outbox write "
+                        "failed)", len(self.unstored) - len(kept))
+            self.sent_unstored += len(self.unstored) - len(kept)
+            self.unstored = kept
 
     def _render(self, event: AlertEvent) -> Rendered:
         try:

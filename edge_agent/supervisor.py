@@ -55,7 +55,7 @@ from edge_agent.pipeline import (
     sink_name,
 )
 from edge_agent.sources import Source, build_source
-from edge_agent.sources.base import DropOldestQueue
+from edge_agent.sources.base import FairDropQueue
 from edge_agent.storage import StorageError, Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window
@@ -131,7 +131,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._swap_lock = asyncio.Lock()
-        self._windows: DropOldestQueue[Window] = DropOldestQueue(WINDOW_QUEUE_SIZE, self._window_dropped)
+        self._windows: FairDropQueue[Window] = self._window_queue()
         self._budgets: dict[str, RestartBudget] = {}
         self.store: Store | None = None
         self.recorder: WindowRecorder | None = None
@@ -223,6 +223,8 @@ class Supervisor:
         self.windower = build_windower(config, self.bundle)
         self.sink = build_sink(config, self.store, self.health)
         self.alerts = AlertWriter(self.store, config.identity, self.sink.alert_topic, self.sink.wake)
+        if hasattr(self.sink, "memory"):  # the MQTT sink also sends what the outbox could not take
+            self.sink.memory = self.alerts
         # alerts the pipeline before a reload could not write: first in line
         self.alerts.unstored, self._carried_alerts = self._carried_alerts, []
         assets = {(a.name, a.model) for a in config.assets.values()}
@@ -302,7 +304,7 @@ class Supervisor:
             await sink_task
             for task in (storage, status):
                 task.cancel()
-        self._windows = DropOldestQueue(WINDOW_QUEUE_SIZE, self._window_dropped)
+        self._windows = self._window_queue()
         return restart
 
     async def _wait_for_stop_or_reload(self) -> bool:
@@ -532,6 +534,11 @@ class Supervisor:
 
     def _window_dropped(self) -> None:
         self.state.counters["windows_dropped"] += 1
+
+    def _window_queue(self) -> FairDropQueue[Window]:
+        """Windows on their way to the detector: per asset, so a flooded asset drops its own oldest
+        windows and another asset's are still scored, in turn (`FairDropQueue`)."""
+        return FairDropQueue(WINDOW_QUEUE_SIZE, self._window_dropped, key=lambda window: window.asset)
 
     # status ----------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

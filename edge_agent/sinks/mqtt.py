@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import ssl
 import string
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -46,6 +47,20 @@ from edge_agent.storage import Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 
 log = logging.getLogger(__name__)
+
+
+class MemoryOutbox(Protocol):
+    """Alerts decided but not yet in the outbox (its write failed: disk full, database damaged); the sink
+    sends them after the outbox's rows, so detection still reaches SCADA (`pipeline.AlertWriter`)."""
+
+    def pending(self) -> list[tuple[str, str, bytes]]:
+        """`(alert_id, topic, payload)` in decision order."""
+        ...
+
+    def sent(self, alert_ids: list[str]) -> None:
+        """The broker acknowledged these."""
+        ...
+
 
 DEFAULT_ALERT_TOPIC = "{site}/{area}/{line}/{asset}/anomaly/alert"
 DEFAULT_STATUS_TOPIC = "{site}/{area}/{line}/{gateway_id}/status"
@@ -180,13 +195,16 @@ class MqttUpstream:
         self._connack: asyncio.Future[None] | None = None
         self._io: LoopIO | None = None  # the client's socket, watched by the loop
         self._connected = False
-        self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id)
+        self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (seq, alert_id); seq -1: from `memory`
+        self._unmarked: dict[str, str | None] = {}  # acknowledged, not yet marked: alert_id -> rejection
+        self.memory: MemoryOutbox | None = None  # alerts the outbox could not take (disk full): sent too
         self._order: list[int] = []  # mids in publish order
         self._acked: set[int] = set()
         self._rejected: dict[int, str] = {}  # mid -> why the broker refused it for good
         self._reject_delays: Iterator[float] | None = None  # backoff while the broker refuses alerts
         self._hold_s = 0.0  # pause before reconnecting after a transient refusal
         self._mark_retry_at = 0.0  # after a failed outbox write
+        self._read_error_log_at = 0.0  # a failed outbox read is logged at most once a minute
         self.delivered = 0
         self.connects = 0
         self.status_topic = config.status_topic_template.format(
@@ -391,35 +409,43 @@ class MqttUpstream:
         return False
 
     def _mark_acked(self) -> None:
-        """Write the acknowledged prefix of the rows in flight to the outbox (ordered marking). On a database
-        error the rows stay acknowledged in flight (not sent again) and the write is retried later."""
+        """Take the acknowledged prefix of the messages in flight out of flight (ordered), then write it to
+        the outbox. Alerts sent from `memory` are handed back to it as delivered. On a database error (a
+        full disk, a database held by another process) the marks wait in `_unmarked`, retried later; those
+        alerts are not sent again meanwhile, and publishing goes on."""
         count = 0
         while count < len(self._order) and self._order[count] in self._acked:
             count += 1
-        if count == 0 or time.monotonic() < self._mark_retry_at:
+        from_memory: list[str] = []
+        for mid in self._order[:count]:
+            seq, alert_id = self._inflight.pop(mid)
+            self._acked.discard(mid)
+            reason = self._rejected.pop(mid, None)
+            self._unmarked[alert_id] = reason
+            if reason is None:
+                self.delivered += 1
+                self._reject_delays = None
+            if seq < 0:
+                from_memory.append(alert_id)
+        del self._order[:count]
+        if from_memory and self.memory is not None:
+            self.memory.sent(from_memory)
+        if not self._unmarked or time.monotonic() < self._mark_retry_at:
             return
-        mids = self._order[:count]
-        delivered = [self._inflight[m][1] for m in mids if m not in self._rejected]
-        rejected = [(self._inflight[m][1], self._rejected[m]) for m in mids if m in self._rejected]
+        delivered = [alert_id for alert_id, reason in self._unmarked.items() if reason is None]
+        rejected = [(alert_id, reason) for alert_id, reason in self._unmarked.items() if reason is not None]
         try:
             self._store.mark_delivered(delivered)
             if rejected:
                 self._store.mark_rejected(rejected)  # counts them in `alerts_rejected` too
         except Exception:
-            log.exception("cannot mark %d acknowledged alerts in the outbox; retrying in %.0f s", count,
-                          MARK_RETRY_S)
+            log.exception("cannot mark %d acknowledged alerts in the outbox; retrying in %.0f s",
+                          len(self._unmarked), MARK_RETRY_S)
             self._mark_retry_at = time.monotonic() + MARK_RETRY_S
             if self._loop is not None:
                 self._loop.call_later(MARK_RETRY_S, self._kick.set)
             return
-        del self._order[:count]
-        for mid in mids:
-            self._acked.discard(mid)
-            self._rejected.pop(mid, None)
-            del self._inflight[mid]
-        self.delivered += len(delivered)
-        if delivered:
-            self._reject_delays = None
+        self._unmarked.clear()
 
     # serving --------------------------------------------------------------------------------------------
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
@@ -432,29 +458,46 @@ class MqttUpstream:
             except Exception:
                 log.exception("health summary failed; publishing status without it")
                 health = {}
-            health.setdefault("outbox_backlog", self._store.backlog())
-            health.setdefault("outbox_rejected", self._store.rejected())
+            if "outbox_backlog" not in health or "outbox_rejected" not in health:
+                with contextlib.suppress(sqlite3.Error):
+                    health.setdefault("outbox_backlog", self._store.backlog())
+                    health.setdefault("outbox_rejected", self._store.rejected())
         payload = status_payload(self.identity, state, time.time(), health)
         info = self._client.publish(self.status_topic, payload, qos=1, retain=True)
         self._flush()
         return info
 
     def _fill(self) -> None:
-        """Publish undelivered rows (oldest first) until `max_inflight` are in flight."""
+        """Publish undelivered rows (oldest first), then alerts the outbox could not take (`memory`), until
+        `max_inflight` are in flight."""
         assert self._client is not None
         room = self.config.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        in_flight = {seq for seq, _alert in self._inflight.values()}
-        for row in self._store.pending(limit=len(in_flight) + room):
-            if row.seq in in_flight:
+        skip = {alert_id for _seq, alert_id in self._inflight.values()} | set(self._unmarked)
+        try:
+            rows = [(row.seq, row.alert_id, row.topic, row.payload)
+                    for row in self._store.pending(limit=len(skip) + room)]
+        except sqlite3.Error as exc:  # a damaged or unreadable database: what is in memory still goes out
+            if time.monotonic() >= self._read_error_log_at:
+                log.error("cannot read the outbox (%s); sending only the alerts held in memory", exc)
+                self._read_error_log_at = time.monotonic() + 60.0
+            rows = []
+        if self.memory is not None:
+            rows += [(-1, alert_id, topic, payload) for alert_id, topic, payload in self.memory.pending()]
+        for seq, alert_id, topic, payload in rows:
+            if room <= 0:
+                break
+            if alert_id in skip:
                 continue
-            info = self._client.publish(row.topic, row.payload, qos=1, retain=False)
+            info = self._client.publish(topic, payload, qos=1, retain=False)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self._connected = False
                 return
-            self._inflight[info.mid] = (row.seq, row.alert_id)
+            self._inflight[info.mid] = (seq, alert_id)
             self._order.append(info.mid)
+            skip.add(alert_id)
+            room -= 1
         self._flush()
 
     async def _serve(self) -> None:

@@ -88,11 +88,17 @@ class DropOldestQueue(Generic[T]):
         self._closed = False
 
     def put(self, item: T) -> None:
+        self._push(item)
+        self._ready.set()
+
+    def _push(self, item: T) -> None:
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self._on_drop()
         self._items.append(item)
-        self._ready.set()
+
+    def _pop(self) -> T:
+        return self._items.popleft()
 
     def close(self) -> None:
         """No more items will come; `get` returns None once the queue is empty."""
@@ -103,28 +109,71 @@ class DropOldestQueue(Generic[T]):
         return len(self._items)
 
     def get_nowait(self) -> T | None:
-        """The oldest item, or None when empty."""
-        if not self._items:
+        """The next item, or None when empty."""
+        if not len(self):
             return None
-        item = self._items.popleft()
+        item = self._pop()
         self._room.set()
         return item
 
     async def get(self) -> T | None:
-        while not self._items:
+        while not len(self):
             if self._closed:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        item = self._items.popleft()
+        item = self._pop()
         self._room.set()
         return item
 
     async def wait_for_room(self) -> None:
         """For producers that must not drop (a replay): wait until the queue is below its bound."""
-        while len(self._items) >= self._maxsize:
+        while len(self) >= self._maxsize:
             self._room.clear()
             await self._room.wait()
+
+
+class FairDropQueue(DropOldestQueue[T]):
+    """`DropOldestQueue` shared by several producers (the window queue: one per asset). When full, `put`
+    evicts the oldest item of the producer with the most items waiting, so an asset flooded with readings
+    loses its own windows, not another asset's; `get` serves the producers in turn (round robin), each in
+    its own order, so a quiet asset's windows are not scored behind a flood."""
+
+    def __init__(self, maxsize: int, on_drop: Callable[[], None], key: Callable[[T], Any]) -> None:
+        super().__init__(maxsize, on_drop)
+        self._key = key
+        self._queues: dict[Any, collections.deque[T]] = {}
+        self._turns: collections.deque[Any] = collections.deque()  # producers with items, next first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _push(self, item: T) -> None:
+        key = self._key(item)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = collections.deque()
+        if not queue:
+            self._turns.append(key)
+        queue.append(item)
+        self._size += 1
+        if self._size > self._maxsize:
+            longest = max(self._turns, key=lambda k: len(self._queues[k]))
+            self._queues[longest].popleft()
+            self._size -= 1
+            if not self._queues[longest]:
+                self._turns.remove(longest)
+            self._on_drop()
+
+    def _pop(self) -> T:
+        key = self._turns.popleft()
+        queue = self._queues[key]
+        item = queue.popleft()
+        self._size -= 1
+        if queue:
+            self._turns.append(key)
+        return item
 
 
 class Source:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from edge_agent.backoff import backoff_delays
 from edge_agent.configtools import ConfigError, Section
 from edge_agent.decisions import DecisionConfig, DecisionEngine
+from edge_agent.pipeline import AlertWriter
 from edge_agent.sinks.mqtt import MqttUpstream, MqttUpstreamConfig, TlsConfig
 from edge_agent.sinks.payload import alert_payload
 from edge_agent.storage import Store
@@ -411,3 +413,48 @@ def test_two_gateways_with_one_client_id_back_off_instead_of_spinning(
     # backing off (delays drawn from [0, 0.2 .. 0.5] s) allows a few dozen connections in 3 s at most
     assert 2 <= connects <= 60, connects
     assert "right after connecting (another client with the same client_id?" in caplog.text
+
+
+def test_alerts_the_outbox_cannot_take_are_sent_from_memory(mqtt_broker: MosquittoBroker,
+                                                            tmp_path: Path) -> None:
+    """A database another process holds (as a full disk would) refuses the outbox write: the alert stays in
+    the AlertWriter's memory and the sink sends it from there; the outbox takes the next ones again."""
+    sub = Subscriber(mqtt_broker.port, ["plant1/press/line2/+/anomaly/alert"])
+    store, upstream, runner, identity = make(tmp_path, mqtt_broker.port)
+    alerts = AlertWriter(store, identity, upstream.alert_topic, lambda: runner.call(upstream.wake))
+    upstream.memory = alerts
+    engine = DecisionEngine(DecisionConfig(update_interval_s=3600), identity, store, MANIFEST)
+    now = 1_800_000_000.0
+
+    async def decide(score: float) -> list[str]:  # on the sink's loop, as in the agent
+        nonlocal now
+        now += 1.0
+        window = Window("pump-1", "pump", now - 5, now, np.zeros((2, 6), np.float32))
+        events = engine.process(ScoredWindow(window, score, score, 1.0, np.array([0.8, 0.2]), np.zeros(2),
+                                             np.arange(6.0), "pumps", "1.0.0"), now)
+        alerts.write(events)
+        upstream.wake()
+        return [e.alert_id for e in events]
+
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        opened = runner.run(decide(2.5))
+        assert len(opened) == 1
+        assert alerts.failures == 1  # the outbox write was refused
+        sub.wait(lambda: len(sub.on("/anomaly/alert")) == 1, "the open alert, sent from memory")
+        wait_until(lambda: not alerts.unstored, what="the memory copy handed back as sent")
+        assert alerts.sent_unstored == 1
+        other.execute("ROLLBACK")
+        closed = runner.run(decide(0.1)) + runner.run(decide(0.1))
+        sub.wait(lambda: len(sub.on("/anomaly/alert")) == 2, "the close alert, from the outbox")
+        wait_until(lambda: store.backlog() == 0, what="outbox drained")
+        received = sub.on("/anomaly/alert")
+        assert [a["alert_id"] for a in received] == opened + closed
+        assert [a["state"] for a in received] == ["open", "close"]
+        with sqlite3.connect(tmp_path / "state.db") as conn:  # only the close has an outbox record
+            assert [r[0] for r in conn.execute("SELECT alert_id FROM outbox")] == closed
+    finally:
+        other.close()
+        runner.stop()
+        sub.close()

@@ -180,3 +180,36 @@ def test_a_bundle_file_overwritten_in_place_is_loaded_on_reload(tmp_path: Path,
 
     assert asyncio.run(running(sup, overwrite_and_reload)) == 0
     assert "config and bundle unchanged" not in caplog.text
+
+
+def test_an_asset_whose_windows_stop_is_reported_silent(tmp_path: Path) -> None:
+    """A replay of 3 s at real speed: while it plays the asset is not silent; once it has finished, no window
+    is scored, and after `silent_after_s` the health summary and the status file say so."""
+    bundle, keys = make_bundle(tmp_path)
+    csv = tmp_path / "plant.csv"
+    rows = ["ts,flow,pressure"] + [f"{i * PERIOD:.3f},{MEANS[0]},{MEANS[1]}" for i in range(30)]
+    csv.write_text("\n".join(rows) + "\n")
+    sources = {"plant": {"type": "replay", "path": str(csv), "timestamp_field": "ts", "speed": 1.0}}
+    assets = {"pump-1": {"model": "pump", "source": "plant",
+                         "channels": {"flow": "flow", "pressure": "pressure"}}}
+    config = AgentConfig.load(write_config(tmp_path, tmp_path / "state", bundle, keys, sources, assets))
+    sup = Supervisor(config)
+
+    async def scenario() -> tuple[list[str], list[str], dict[str, Any]]:
+        task = asyncio.create_task(sup.run())
+        try:
+            await poll_until(lambda: sup.state.counters["windows_scored"] >= 2 or task.done(), "windows")
+            playing = sup.state.health(sup)["silent_assets"]
+            await poll_until(lambda: bool(sup.state.health(sup)["silent_assets"]) or task.done(),
+                             "the asset reported silent", timeout=15)
+            entry = sup.state.snapshot(sup)["assets"]["pump-1"]
+            return playing, sup.state.health(sup)["silent_assets"], entry
+        finally:
+            sup.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    playing, silent, entry = asyncio.run(scenario())
+    assert playing == []
+    assert silent == ["pump-1"]
+    assert entry["silent"] is True
+    assert entry["last_window_age_s"] >= 1.2  # silent_after_s: 3 strides of 4 periods of 0.1 s

@@ -93,7 +93,7 @@ class FailingStore(FakeStore):
         super().mark_delivered(ids)
 
 
-def test_an_outbox_write_error_on_puback_keeps_the_rows_queued_and_wakes_the_sink() -> None:
+def test_an_outbox_write_error_on_puback_keeps_the_marks_queued_and_wakes_the_sink() -> None:
     async def scenario() -> None:
         store = FailingStore()
         upstream, client = _upstream_with(store, (31, 1), (32, 2))
@@ -101,13 +101,15 @@ def test_an_outbox_write_error_on_puback_keeps_the_rows_queued_and_wakes_the_sin
         upstream._ack(client, 31, Reason(failure=False))  # must not raise into the loop's handler
         assert store.delivered == []
         assert upstream._kick.is_set()
-        assert set(upstream._inflight) == {31, 32}
-        assert 31 in upstream._acked
+        # out of flight (room for newer alerts), waiting to be marked, and not sent again meanwhile
+        assert set(upstream._inflight) == {32}
+        assert upstream._unmarked == {"alert-1": None}
         store.fail = False
         upstream._mark_retry_at = 0.0  # the retry is due (normally after MARK_RETRY_S)
         upstream._ack(client, 32, Reason(failure=False))
         assert store.delivered == ["alert-1", "alert-2"]
         assert upstream._inflight == {}
+        assert upstream._unmarked == {}
         assert upstream.delivered == 2
 
     asyncio.run(scenario())
@@ -167,3 +169,56 @@ def test_a_connection_lost_right_after_connack_is_not_reported_connected() -> No
             client.close()
 
     asyncio.run(scenario())
+
+
+class Row:
+    def __init__(self, seq: int) -> None:
+        self.seq, self.alert_id, self.topic, self.payload = seq, f"alert-{seq}", "t", b"{}"
+
+
+class PublishingClient:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> object:
+        self.sent.append(payload)
+        info = type("Info", (), {})()
+        info.rc, info.mid = 0, 100 + len(self.sent)
+        return info
+
+
+class Memory:
+    def __init__(self, *alert_ids: str) -> None:
+        self.items = [(alert_id, "t", alert_id.encode()) for alert_id in alert_ids]
+        self.acked: list[str] = []
+
+    def pending(self) -> list[tuple[str, str, bytes]]:
+        return list(self.items)
+
+    def sent(self, alert_ids: list[str]) -> None:
+        self.acked += alert_ids
+        self.items = [item for item in self.items if item[0] not in alert_ids]
+
+
+def test_fill_sends_outbox_rows_then_memory_and_never_an_alert_waiting_for_its_mark() -> None:
+    class PendingStore(FailingStore):
+        def pending(self, limit: int) -> list[Row]:
+            return [Row(1), Row(2)][:limit]
+
+    store = PendingStore()
+    upstream = MqttUpstream(MqttUpstreamConfig(host="unused"), GatewayIdentity("s", "a", "l", "g"),
+                            store, health=dict)
+    client = PublishingClient()
+    upstream._client = client  # type: ignore[assignment]
+    upstream.memory = Memory("alert-1", "mem-1")  # alert-1 also reached the outbox meanwhile: sent once
+    upstream._fill()
+    assert client.sent == [b"{}", b"{}", b"mem-1"]
+    assert sorted(alert_id for _seq, alert_id in upstream._inflight.values()) == ["alert-1", "alert-2",
+                                                                                 "mem-1"]
+    for mid in (101, 102, 103):  # all acknowledged; the outbox refuses the marks
+        upstream._ack(client, mid, Reason(failure=False))
+    assert upstream._inflight == {}
+    assert upstream.memory.acked == ["mem-1"]
+    assert set(upstream._unmarked) == {"alert-1", "alert-2", "mem-1"}
+    upstream._fill()  # the outbox still lists alert-1 and alert-2 as pending: not sent again
+    assert len(client.sent) == 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sources.base import DropOldestQueue, RateLimitedLog
+from edge_agent.sources.base import DropOldestQueue, FairDropQueue, RateLimitedLog
 from edge_agent.supervisor import FatalTaskError, RestartBudget, _find_fatal
 from edge_agent.systemd import Notifier
 from tests.support import FakeClock
@@ -84,3 +84,31 @@ def test_drop_oldest_queue_counts_drops() -> None:
         return [await queue.get(), await queue.get(), await queue.get()], dropped
 
     assert asyncio.run(scenario()) == ([2, 3, None], 1)
+
+
+def test_fair_queue_drops_from_the_flooding_producer_and_serves_producers_in_turn() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        dropped = 0
+
+        def on_drop() -> None:
+            nonlocal dropped
+            dropped += 1
+
+        queue: FairDropQueue[str] = FairDropQueue(6, on_drop, key=lambda item: item[0])
+        queue.put("b0")
+        for i in range(100):  # asset a floods
+            queue.put(f"a{i}")
+            if i == 50:
+                queue.put("b1")
+        queue.put("c0")
+        assert len(queue) == 6
+        queue.close()
+        out = []
+        while (item := await queue.get()) is not None:
+            out.append(item)
+        return out, dropped
+
+    out, dropped = asyncio.run(scenario())
+    # b's and c's windows all kept; a keeps its newest; a, b, c served in turn, each in its own order
+    assert out == ["b0", "a97", "c0", "b1", "a98", "a99"]
+    assert dropped == 97
