@@ -120,6 +120,7 @@ def sink_name(config: AgentConfig) -> str:
 
 
 Rendered = tuple[AlertEvent, str, bytes]
+FAILURE_LOG_INTERVAL_S = 60.0  # a failing outbox write is logged at its first try, then at most this often
 
 
 class AlertWriter:
@@ -144,6 +145,7 @@ class AlertWriter:
         self.unstored: list[Rendered] = []
         self.failures = 0
         self.sent_unstored = 0  # acknowledged by the broker while not in the outbox
+        self._logged_at: float | None = None  # monotonic time of the last failure logged; None: none since
 
     def pending(self) -> list[tuple[str, str, bytes]]:
         """The alerts still in memory, as `(alert_id, topic, payload)`, in decision order."""
@@ -186,9 +188,17 @@ class AlertWriter:
                                   lambda e: payloads[e.alert_id])
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.failures += 1
-            log.error("%s: %d alerts not written to the outbox yet (kept in memory, retried): %s",
-                      self.store.path, len(pending), exc)
+            now = time.monotonic()
+            if self._logged_at is None or now - self._logged_at >= FAILURE_LOG_INTERVAL_S:
+                self._logged_at = now
+                log.error("%s: %d alerts not written to the outbox yet (kept in memory, retried, and sent "
+                          "from memory meanwhile): %s; %d failed tries so far", self.store.path, len(pending),
+                          exc, self.failures)
+            self.wake()  # the sink sends them from memory (`pending`)
             return False
+        if self._logged_at is not None:
+            log.info("%s: the outbox takes alerts again (%d written)", self.store.path, len(pending))
+            self._logged_at = None
         self.unstored = []
         self.wake()
         return True

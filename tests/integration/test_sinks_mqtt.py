@@ -432,8 +432,7 @@ def test_alerts_the_outbox_cannot_take_are_sent_from_memory(mqtt_broker: Mosquit
         window = Window("pump-1", "pump", now - 5, now, np.zeros((2, 6), np.float32))
         events = engine.process(ScoredWindow(window, score, score, 1.0, np.array([0.8, 0.2]), np.zeros(2),
                                              np.arange(6.0), "pumps", "1.0.0"), now)
-        alerts.write(events)
-        upstream.wake()
+        alerts.write(events)  # wakes the sink, written or not
         return [e.alert_id for e in events]
 
     other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
