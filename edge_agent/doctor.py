@@ -327,7 +327,15 @@ def _device_finding(kind: str, device: str, machine: Machine, access: Callable[[
     return Finding("ok", label, "present and accessible")
 
 
-def _state_dir_finding(state_dir: Path) -> Finding:
+MIN_FREE_MIB = 100  # below this on the state directory's filesystem, `doctor` warns
+
+
+def _free_mib(path: Path) -> float:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize / 2**20
+
+
+def _state_dir_finding(state_dir: Path, free_mib: Callable[[Path], float] = _free_mib) -> Finding:
     fix = (f"create it for the service user (`install -d -o edge-agent {state_dir}`) or use "
            "StateDirectory=edge-agent in the unit")
     if not state_dir.is_dir():
@@ -342,7 +350,13 @@ def _state_dir_finding(state_dir: Path) -> Finding:
             pass
     except OSError as exc:
         return Finding("fail", "state directory", f"{state_dir} is not writable ({exc.strerror})", fix)
-    return Finding("ok", "state directory", f"{state_dir} is writable")
+    free = free_mib(state_dir)
+    if free < MIN_FREE_MIB:
+        return Finding("warn", "state directory", f"{state_dir} is writable, but its filesystem has only "
+                       f"{free:.0f} MiB free: when it fills, scored windows are no longer recorded (alerts "
+                       "still go out, from memory) and the agent cannot start",
+                       "free space there, or lower [retention] max_rows (docs/storage.md)")
+    return Finding("ok", "state directory", f"{state_dir} is writable, {free:.0f} MiB free")
 
 
 def requirements_from_config(config: AgentConfig) -> Requirements:

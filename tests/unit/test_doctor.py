@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -143,3 +144,16 @@ def test_brokers_are_probed_once_each_and_together_within_a_deadline() -> None:
     assert sorted(calls) == [("a", 1883), ("b", 8883), ("hangs.example", 1883)]
     assert found == {("a", 1883): None, ("b", 8883): "Connection refused",
                      ("hangs.example", 1883): "no answer in 0.5 s"}
+
+
+def test_little_free_space_on_the_state_dir_is_a_warning(state_dir: Path) -> None:
+    from edge_agent.doctor import MIN_FREE_MIB, _state_dir_finding
+
+    low = _state_dir_finding(state_dir, free_mib=lambda _path: 12.4)
+    assert low.level == "warn"
+    assert "only 12 MiB free" in low.message
+    assert "max_rows" in low.fix
+    plenty = _state_dir_finding(state_dir, free_mib=lambda _path: MIN_FREE_MIB + 1.0)
+    assert plenty.level == "ok"
+    real = _state_dir_finding(state_dir)  # this machine's filesystem, read with statvfs
+    assert re.search(r"is writable,( but its filesystem has only)? \d+ MiB free", real.message)
