@@ -6,6 +6,8 @@ Per (asset, model):
 - **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
   *rises*. A fall in severity is reported by the next periodic update (which reports the highest-scoring
   window since the previous message), so a score wandering around a level boundary does not flood SCADA.
+  Once per silence, `reason: no_data` when no window of the asset comes any more (`silent`, called by the
+  supervisor): the episode stays open but is not being evaluated.
 - **close**: after `clear_windows` consecutive windows below the threshold (hysteresis). A sustained fault,
   even one that dips below the threshold for a few windows, is therefore ONE episode.
 
@@ -184,6 +186,7 @@ class _Episode:
     episode_best: _Summary | None = None
     last: _Summary | None = None
     restored: _Summary | None = None  # restored after a restart: what a close reports before any window
+    silent: bool = False  # `reason: no_data` sent; a new window of the asset clears it
 
 
 @dataclass
@@ -315,6 +318,7 @@ class DecisionEngine:
             return []  # the common case: no root cause or peak time to compute
         summary = _summary(scored, policy)
         episode.last = summary
+        episode.silent = False
         if above:
             episode.below = 0
             self._note_peak(episode, summary)
@@ -380,6 +384,24 @@ class DecisionEngine:
             bundle_name=summary.bundle_name, bundle_version=summary.bundle_version, score=summary.score,
             threshold=summary.threshold, severity=summary.severity, window_start_ts=summary.start_ts,
             window_end_ts=summary.end_ts, peak_ts=summary.peak_ts, root_cause=summary.root_cause, extra=extra)
+
+    def silent(self, asset: str, now: float) -> list[AlertEvent]:
+        """The asset's windows stopped (`agentstate` "silent"): an `update` with `reason: no_data` for each
+        of its open episodes, once per silence, reporting the last window scored (or, for an episode
+        restored without a window since, its restored peak). The episode stays open: it is not being
+        evaluated, and SCADA hears so rather than see a frozen alarm."""
+        events = []
+        for (name, _model), track in sorted(self._tracks.items()):
+            episode = track.episode
+            if name != asset or episode is None or episode.silent:
+                continue
+            episode.silent = True
+            last = episode.last or episode.restored
+            assert last is not None  # an episode is either opened on a window or restored
+            log.warning("episode %s (%s/%s): no window scored for a while, the episode is not being "
+                        "evaluated", episode.episode_id, episode.asset, episode.model)
+            events.append(self._emit(episode, "update", last, now, reason="no_data"))
+        return events
 
     def close_models(self, model_names: Iterable[str], now: float, reason: str) -> list[AlertEvent]:
         """Close the open episodes of these models (e.g. they vanished from a newly activated bundle)."""

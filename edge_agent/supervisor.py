@@ -523,6 +523,7 @@ class Supervisor:
             if self.alerts is not None and self.alerts.unstored:
                 async with self._swap_lock:
                     self.alerts.retry()
+            await self._report_silence()
             # the snapshot is taken on the loop; the file and the counters transaction go to a thread, so
             # a slow disk (or the ring buffer's writer holding the store) never stalls the windows
             snapshot, deltas = self.snapshot(), self.state.take_counter_deltas(self)
@@ -531,6 +532,18 @@ class Supervisor:
             unstored = await asyncio.shield(self._status_io)  # cancelled or not, close_pipeline waits for it
             self.state.unpersist(unstored)
             await asyncio.sleep(self.config.status_interval_s)
+
+    async def _report_silence(self) -> None:
+        """An open episode whose asset went silent (no window scored: `AgentState.freshness`) gets its
+        `reason: no_data` update (`DecisionEngine.silent`), once per silence."""
+        if self.decisions is None:
+            return
+        waiting = {row["asset"] for row in self.decisions.open_episodes()}
+        silent = [name for name in sorted(waiting) if self.state.freshness(self, name)["silent"]]
+        if silent:
+            async with self._swap_lock:
+                self._store_alerts([event for name in silent
+                                    for event in self.decisions.silent(name, time.time())])
 
     def _window_dropped(self) -> None:
         self.state.counters["windows_dropped"] += 1

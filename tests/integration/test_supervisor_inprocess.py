@@ -9,8 +9,11 @@ socket standing in for systemd's `$NOTIFY_SOCKET`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import socket
+import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -183,17 +186,23 @@ def test_a_bundle_file_overwritten_in_place_is_loaded_on_reload(tmp_path: Path,
 
 
 def test_an_asset_whose_windows_stop_is_reported_silent(tmp_path: Path) -> None:
-    """A replay of 3 s at real speed: while it plays the asset is not silent; once it has finished, no window
-    is scored, and after `silent_after_s` the health summary and the status file say so."""
+    """A replay of 3 s at real speed ending in a fault: while it plays the asset is not silent; once it has
+    finished, no window is scored, and after `silent_after_s` the health summary and the status file say so,
+    and the episode still open gets its `reason: no_data` update."""
     bundle, keys = make_bundle(tmp_path)
     csv = tmp_path / "plant.csv"
-    rows = ["ts,flow,pressure"] + [f"{i * PERIOD:.3f},{MEANS[0]},{MEANS[1]}" for i in range(30)]
+    rows = ["ts,flow,pressure"] + [
+        f"{i * PERIOD:.3f},{MEANS[0] + (40 * STDS[0] if i >= 20 else 0.0)},{MEANS[1]}" for i in range(30)]
     csv.write_text("\n".join(rows) + "\n")
     sources = {"plant": {"type": "replay", "path": str(csv), "timestamp_field": "ts", "speed": 1.0}}
     assets = {"pump-1": {"model": "pump", "source": "plant",
                          "channels": {"flow": "flow", "pressure": "pressure"}}}
     config = AgentConfig.load(write_config(tmp_path, tmp_path / "state", bundle, keys, sources, assets))
     sup = Supervisor(config)
+
+    def outbox() -> list[dict[str, Any]]:
+        with contextlib.closing(sqlite3.connect(config.db_path)) as conn:
+            return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")]
 
     async def scenario() -> tuple[list[str], list[str], dict[str, Any]]:
         task = asyncio.create_task(sup.run())
@@ -203,7 +212,9 @@ def test_an_asset_whose_windows_stop_is_reported_silent(tmp_path: Path) -> None:
             await poll_until(lambda: bool(sup.state.health(sup)["silent_assets"]) or task.done(),
                              "the asset reported silent", timeout=15)
             entry = sup.state.snapshot(sup)["assets"]["pump-1"]
-            return playing, sup.state.health(sup)["silent_assets"], entry
+            silent = sup.state.health(sup)["silent_assets"]
+            await poll_until(lambda: len(outbox()) == 2 or task.done(), "the no_data update", timeout=15)
+            return playing, silent, entry
         finally:
             sup.request_stop()
             await asyncio.wait_for(task, 30)
@@ -213,3 +224,6 @@ def test_an_asset_whose_windows_stop_is_reported_silent(tmp_path: Path) -> None:
     assert silent == ["pump-1"]
     assert entry["silent"] is True
     assert entry["last_window_age_s"] >= 1.2  # silent_after_s: 3 strides of 4 periods of 0.1 s
+    sent = outbox()
+    assert [(a["state"], a["reason"]) for a in sent] == [("open", "debounce"), ("update", "no_data")]
+    assert sent[1]["episode_id"] == sent[0]["episode_id"]

@@ -317,3 +317,24 @@ def test_a_restored_episode_goes_on_from_its_last_message_s_severity() -> None:
     assert (periodic.extra["reason"], periodic.score, periodic.severity) == ("periodic", 0.5, "warning")
     closed = f.feed(0.5) + f.feed(0.5)
     assert [(e.state, e.score, e.severity) for e in closed] == [("close", 5.0, "critical")]
+
+
+def test_a_silent_asset_gets_one_no_data_update_per_silence() -> None:
+    e = engine(k=1, n=1, clear=2)
+    f = Feeder(e)
+    assert [x.state for x in f.feed(5.0)] == ["open"]
+    f.feed(1.5)  # the last window before the sensors stop
+    other = Feeder(e, asset="pump-2")
+    other.feed(0.5)  # another asset, no episode: nothing to report for it
+    assert e.silent("pump-2", f.now + 30) == []
+    events = e.silent("pump-1", f.now + 30)
+    assert [(x.state, x.extra["reason"], x.score, x.severity) for x in events] == [
+        ("update", "no_data", 1.5, "warning")]  # the last window scored, at its own level
+    assert events[0].window_end_ts == f.now
+    assert e.silent("pump-1", f.now + 40) == []  # once per silence
+    f.now += 40  # the sensors come back
+    assert f.feed(1.5) == []  # the episode goes on as before
+    assert [x.extra["reason"] for x in e.silent("pump-1", f.now + 30)] == ["no_data"]  # a new silence
+    f.now += 40
+    assert [x.state for x in f.feed(0.2) + f.feed(0.2)] == ["close"]
+    assert e.silent("pump-1", f.now + 30) == []  # closed: nothing open to report
