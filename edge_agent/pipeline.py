@@ -128,9 +128,10 @@ class AlertWriter:
     fails (database locked, disk full) stays in memory, in order, and is written with the next batch or
     by `retry()` (the status loop calls it). The decision engine's state is never rolled back: an episode
     it opened is real, and its `open` alert reaches the outbox as soon as the database takes it.
-    Meanwhile the MQTT sink sends the alerts held here too (`pending`, `sent`: the sink's `MemoryOutbox`),
-    so a full or broken disk does not silence detection; one the broker acknowledged before the database
-    took it is dropped from memory (`sent_unstored` counts them) and has no outbox record.
+    Meanwhile the MQTT sink sends the alerts held here too (`pending`, `acknowledged`: the sink's
+    `MemoryOutbox`), so a full or broken disk does not silence detection; one the broker answered stays
+    here, not sent again, and is written delivered (or parked as rejected) with its episode row once the
+    database takes writes (`sent_unstored` counts those delivered from memory).
 
     Rendering cannot fail for readings the sources accept (their timestamps lie in 1970..9999); should a
     window time still be out of range, the alert is sent with the decision time in its place (logged)
@@ -145,21 +146,31 @@ class AlertWriter:
         self.unstored: list[Rendered] = []
         self.failures = 0
         self.sent_unstored = 0  # acknowledged by the broker while not in the outbox
+        self.answered: dict[str, str | None] = {}  # in `unstored` and answered by the broker (`acknowledged`)
         self._logged_at: float | None = None  # monotonic time of the last failure logged; None: none since
 
     def pending(self) -> list[tuple[str, str, bytes]]:
-        """The alerts still in memory, as `(alert_id, topic, payload)`, in decision order."""
-        return [(event.alert_id, topic, payload) for event, topic, payload in self.unstored]
+        """The alerts still in memory that the broker has not answered, as `(alert_id, topic, payload)`, in
+        decision order."""
+        return [(event.alert_id, topic, payload) for event, topic, payload in self.unstored
+                if event.alert_id not in self.answered]
 
-    def sent(self, alert_ids: list[str]) -> None:
-        """The broker acknowledged these; those still in memory need no outbox record any more."""
-        done = set(alert_ids)
-        kept = [item for item in self.unstored if item[0].alert_id not in done]
-        if len(kept) < len(self.unstored):
-            log.warning("%d alerts delivered from memory without an outbox record (the outbox write "
-                        "failed)", len(self.unstored) - len(kept))
-            self.sent_unstored += len(self.unstored) - len(kept)
-            self.unstored = kept
+    def acknowledged(self, outcomes: dict[str, str | None]) -> dict[str, str | None]:
+        """The broker answered these alerts (by id: None delivered, else why it rejected them for good).
+        Those still in memory stay there, not sent again, until the outbox takes them with their outcome
+        (delivered, or parked as rejected) and their episode rows; the outcomes of the others (already in
+        the outbox) are returned, for the sink to mark there."""
+        held = {event.alert_id for event, _topic, _payload in self.unstored}
+        delivered = 0
+        for alert_id, reason in outcomes.items():
+            if alert_id in held:
+                self.answered[alert_id] = reason
+                delivered += int(reason is None)
+        if delivered:
+            log.warning("%d alerts delivered from memory; the outbox records them once it takes writes again",
+                        delivered)
+            self.sent_unstored += delivered
+        return {alert_id: reason for alert_id, reason in outcomes.items() if alert_id not in held}
 
     def _render(self, event: AlertEvent) -> Rendered:
         try:
@@ -185,7 +196,7 @@ class AlertWriter:
         topics = {event.alert_id: topic for event, topic, _payload in pending}
         try:
             self.store.add_alerts([event for event, _t, _p in pending], lambda e: topics[e.alert_id],
-                                  lambda e: payloads[e.alert_id])
+                                  lambda e: payloads[e.alert_id], outcomes=self.answered)
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.failures += 1
             now = time.monotonic()
@@ -200,5 +211,6 @@ class AlertWriter:
             log.info("%s: the outbox takes alerts again (%d written)", self.store.path, len(pending))
             self._logged_at = None
         self.unstored = []
+        self.answered = {}
         self.wake()
         return True

@@ -435,10 +435,22 @@ class _WalKeeper:
             self._cond.notify_all()
 
 
+# SQLite's own messages for the `DISK_FAULTS` codes (sqlite3ErrStr), for Python 3.10, whose sqlite3 errors
+# carry no `sqlite_errorcode` (added in 3.11)
+_FAULT_MESSAGES = (("database or disk is full", SQLITE_FULL), ("disk I/O error", SQLITE_IOERR),
+                   ("attempt to write a readonly database", SQLITE_READONLY),
+                   ("database disk image is malformed", SQLITE_CORRUPT),
+                   ("file is not a database", SQLITE_NOTADB))
+
+
 def _primary_code(exc: BaseException) -> int | None:
-    """The primary SQLite result code of an `sqlite3.Error` (extended codes carry it in the low byte)."""
+    """The primary SQLite result code of an `sqlite3.Error` (extended codes carry it in the low byte); on
+    Python 3.10 read from the message for the `DISK_FAULTS` codes."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(exc)
+    return next((value for message, value in _FAULT_MESSAGES if text.startswith(message)), None)
 
 
 def _disk_fault(exc: BaseException) -> bool:
@@ -691,7 +703,8 @@ class Store:
 
         Age is measured against the newest row of the same clock, never past the gateway's clock: each
         (asset, model)'s windows against its newest `end_ts` (the device's time), delivered outbox rows
-        against the newest `delivered_ts`, closed episodes against their asset and model's newest `end_ts`.
+        against the newest `delivered_ts`, closed episodes against the newest closed `end_ts` (the gateway's
+        clock too).
         A device whose clock is years off, or a gateway clock stepping forward, thus never empties a table;
         undelivered (and rejected) alerts and open episodes are never pruned."""
         try:
@@ -719,10 +732,11 @@ class Store:
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ts IS NOT NULL AND"
             " delivered_ts < min(?, (SELECT max(delivered_ts) FROM outbox)) - ? LIMIT ?)", (now, max_age),
             chunk)
-        self._delete_in_chunks(  # episodes are few: the correlated newest-per-asset is cheap
-            "DELETE FROM episodes WHERE episode_id IN (SELECT episode_id FROM episodes AS e WHERE status ="
-            " 'closed' AND end_ts < min(?, (SELECT max(end_ts) FROM episodes AS n WHERE n.status = 'closed'"
-            " AND n.asset = e.asset AND n.model = e.model)) - ? LIMIT ?)", (now, max_age), chunk)
+        newest_closed = self._query("SELECT max(end_ts) FROM episodes WHERE status = 'closed'")[0][0]
+        if newest_closed is not None:  # episode times are the gateway's clock: one newest for all
+            self._delete_in_chunks(
+                "DELETE FROM episodes WHERE episode_id IN (SELECT episode_id FROM episodes WHERE status ="
+                " 'closed' AND end_ts < ? LIMIT ?)", (min(now, float(newest_closed)) - max_age,), chunk)
         if removed:
             log.debug("pruned %d windows", removed)
         return removed
@@ -748,8 +762,9 @@ class Store:
         if first is None:
             return 0
         upto = first + max(1, int((last - first + 1) * FREE_FRACTION))
-        with self._transaction() as conn:
-            count = max(conn.execute("DELETE FROM windows WHERE id < ?", (upto,)).rowcount, 0)
+        count = self._delete_in_chunks(  # in chunks, as retention: the writer lock is never held long
+            "DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE id < ? LIMIT ?)", (upto,),
+            PRUNE_CHUNK_ROWS)
         log.warning("%s: disk full: deleted the %d oldest scored windows to make room", self.path, count)
         return count
 
@@ -768,22 +783,34 @@ class Store:
 
     # alerts: outbox + episodes ---------------------------------------------------------------------------
     def add_alerts(self, events: Sequence[AlertEvent], topic_for: Callable[[AlertEvent], str],
-                   payload_for: Callable[[AlertEvent], bytes]) -> None:
+                   payload_for: Callable[[AlertEvent], bytes],
+                   outcomes: Mapping[str, str | None] | None = None) -> None:
         """Write alerts to the outbox and their episodes to `episodes`, in one transaction (fsynced).
 
         Topic and payload are rendered now, so what is delivered after a restart is byte for byte what
-        was decided before it."""
+        was decided before it. `outcomes`: alerts the broker already answered while they waited in memory
+        (`pipeline.AlertWriter`), by alert id: None delivered, else the reason it was rejected for good;
+        they are written delivered or parked as rejected (and counted in `alerts_rejected`)."""
         if not events:
             return
         rendered = [(e, topic_for(e), payload_for(e)) for e in events]
         now = self._clock()
+        outcomes = outcomes or {}
+        rejected = 0
         with self._transaction(durable=True, busy_s=LOOP_BUSY_TIMEOUT_S) as conn:
             for event, topic, payload in rendered:
+                answered = event.alert_id in outcomes
+                reason = outcomes.get(event.alert_id)
+                rejected += int(reason is not None)
                 conn.execute(
-                    "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (event.alert_id, event.episode_id, event.state, topic, payload.decode("utf-8"), now))
+                    "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts,"
+                    " delivered_ts, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.alert_id, event.episode_id, event.state, topic, payload.decode("utf-8"), now,
+                     now if answered and reason is None else None, reason))
                 self._upsert_episode(conn, event)
+            if rejected:
+                conn.execute("INSERT INTO counters (name, value) VALUES ('alerts_rejected', ?)"
+                             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (rejected,))
 
     @staticmethod
     def _upsert_episode(conn: sqlite3.Connection, event: AlertEvent) -> None:

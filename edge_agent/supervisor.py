@@ -214,7 +214,8 @@ class Supervisor:
         """Open the database, load the bundle and build engine, decisions, windower, sink and sources."""
         config = self.config
         shutil.rmtree(self._run_dir, ignore_errors=True)
-        self.store = Store.open(config.db_path, config.retention)
+        # in a thread: its quick_check reads the whole file, and on a reload the watchdog pings go on
+        self.store = await asyncio.to_thread(Store.open, config.db_path, config.retention)
         self.recorder = WindowRecorder(self.store)
         self.bundle = await asyncio.to_thread(load_bundle, config, self._run_dir)
         self._bundle_stamp = _file_stamp(self.bundle.source)
@@ -539,9 +540,9 @@ class Supervisor:
         if self.decisions is None:
             return
         waiting = {row["asset"] for row in self.decisions.open_episodes()}
-        silent = [name for name in sorted(waiting) if self.state.freshness(self, name)["silent"]]
-        if silent:
-            async with self._swap_lock:
+        if any(self.state.freshness(self, name)["silent"] for name in waiting):
+            async with self._swap_lock:  # the detector may have scored the asset meanwhile: judge again
+                silent = [name for name in sorted(waiting) if self.state.freshness(self, name)["silent"]]
                 self._store_alerts([event for name in silent
                                     for event in self.decisions.silent(name, time.time())])
 

@@ -54,11 +54,12 @@ class MemoryOutbox(Protocol):
     sends them after the outbox's rows, so detection still reaches SCADA (`pipeline.AlertWriter`)."""
 
     def pending(self) -> list[tuple[str, str, bytes]]:
-        """`(alert_id, topic, payload)` in decision order."""
+        """`(alert_id, topic, payload)` not yet answered, in decision order."""
         ...
 
-    def sent(self, alert_ids: list[str]) -> None:
-        """The broker acknowledged these."""
+    def acknowledged(self, outcomes: dict[str, str | None]) -> dict[str, str | None]:
+        """The broker answered these (None: delivered, else the rejection); returns the outcomes of those
+        no longer held in memory (already in the outbox), for the sink to mark there."""
         ...
 
 
@@ -262,8 +263,8 @@ class MqttUpstream:
                                            "see [mqtt] client_id)")
                 if not self._closing:
                     self._state = "disconnected"
-                    log.warning("upstream broker connection lost%s; %d alerts waiting; reconnecting in "
-                                "%.1f s", why, self._store.backlog(), delay)
+                    log.warning("upstream broker connection lost%s; %s alerts waiting; reconnecting in "
+                                "%.1f s", why, self._backlog(), delay)
                 await self._pause(delay)
         finally:
             self._state = "closed"
@@ -410,26 +411,27 @@ class MqttUpstream:
 
     def _mark_acked(self) -> None:
         """Take the acknowledged prefix of the messages in flight out of flight (ordered), then write it to
-        the outbox. Alerts sent from `memory` are handed back to it as delivered. On a database error (a
+        the outbox. Alerts sent from `memory` are handed back to it with their outcome. On a database error (a
         full disk, a database held by another process) the marks wait in `_unmarked`, retried later; those
         alerts are not sent again meanwhile, and publishing goes on."""
         count = 0
         while count < len(self._order) and self._order[count] in self._acked:
             count += 1
-        from_memory: list[str] = []
+        from_memory: dict[str, str | None] = {}
         for mid in self._order[:count]:
             seq, alert_id = self._inflight.pop(mid)
             self._acked.discard(mid)
             reason = self._rejected.pop(mid, None)
-            self._unmarked[alert_id] = reason
+            if seq < 0:
+                from_memory[alert_id] = reason
+            else:
+                self._unmarked[alert_id] = reason
             if reason is None:
                 self.delivered += 1
                 self._reject_delays = None
-            if seq < 0:
-                from_memory.append(alert_id)
         del self._order[:count]
-        if from_memory and self.memory is not None:
-            self.memory.sent(from_memory)
+        if from_memory and self.memory is not None:  # those the outbox took meanwhile are marked there
+            self._unmarked.update(self.memory.acknowledged(from_memory))
         if not self._unmarked or time.monotonic() < self._mark_retry_at:
             return
         delivered = [alert_id for alert_id, reason in self._unmarked.items() if reason is None]
@@ -446,6 +448,13 @@ class MqttUpstream:
                 self._loop.call_later(MARK_RETRY_S, self._kick.set)
             return
         self._unmarked.clear()
+
+    def _backlog(self) -> int | str:
+        """The outbox's undelivered rows, for a log line ('unknown' when the database cannot be read)."""
+        try:
+            return self._store.backlog()
+        except sqlite3.Error:
+            return "unknown"
 
     # serving --------------------------------------------------------------------------------------------
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:

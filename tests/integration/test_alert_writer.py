@@ -301,3 +301,33 @@ def test_alerts_a_closing_pipeline_cannot_write_go_to_the_next_one(
     decided = asyncio.run(scenario())
     assert "1 alerts could not be written to the outbox before the pipeline stopped" in caplog.text
     assert [row["alert_id"] for row in outbox(config.db_path)] == decided
+
+
+def test_alerts_answered_while_in_memory_are_written_with_their_outcome_and_episode(tmp_path: Path) -> None:
+    """The sink sent two alerts from memory while the outbox refused writes: the broker delivered one and
+    rejected the other for good. Once the database takes writes they are stored so (delivered; parked as
+    rejected and counted), with their episode rows, and neither is pending again."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    opened = engine.process_batch([scored(T0, 3.0, asset="pump-1"), scored(T0, 3.0, asset="pump-2")], T0)
+    assert alerts.write(opened) is False
+    ids = [e.alert_id for e in opened]
+    assert [a for a, _t, _p in alerts.pending()] == ids
+    assert alerts.acknowledged({ids[0]: None, ids[1]: "0x87 Not authorized", "elsewhere": None}) == {
+        "elsewhere": None}  # not held here: the sink marks it in the outbox
+    assert alerts.pending() == []
+    other.execute("ROLLBACK")
+    other.close()
+    assert alerts.retry() is True
+    assert store.backlog() == 0
+    assert store.rejected() == 1
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT alert_id, delivered_ts IS NOT NULL, rejected FROM outbox ORDER BY seq")
+        assert rows.fetchall() == [(ids[0], 1, None), (ids[1], 0, "0x87 Not authorized")]
+        counters = dict(conn.execute("SELECT name, value FROM counters"))
+    assert counters["alerts_rejected"] == 1
+    assert {row["asset"] for row in store.open_episodes()} == {"pump-1", "pump-2"}

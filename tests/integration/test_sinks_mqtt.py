@@ -442,8 +442,9 @@ def test_alerts_the_outbox_cannot_take_are_sent_from_memory(mqtt_broker: Mosquit
         assert len(opened) == 1
         assert alerts.failures == 1  # the outbox write was refused
         sub.wait(lambda: len(sub.on("/anomaly/alert")) == 1, "the open alert, sent from memory")
-        wait_until(lambda: not alerts.unstored, what="the memory copy handed back as sent")
+        wait_until(lambda: alerts.answered == {opened[0]: None}, what="the broker's answer noted in memory")
         assert alerts.sent_unstored == 1
+        assert alerts.pending() == []  # answered: not sent again
         other.execute("ROLLBACK")
         closed = runner.run(decide(0.1)) + runner.run(decide(0.1))
         sub.wait(lambda: len(sub.on("/anomaly/alert")) == 2, "the close alert, from the outbox")
@@ -451,8 +452,11 @@ def test_alerts_the_outbox_cannot_take_are_sent_from_memory(mqtt_broker: Mosquit
         received = sub.on("/anomaly/alert")
         assert [a["alert_id"] for a in received] == opened + closed
         assert [a["state"] for a in received] == ["open", "close"]
-        with sqlite3.connect(tmp_path / "state.db") as conn:  # only the close has an outbox record
-            assert [r[0] for r in conn.execute("SELECT alert_id FROM outbox")] == closed
+        assert alerts.unstored == []
+        with sqlite3.connect(tmp_path / "state.db") as conn:  # the open written delivered, with its episode
+            rows = conn.execute("SELECT alert_id, delivered_ts IS NOT NULL FROM outbox ORDER BY seq")
+            assert rows.fetchall() == [(opened[0], 1), (closed[0], 1)]
+            assert conn.execute("SELECT status FROM episodes").fetchall() == [("closed",)]
     finally:
         other.close()
         runner.stop()

@@ -269,3 +269,16 @@ def test_a_database_corrupted_while_running_does_not_stop_recording_or_retention
     assert any("retention pass failed" in r.getMessage() for r in caplog.records)
     recorder.close()
     running.close()
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("database or disk is full", 13), ("disk I/O error", 10), ("attempt to write a readonly database", 8),
+    ("database disk image is malformed", 11), ("file is not a database", 26), ("database is locked", None)])
+def test_disk_faults_are_told_by_their_message_where_python_gives_no_code(message: str,
+                                                                          code: int | None) -> None:
+    """Python 3.10's sqlite3 errors have no `sqlite_errorcode` (3.11 added it): the message tells."""
+    from edge_agent.storage import _primary_code
+
+    error = sqlite3.OperationalError(message)
+    assert getattr(error, "sqlite_errorcode", None) is None
+    assert _primary_code(error) == code

@@ -188,16 +188,19 @@ class PublishingClient:
 
 
 class Memory:
+    """What `pipeline.AlertWriter` does for the sink: holds alerts, answered ones are not pending."""
+
     def __init__(self, *alert_ids: str) -> None:
         self.items = [(alert_id, "t", alert_id.encode()) for alert_id in alert_ids]
-        self.acked: list[str] = []
+        self.answered: dict[str, str | None] = {}
 
     def pending(self) -> list[tuple[str, str, bytes]]:
-        return list(self.items)
+        return [item for item in self.items if item[0] not in self.answered]
 
-    def sent(self, alert_ids: list[str]) -> None:
-        self.acked += alert_ids
-        self.items = [item for item in self.items if item[0] not in alert_ids]
+    def acknowledged(self, outcomes: dict[str, str | None]) -> dict[str, str | None]:
+        held = {item[0] for item in self.items}
+        self.answered.update({a: r for a, r in outcomes.items() if a in held})
+        return {a: r for a, r in outcomes.items() if a not in held}
 
 
 def test_fill_sends_outbox_rows_then_memory_and_never_an_alert_waiting_for_its_mark() -> None:
@@ -218,7 +221,7 @@ def test_fill_sends_outbox_rows_then_memory_and_never_an_alert_waiting_for_its_m
     for mid in (101, 102, 103):  # all acknowledged; the outbox refuses the marks
         upstream._ack(client, mid, Reason(failure=False))
     assert upstream._inflight == {}
-    assert upstream.memory.acked == ["mem-1"]
-    assert set(upstream._unmarked) == {"alert-1", "alert-2", "mem-1"}
-    upstream._fill()  # the outbox still lists alert-1 and alert-2 as pending: not sent again
+    assert upstream.memory.answered == {"mem-1": None}  # held in memory until the outbox takes it
+    assert set(upstream._unmarked) == {"alert-1", "alert-2"}  # the outbox refused their marks
+    upstream._fill()  # the outbox still lists alert-1 and alert-2 as pending: nothing is sent again
     assert len(client.sent) == 3
