@@ -52,18 +52,28 @@ def writer(store: Store) -> tuple[AlertWriter, Woken]:
     return AlertWriter(store, IDENTITY, lambda e: f"alerts/{e.asset}", wake), wake
 
 
+Locked = tuple[Path, Store, AlertWriter, Woken, DecisionEngine, sqlite3.Connection]
+
+
+def locked_writer(tmp_path: Path) -> Locked:
+    """A store with its AlertWriter and decision engine, and a second connection holding an exclusive lock
+    on the database (another process), so the next outbox write fails; the caller rolls it back."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    return path, store, alerts, wake, engine, other
+
+
 def outbox(path: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(path) as conn:
         return [json.loads(payload) for (payload,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")]
 
 
 def test_alert_kept_in_memory_while_the_database_is_locked_then_written(tmp_path: Path) -> None:
-    path = tmp_path / "agent.db"
-    store = Store.open(path)
-    alerts, wake = writer(store)
-    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    path, store, alerts, wake, engine, other = locked_writer(tmp_path)
     opened = engine.process_batch([scored(T0, 3.0)], T0)
     assert [e.state for e in opened] == ["open"]
     assert alerts.write(opened) is False
@@ -113,12 +123,7 @@ def test_event_loop_writes_give_up_on_a_locked_database_in_a_quarter_second(tmp_
 
 
 def test_retry_writes_kept_alerts_without_new_ones(tmp_path: Path) -> None:
-    path = tmp_path / "agent.db"
-    store = Store.open(path)
-    alerts, _wake = writer(store)
-    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
+    _path, store, alerts, _wake, engine, other = locked_writer(tmp_path)
     assert alerts.write(engine.process_batch([scored(T0, 3.0)], T0)) is False
     assert alerts.retry() is False
     other.execute("ROLLBACK")
@@ -307,12 +312,7 @@ def test_alerts_answered_while_in_memory_are_written_with_their_outcome_and_epis
     """The sink sent two alerts from memory while the outbox refused writes: the broker delivered one and
     rejected the other for good. Once the database takes writes they are stored so (delivered; parked as
     rejected and counted), with their episode rows, and neither is pending again."""
-    path = tmp_path / "agent.db"
-    store = Store.open(path)
-    alerts, _wake = writer(store)
-    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
+    path, store, alerts, _wake, engine, other = locked_writer(tmp_path)
     opened = engine.process_batch([scored(T0, 3.0, asset="pump-1"), scored(T0, 3.0, asset="pump-2")], T0)
     assert alerts.write(opened) is False
     ids = [e.alert_id for e in opened]
