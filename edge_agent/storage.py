@@ -384,6 +384,8 @@ class _WalKeeper:
         self._interval_s = interval_s
         self._cond = threading.Condition()
         self.checkpoints = 0
+        self.failures = 0
+        self._logged_at: float | None = None  # monotonic time of the last failure logged; None: none since
         self._dirty = False
         self._urgent = False  # checkpoint_now()
         self._closed = False
@@ -428,8 +430,15 @@ class _WalKeeper:
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            log.warning("%s: WAL checkpoint failed (retried): %s", self._path, exc)
+            self.failures += 1
+            now = time.monotonic()  # a full disk fails every try: logged at most every FAULT_LOG_INTERVAL_S
+            if self._logged_at is None or now - self._logged_at >= FAULT_LOG_INTERVAL_S:
+                self._logged_at = now
+                log.warning("%s: WAL checkpoint failed (retried): %s; %d failed so far", self._path, exc,
+                            self.failures)
             self._dirty = True
+        else:
+            self._logged_at = None
         with self._cond:
             self.checkpoints += 1
             self._cond.notify_all()

@@ -236,6 +236,12 @@ def test_a_full_disk_drops_windows_and_detection_goes_on(small_disk: Path,
     recorder_errors = [r for r in caplog.records if "scored windows not recorded" in r.getMessage()]
     assert len(recorder_errors) == 1  # at most once a minute
     assert store.backlog() == 1  # the alert is still there to be sent
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.storage"):
+        for _try in range(3):  # the WAL cannot be copied into a file that cannot grow
+            assert store._keeper.checkpoint_now(timeout=10)
+    assert store._keeper.failures >= 3
+    assert len([r for r in caplog.records if "WAL checkpoint failed" in r.getMessage()]) == 1
     filler.unlink()  # space again: windows are recorded again
     written = recorder.written
     recorder.submit([scored(NOW + 9000 + i) for i in range(50)])
