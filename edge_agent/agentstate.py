@@ -8,7 +8,7 @@ The status file (`<state_dir>/status.json`) is rewritten atomically every `statu
      "assets": {"pump-3": {"model", "last_score", "threshold", "last_window_end", "state", "severity",
                            "windows", "stale_windows", "last_window_age_s", "silent"}},
      "open_episodes": [...], "sources": {"line1": {"type", "state", "received", "invalid", "dropped", ...}},
-     "storage": {"recovered_from", "windows_failed", "prune_failures", "alerts_in_memory",
+     "storage": {"in_memory", "recovered_from", "windows_failed", "prune_failures", "alerts_in_memory",
                  "alerts_sent_unstored", "last_fault"},
      "counters": {"windows_scored", "windows_stale", "windows_dropped", "windows_nonfinite",
                   "readings_invalid", "readings_dropped", "readings_received", "readings_out_of_range"}}
@@ -205,14 +205,16 @@ class AgentState:
         }
 
     def storage(self, supervisor: Any) -> dict[str, Any]:
-        """The state database's faults in this process: a damaged file moved aside at start
-        (`recovered_from`), windows the ring buffer could not take and retention passes stopped by a disk
-        fault, alerts waiting in memory because the outbox refused them (sent from there meanwhile) and
-        those delivered without an outbox record, and the latest error."""
+        """The state database's faults in this process: running on a database in memory because the file
+        could not be opened (`in_memory`: a full or read-only disk at start), a damaged file moved aside at
+        start (`recovered_from`), windows the ring buffer could not take and retention passes stopped by a
+        disk fault, alerts waiting in memory because the outbox refused them (sent from there meanwhile) and
+        how many of those the broker acknowledged, and the latest error."""
         store, recorder, alerts = supervisor.store, supervisor.recorder, supervisor.alerts
         faults = [f for f in (getattr(recorder, "last_fault", None), getattr(store, "last_fault", None)) if f]
         moved = getattr(store, "recovered_from", None)
-        return {"recovered_from": str(moved) if moved is not None else None,
+        return {"in_memory": bool(getattr(store, "in_memory", False)),
+                "recovered_from": str(moved) if moved is not None else None,
                 "windows_failed": int(getattr(recorder, "failed_windows", 0)),
                 "prune_failures": int(getattr(store, "prune_failures", 0)),
                 "alerts_in_memory": len(alerts.unstored) if alerts is not None else 0,

@@ -256,6 +256,9 @@ def format_status(status: dict[str, Any]) -> str:
                  + (f"; rejected by the broker: {status['outbox_rejected']}"
                     if status.get("outbox_rejected") else ""))
     storage = _table(status.get("storage"))
+    if storage.get("in_memory"):
+        lines.append("state database: IN MEMORY (the file could not be opened at start: a full or read-only "
+                     "disk); nothing is kept across a restart. Free the disk, then restart the agent")
     if storage.get("recovered_from"):
         lines.append(f"state database was damaged: moved aside to {storage['recovered_from']} at start")
     if storage.get("windows_failed") or storage.get("prune_failures") or storage.get("alerts_in_memory"):

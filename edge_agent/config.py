@@ -160,6 +160,14 @@ class AgentConfig:
         return self.state_dir / "agent.pid"
 
     @property
+    def run_dir(self) -> Path:
+        """Where the active bundle is extracted for the running agent: systemd's `$RUNTIME_DIRECTORY`
+        (`RuntimeDirectory=edge-agent`: /run/edge-agent, in RAM, so no flash wear and a full disk does not
+        stop a start) when set, else `state_dir/run`. Emptied at every start and stop."""
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        return Path(runtime) / "run" if runtime else self.state_dir / "run"
+
+    @property
     def lock_path(self) -> Path:
         """Held (flock) by the running agent for its whole life: one agent per state directory."""
         return self.state_dir / "agent.lock"

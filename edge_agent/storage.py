@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import math
@@ -49,6 +51,8 @@ RECORDER_RETRY_S = 1.0  # the ring-buffer thread's pause before writing again to
 LOCK_RETRY_PAUSE_S = 0.02
 CHECKPOINT_INTERVAL_S = 10.0  # the WAL keeper's passive checkpoints, at most this often while writes come in
 FAULT_LOG_INTERVAL_S = 60.0  # a disk fault that goes on is logged at most this often, with the count so far
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+MEMORY_MAX_ROWS = 10_000  # windows a database in RAM keeps (`Store.open(memory_fallback=True)`)
 FREE_FRACTION = 0.1  # on a full disk the ring buffer gives up this share of its oldest windows, then retries
 # Primary SQLite result codes meaning the disk or the file is the problem, not the agent's code: the ring
 # buffer and retention log them and go on (detection must not stop), `Store.open` moves a corrupt file aside.
@@ -495,13 +499,15 @@ def _check(path: Path) -> None:
         raise _DamagedFileError("quick_check: " + "; ".join(problems[:3]))
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, memory: bool = False) -> sqlite3.Connection:
     """The writer connection to `path`, with WAL and the current schema, once `_check` found the file sound;
-    `_DamagedFileError` if SQLite finds it damaged."""
-    _check(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    `_DamagedFileError` if SQLite finds it damaged. `memory`: a fresh database in RAM instead (no file)."""
+    if not memory:
+        _check(path)
+    conn = sqlite3.connect(":memory:" if memory else path, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_S)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA journal_mode=WAL")  # a database in RAM keeps its own journal mode
         conn.execute("PRAGMA synchronous=NORMAL")  # FULL for alert transactions (`durable=True`)
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: `_WalKeeper`, off the event loop
         conn.execute("PRAGMA foreign_keys=ON")
@@ -569,13 +575,14 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, retention: RetentionConfig,
                  clock: Callable[[], float] = time.time,
-                 checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+                 checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S, *, in_memory: bool = False) -> None:
         self._conn = conn
         self.path = path
+        self.in_memory = in_memory  # `open(memory_fallback=True)` could not use the file: nothing is kept
         self.retention = retention
         self._clock = clock
         self._lock = threading.RLock()
-        self._keeper = _WalKeeper(path, checkpoint_interval_s)
+        self._keeper = _WalKeeper(Path(":memory:") if in_memory else path, checkpoint_interval_s)
         self.recovered_from: Path | None = None  # where `open` moved a damaged database (for status)
         self.prune_failures = 0  # retention passes a disk fault stopped (`DISK_FAULTS`)
         self.last_fault: str | None = None  # the latest such error, for status
@@ -583,15 +590,19 @@ class Store:
     @classmethod
     def open(cls, path: Path, retention: RetentionConfig | None = None,
              clock: Callable[[], float] = time.time,
-             checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> Store:
+             checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S, memory_fallback: bool = False) -> Store:
         """Open (creating if needed) the database at `path` with WAL and the current schema.
 
         A file SQLite finds damaged (`file is not a database`, `database disk image is malformed`, a failed
         `PRAGMA quick_check`) would fail every start: it is moved aside with its `-wal` and `-shm` to
         `<name>.corrupt-<UTC time>` (never deleted), logged as an ERROR, and a fresh database is started;
-        `recovered_from` names the moved file."""
+        `recovered_from` names the moved file. `memory_fallback` (the agent): when a disk fault
+        (`DISK_FAULTS`, or ENOSPC/EDQUOT/EROFS/EIO: a full or read-only disk, an I/O error) keeps the file
+        from opening, a fresh database in RAM is used instead (`in_memory`; `MEMORY_MAX_ROWS` windows at
+        most), so detection and alerts still run; nothing in it outlives the process."""
         path = Path(path)
         moved: Path | None = None
+        retention = retention or RetentionConfig()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -602,10 +613,19 @@ class Store:
                           " %s undelivered alerts in it were not sent", path, exc, moved,
                           _undelivered_in(moved))
                 conn = _connect(path)
-        except (sqlite3.Error, _DamagedFileError) as exc:
-            raise StorageError(f"{path}: cannot open the state database: {exc}") from exc
+        except (sqlite3.Error, OSError, _DamagedFileError) as exc:
+            if not (memory_fallback and (_disk_fault(exc) or getattr(exc, "errno", None) in _DISK_ERRNOS)):
+                raise StorageError(f"{path}: cannot open the state database: {exc}") from exc
+            log.error("state database %s cannot be opened (%s): running on a database in memory; scored "
+                      "windows, alerts and episodes are not kept across a restart. Free the disk and restart "
+                      "the agent", path, exc)
+            memory = cls(_connect(path, memory=True), path,
+                         dataclasses.replace(retention, max_rows=min(retention.max_rows, MEMORY_MAX_ROWS)),
+                         clock, checkpoint_interval_s, in_memory=True)
+            memory.last_fault = str(exc)
+            return memory
         log.info("state database %s open (WAL)", path)
-        store = cls(conn, path, retention or RetentionConfig(), clock, checkpoint_interval_s)
+        store = cls(conn, path, retention, clock, checkpoint_interval_s)
         store.recovered_from = moved
         return store
 

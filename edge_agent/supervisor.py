@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import gc
 import logging
@@ -55,7 +56,7 @@ from edge_agent.pipeline import (
     sink_name,
 )
 from edge_agent.sources import Source, build_source
-from edge_agent.sources.base import FairDropQueue
+from edge_agent.sources.base import FairDropQueue, RateLimitedLog
 from edge_agent.storage import StorageError, Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window
@@ -97,6 +98,20 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _write_pid_file(path: Path) -> None:
+    """The pid file `status` and `bundle install` read. A full disk does not stop the start (the state
+    database then runs in memory, docs/storage.md "Faults"): logged, and without the file `bundle install`
+    cannot tell the running agent (restart it after an install); other errors do."""
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        path.unlink(missing_ok=True)  # a truncated file names no process
+        log.error("cannot write the pid file %s (%s): starting without it; `edge-agent bundle install` "
+                  "cannot notify this agent until it is restarted with free space", path, exc.strerror)
 
 
 def _hold_instance_lock(config: AgentConfig) -> int:
@@ -142,6 +157,9 @@ class Supervisor:
         self.windower: Windower | None = None
         self.sources: list[Source] = []
         self.alerts: AlertWriter | None = None
+        # a full disk fails these every status_interval_s: logged at first, then once a minute with a count
+        self._status_file_log = RateLimitedLog(log, 60.0)
+        self._counters_log = RateLimitedLog(log, 60.0)
         self._carried_alerts: list[Rendered] = []  # alerts a closing pipeline could not write, for the next
         self._watchdog: asyncio.Task[None] | None = None
         self._status_io: asyncio.Future[dict[str, int]] | None = None  # the status loop's write (a thread)
@@ -169,7 +187,7 @@ class Supervisor:
             try:
                 self.config.state_dir.mkdir(parents=True, exist_ok=True)
                 instance_lock = _hold_instance_lock(self.config)
-                self.config.pid_path.write_text(f"{os.getpid()}\n")
+                _write_pid_file(self.config.pid_path)
             except OSError as exc:
                 raise ConfigError("state_dir", f"cannot write the state directory: {exc.strerror or exc} "
                                   "(StateDirectory= in the unit makes it)", str(self.config.state_dir),
@@ -208,14 +226,15 @@ class Supervisor:
     # pipeline --------------------------------------------------------------------------------------------
     @property
     def _run_dir(self) -> Path:
-        return self.config.state_dir / "run"
+        return self.config.run_dir
 
     async def open_pipeline(self) -> None:
         """Open the database, load the bundle and build engine, decisions, windower, sink and sources."""
         config = self.config
         shutil.rmtree(self._run_dir, ignore_errors=True)
         # in a thread: its quick_check reads the whole file, and on a reload the watchdog pings go on
-        self.store = await asyncio.to_thread(Store.open, config.db_path, config.retention)
+        self.store = await asyncio.to_thread(Store.open, config.db_path, config.retention,
+                                             memory_fallback=True)
         self.recorder = WindowRecorder(self.store)
         self.bundle = await asyncio.to_thread(load_bundle, config, self._run_dir)
         self._bundle_stamp = _file_stamp(self.bundle.source)
@@ -356,7 +375,7 @@ class Supervisor:
             if path.resolve() == self.bundle.source.resolve() and _file_stamp(path) == self._bundle_stamp:
                 log.info("reload: config and bundle unchanged")
                 return False
-            bundle = await asyncio.to_thread(load_bundle, new, new.state_dir / "run")
+            bundle = await asyncio.to_thread(load_bundle, new, new.run_dir)
         except Exception as exc:  # any bad bundle (or a damaged store) keeps the running one  # noqa: BLE001
             log.error("new bundle not loaded, keeping %s %s: %s", self.bundle.manifest.name,
                       self.bundle.manifest.version, exc)
@@ -572,13 +591,13 @@ class Supervisor:
         try:
             write_status_file(self.config.status_path, snapshot)
         except (OSError, ValueError) as exc:
-            log.warning("cannot write status file %s: %s", self.config.status_path, exc)
+            self._status_file_log.warning("cannot write status file %s: %s", self.config.status_path, exc)
         if self.store is None or not deltas:
             return {}
         try:
             self.store.incr_counters(deltas)
         except (sqlite3.Error, StorageError, OSError) as exc:
-            log.warning("%s: counters not stored yet (kept, added with the next ones): %s", self.store.path,
-                        exc)
+            self._counters_log.warning("%s: counters not stored yet (kept, added with the next ones): %s",
+                                       self.store.path, exc)
             return deltas
         return {}

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -288,3 +289,52 @@ def test_disk_faults_are_told_by_their_message_where_python_gives_no_code(messag
     error = sqlite3.OperationalError(message)
     assert getattr(error, "sqlite_errorcode", None) is None
     assert _primary_code(error) == code
+
+
+def test_an_agent_started_on_a_full_disk_runs_on_a_database_in_memory(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The state directory's disk is full before the start: the agent (in-process, a real replay source
+    ending in a fault) still starts, scores and alerts, on a database in RAM, with the bundle extracted to
+    the runtime directory (systemd's `RuntimeDirectory=`); its status says so."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.supervisor import Supervisor
+    from tests.integration.agent_harness import MEANS, PERIOD, STDS, make_bundle, write_config
+    from tests.support import poll_until
+
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "runtime"))
+    bundle, keys = make_bundle(tmp_path)
+    csv = tmp_path / "plant.csv"
+    csv.write_text("ts,flow,pressure\n" + "".join(
+        f"{i * PERIOD:.3f},{MEANS[0] + (40 * STDS[0] if i >= 60 else 0.0)},{MEANS[1]}\n" for i in range(100)))
+    sources = {"plant": {"type": "replay", "path": str(csv), "timestamp_field": "ts", "speed": 0.0}}
+    assets = {"pump-1": {"model": "pump", "source": "plant",
+                         "channels": {"flow": "flow", "pressure": "pressure"}}}
+    state = small_disk / "state"
+    state.mkdir()
+    config = AgentConfig.load(write_config(tmp_path, state, bundle, keys, sources, assets))
+    _fill(small_disk / "filler")
+    sup = Supervisor(config)
+
+    def alert_states() -> list[str]:
+        store = sup.store
+        return [] if store is None else [row[0] for row in store._query("SELECT state FROM outbox")]
+
+    async def scenario() -> dict[str, Any]:
+        task = asyncio.create_task(sup.run())
+        try:
+            await poll_until(lambda: "open" in alert_states() or task.done(), "the open alert", timeout=30)
+            assert not task.done(), "the agent stopped"
+            return sup.snapshot()
+        finally:
+            sup.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    with caplog.at_level(logging.ERROR):
+        snapshot = asyncio.run(scenario())
+    assert snapshot["storage"]["in_memory"] is True
+    assert snapshot["counters"]["windows_scored"] > 0
+    assert "running on a database in memory" in caplog.text
+    assert "cannot write the pid file" in caplog.text
+    assert not (state / "agent.pid").exists()
+    assert not (state / "run").exists()  # the bundle went to the runtime directory
