@@ -819,7 +819,9 @@ class Store:
         Topic and payload are rendered now, so what is delivered after a restart is byte for byte what
         was decided before it. `outcomes`: alerts the broker already answered while they waited in memory
         (`pipeline.AlertWriter`), by alert id: None delivered, else the reason it was rejected for good;
-        they are written delivered or parked as rejected (and counted in `alerts_rejected`)."""
+        they are written delivered or parked as rejected (and counted in `alerts_rejected`). An alert
+        already in the outbox (a COMMIT reported failed after it had committed, and the caller kept it to
+        write again) is skipped with its episode change, not refused."""
         if not events:
             return
         rendered = [(e, topic_for(e), payload_for(e)) for e in events]
@@ -830,13 +832,15 @@ class Store:
             for event, topic, payload in rendered:
                 answered = event.alert_id in outcomes
                 reason = outcomes.get(event.alert_id)
-                rejected += int(reason is not None)
-                conn.execute(
+                added = conn.execute(
                     "INSERT INTO outbox (alert_id, episode_id, state, topic, payload, created_ts,"
-                    " delivered_ts, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " delivered_ts, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (alert_id) DO NOTHING",
                     (event.alert_id, event.episode_id, event.state, topic, payload.decode("utf-8"), now,
-                     now if answered and reason is None else None, reason))
-                self._upsert_episode(conn, event)
+                     now if answered and reason is None else None, reason)).rowcount
+                if added:  # else written by a transaction reported failed that had committed: done then
+                    self._upsert_episode(conn, event)
+                    rejected += int(reason is not None)
             if rejected:
                 conn.execute("INSERT INTO counters (name, value) VALUES ('alerts_rejected', ?)"
                              " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (rejected,))

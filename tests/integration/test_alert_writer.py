@@ -331,3 +331,21 @@ def test_alerts_answered_while_in_memory_are_written_with_their_outcome_and_epis
         counters = dict(conn.execute("SELECT name, value FROM counters"))
     assert counters["alerts_rejected"] == 1
     assert {row["asset"] for row in store.open_episodes()} == {"pump-1", "pump-2"}
+
+
+def test_an_alert_already_in_the_outbox_is_skipped_not_refused(tmp_path: Path) -> None:
+    """A COMMIT reported failed after it had committed leaves the alerts in memory although the outbox has
+    them: writing them again must neither fail on the unique alert id (every later alert would then stay in
+    memory) nor count their episode twice."""
+    store = Store.open(tmp_path / "agent.db")
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    opened = engine.process_batch([scored(T0, 3.0)], T0)
+    assert alerts.write(opened) is True
+    alerts.unstored = [alerts._render(event) for event in opened]  # as a misreported commit leaves them
+    closed = engine.process_batch([scored(T0 + 1, 0.1)], T0 + 1) + engine.process_batch([scored(T0 + 2, 0.1)],
+                                                                                        T0 + 2)
+    assert alerts.write(closed) is True
+    assert [row["state"] for row in outbox(tmp_path / "agent.db")] == ["open", "close"]
+    with sqlite3.connect(tmp_path / "agent.db") as conn:
+        assert conn.execute("SELECT status, alerts FROM episodes").fetchall() == [("closed", 2)]

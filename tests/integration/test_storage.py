@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -105,13 +106,17 @@ def test_outbox_order_delivery_and_backlog(tmp_path: Path) -> None:
     assert store.backlog() == 3
 
 
-def test_duplicate_alert_id_rolls_back_the_whole_batch(tmp_path: Path) -> None:
+def test_a_failing_row_rolls_back_the_whole_batch_and_a_stored_alert_id_is_skipped(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state.db")
     first = event()
     add(store, [first])
+    broken = dataclasses.replace(event(), episode_id=None)  # NOT NULL: the insert fails
     with pytest.raises(sqlite3.IntegrityError):
-        add(store, [event(), first])
+        add(store, [event(), broken])
     assert store.backlog() == 1  # the batch was one transaction
+    add(store, [first, event()])  # `first` is in the outbox already (a misreported commit): skipped
+    assert store.backlog() == 2
+    assert [row["alerts"] for row in store.open_episodes() if row["episode_id"] == first.episode_id] == [1]
 
 
 def test_outbox_and_open_episodes_survive_reopen(tmp_path: Path) -> None:
