@@ -211,7 +211,8 @@ class AgentState:
         disk fault, alerts waiting in memory because the outbox refused them (sent from there meanwhile) and
         how many of those the broker acknowledged, and the latest error."""
         store, recorder, alerts = supervisor.store, supervisor.recorder, supervisor.alerts
-        faults = [f for f in (getattr(recorder, "last_fault", None), getattr(store, "last_fault", None)) if f]
+        faults = sorted(((getattr(part, "last_fault_at", 0.0), part.last_fault) for part in (recorder, store)
+                         if getattr(part, "last_fault", None)), reverse=True)  # the newest first
         moved = getattr(store, "recovered_from", None)
         return {"in_memory": bool(getattr(store, "in_memory", False)),
                 "recovered_from": str(moved) if moved is not None else None,
@@ -219,7 +220,7 @@ class AgentState:
                 "prune_failures": int(getattr(store, "prune_failures", 0)),
                 "alerts_in_memory": len(alerts.unstored) if alerts is not None else 0,
                 "alerts_sent_unstored": alerts.sent_unstored if alerts is not None else 0,
-                "last_fault": faults[0] if faults else None}
+                "last_fault": faults[0][1] if faults else None}
 
     def freshness(self, supervisor: Any, asset: str) -> dict[str, Any]:
         """`last_window_age_s` (None before the first scored window) and `silent` for one asset."""

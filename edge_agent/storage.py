@@ -231,6 +231,7 @@ class WindowRecorder:
         self.requeued = 0  # batches put back for that reason
         self.failed_windows = 0  # windows given up on a disk fault (`DISK_FAULTS`)
         self.last_fault: str | None = None  # the latest such error, for status
+        self.last_fault_at = 0.0  # its wall-clock time (status shows the newer of the store's and recorder's)
         self._fault_logged_at: float | None = None  # monotonic time of the last disk-fault log line
         self._freeing_helps = True  # False once a batch failed even after `free_space`; a success resets it
         self._held_elsewhere = False  # the last write found the database held; cleared by the next success
@@ -333,7 +334,7 @@ class WindowRecorder:
         """Count a batch a disk fault refused; log the count at most every `FAULT_LOG_INTERVAL_S`."""
         with self._cond:
             self.failed_windows += len(batch)
-            self.last_fault = str(exc)
+            self.last_fault, self.last_fault_at = str(exc), time.time()
             self._held_elsewhere = False
         now = time.monotonic()
         if self._fault_logged_at is None or now - self._fault_logged_at >= FAULT_LOG_INTERVAL_S:
@@ -586,6 +587,7 @@ class Store:
         self.recovered_from: Path | None = None  # where `open` moved a damaged database (for status)
         self.prune_failures = 0  # retention passes a disk fault stopped (`DISK_FAULTS`)
         self.last_fault: str | None = None  # the latest such error, for status
+        self.last_fault_at = 0.0  # its wall-clock time (status shows the newer of the store's and recorder's)
 
     @classmethod
     def open(cls, path: Path, retention: RetentionConfig | None = None,
@@ -622,7 +624,7 @@ class Store:
             memory = cls(_connect(path, memory=True), path,
                          dataclasses.replace(retention, max_rows=min(retention.max_rows, MEMORY_MAX_ROWS)),
                          clock, checkpoint_interval_s, in_memory=True)
-            memory.last_fault = str(exc)
+            memory.last_fault, memory.last_fault_at = str(exc), time.time()
             return memory
         log.info("state database %s open (WAL)", path)
         store = cls(conn, path, retention, clock, checkpoint_interval_s)
@@ -742,7 +744,7 @@ class Store:
             if not _disk_fault(exc):
                 raise
             self.prune_failures += 1
-            self.last_fault = str(exc)
+            self.last_fault, self.last_fault_at = str(exc), time.time()
             log.error("%s: retention pass failed, the disk or the database file failed (%s); %d failed"
                       " so far", self.path, exc, self.prune_failures)
             return 0

@@ -53,3 +53,16 @@ def test_stale_and_out_of_range_counts_survive_a_new_windower() -> None:
     persist(state, sup, db)
     assert (db["windows_stale"], db["readings_out_of_range"]) == before
     assert state.totals(sup)["windows_stale"] == before[0]
+
+
+def test_storage_status_shows_the_newest_fault_of_store_and_recorder() -> None:
+    store = SimpleNamespace(in_memory=False, recovered_from=None, prune_failures=1,
+                            last_fault="disk I/O error", last_fault_at=200.0)
+    recorder = SimpleNamespace(failed_windows=64, last_fault="database or disk is full", last_fault_at=100.0)
+    alerts = SimpleNamespace(unstored=[object()], sent_unstored=1)
+    sup = SimpleNamespace(store=store, recorder=recorder, alerts=alerts)
+    assert AgentState().storage(sup) == {
+        "in_memory": False, "recovered_from": None, "windows_failed": 64, "prune_failures": 1,
+        "alerts_in_memory": 1, "alerts_sent_unstored": 1, "last_fault": "disk I/O error"}
+    recorder.last_fault_at = 300.0
+    assert AgentState().storage(sup)["last_fault"] == "database or disk is full"
