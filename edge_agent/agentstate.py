@@ -119,15 +119,8 @@ class AgentState:
         self.bundle = {"name": bundle.manifest.name, "version": bundle.manifest.version,
                        "path": str(bundle.source)}
 
-    def scored(self, item: ScoredWindow) -> None:
-        self.counters["windows_scored"] += 1
-        self.scored_at[item.window.asset] = time.monotonic()
-        self.last[item.window.asset] = {"model": item.window.model, "last_score": float(item.score),
-                                        "threshold": float(item.threshold),
-                                        "last_window_end": item.window.end_ts}
-
     def scored_batch(self, items: Sequence[ScoredWindow]) -> None:
-        """`scored` for a batch: the count, and the last window of each asset in it."""
+        """A scored batch: the count, and the last window of each asset in it."""
         self.counters["windows_scored"] += len(items)
         latest = {item.window.asset: item for item in items}
         now = time.monotonic()

@@ -19,6 +19,7 @@ from edge_agent.bundle import Bundle, SigningKeyError, read_bundle
 from edge_agent.config import AgentConfig, check_against_manifest
 from edge_agent.configtools import ConfigError
 from edge_agent.inference import ProviderSettings
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.sinks.console import ConsoleSink
 from edge_agent.sinks.mqtt import MqttUpstream
 from edge_agent.sinks.payload import alert_payload
@@ -147,7 +148,7 @@ class AlertWriter:
         self.failures = 0
         self.sent_unstored = 0  # acknowledged by the broker while not in the outbox
         self.answered: dict[str, str | None] = {}  # in `unstored` and answered by the broker (`acknowledged`)
-        self._logged_at: float | None = None  # monotonic time of the last failure logged; None: none since
+        self._failure_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL_S)
 
     def pending(self) -> list[tuple[str, str, bytes]]:
         """The alerts still in memory that the broker has not answered, as `(alert_id, topic, payload)`, in
@@ -199,17 +200,14 @@ class AlertWriter:
                                   lambda e: payloads[e.alert_id], outcomes=self.answered)
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.failures += 1
-            now = time.monotonic()
-            if self._logged_at is None or now - self._logged_at >= FAILURE_LOG_INTERVAL_S:
-                self._logged_at = now
-                log.error("%s: %d alerts not written to the outbox yet (kept in memory, retried, and sent "
-                          "from memory meanwhile): %s; %d failed tries so far", self.store.path, len(pending),
-                          exc, self.failures)
+            self._failure_log.error("%s: %d alerts not written to the outbox yet (kept in memory, retried, "
+                                    "and sent from memory meanwhile): %s; %d failed tries so far",
+                                    self.store.path, len(pending), exc, self.failures)
             self.wake()  # the sink sends them from memory (`pending`)
             return False
-        if self._logged_at is not None:
+        if self._failure_log.active:
             log.info("%s: the outbox takes alerts again (%d written)", self.store.path, len(pending))
-            self._logged_at = None
+            self._failure_log.reset()
         self.unstored = []
         self.answered = {}
         self.wake()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.configtools import Section
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.types import AlertEvent, ScoredWindow
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class WindowRecorder:
         self.failed_windows = 0  # windows given up on a disk fault (`DISK_FAULTS`)
         self.last_fault: str | None = None  # the latest such error, for status
         self.last_fault_at = 0.0  # its wall-clock time (status shows the newer of the store's and recorder's)
-        self._fault_logged_at: float | None = None  # monotonic time of the last disk-fault log line
+        self._fault_log = RateLimitedLog(log, FAULT_LOG_INTERVAL_S)
         self._freeing_helps = True  # False once a batch failed even after `free_space`; a success resets it
         self._held_elsewhere = False  # the last write found the database held; cleared by the next success
         self._thread = threading.Thread(target=self._run, name="storage[windows]", daemon=True)
@@ -336,11 +337,9 @@ class WindowRecorder:
             self.failed_windows += len(batch)
             self.last_fault, self.last_fault_at = str(exc), time.time()
             self._held_elsewhere = False
-        now = time.monotonic()
-        if self._fault_logged_at is None or now - self._fault_logged_at >= FAULT_LOG_INTERVAL_S:
-            self._fault_logged_at = now
-            log.error("%s: scored windows not recorded, the disk or the database file failed (%s); %d windows"
-                      " lost so far, detection goes on", self._store.path, exc, self.failed_windows)
+        self._fault_log.error("%s: scored windows not recorded, the disk or the database file failed (%s); %d"
+                              " windows lost so far, detection goes on", self._store.path, exc,
+                              self.failed_windows)
 
     def _failed(self, batch: Sequence[ScoredWindow], exc: BaseException) -> None:
         log.error("%s: writing %d scored windows failed: %s", self._store.path, len(batch), exc)
@@ -390,7 +389,7 @@ class _WalKeeper:
         self._cond = threading.Condition()
         self.checkpoints = 0
         self.failures = 0
-        self._logged_at: float | None = None  # monotonic time of the last failure logged; None: none since
+        self._fault_log = RateLimitedLog(log, FAULT_LOG_INTERVAL_S)
         self._dirty = False
         self._urgent = False  # checkpoint_now()
         self._closed = False
@@ -435,15 +434,12 @@ class _WalKeeper:
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            self.failures += 1
-            now = time.monotonic()  # a full disk fails every try: logged at most every FAULT_LOG_INTERVAL_S
-            if self._logged_at is None or now - self._logged_at >= FAULT_LOG_INTERVAL_S:
-                self._logged_at = now
-                log.warning("%s: WAL checkpoint failed (retried): %s; %d failed so far", self._path, exc,
-                            self.failures)
+            self.failures += 1  # a full disk fails every try
+            self._fault_log.warning("%s: WAL checkpoint failed (retried): %s; %d failed so far", self._path,
+                                    exc, self.failures)
             self._dirty = True
         else:
-            self._logged_at = None
+            self._fault_log.reset()
         with self._cond:
             self.checkpoints += 1
             self._cond.notify_all()

@@ -43,6 +43,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.configtools import ConfigError
 from edge_agent.decisions import DecisionEngine
 from edge_agent.inference import InferenceEngine
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.pipeline import (
     AlertWriter,
     FatalTaskError,
@@ -56,7 +57,7 @@ from edge_agent.pipeline import (
     sink_name,
 )
 from edge_agent.sources import Source, build_source
-from edge_agent.sources.base import FairDropQueue, RateLimitedLog
+from edge_agent.sources.base import FairDropQueue
 from edge_agent.storage import StorageError, Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window

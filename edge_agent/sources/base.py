@@ -17,7 +17,6 @@ import collections
 import logging
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from edge_agent.configtools import ConfigError, Section
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.types import Reading
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,6 @@ class SourceStats:
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "received": self.received, "invalid": self.invalid,
                 "dropped": self.dropped, "reconnects": self.reconnects}
-
-
-class RateLimitedLog:
-    """Logs the first occurrence at once, then at most one line per `interval_s` with a count of the rest,
-    so a device spewing garbage cannot flood the journal."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last: float | None = None
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> bool:
-        """Log unless one was logged in the last interval; returns whether it was logged."""
-        now = self.clock()
-        if self._last is not None and now - self._last < self.interval_s:
-            self.suppressed += 1
-            return False
-        if self.suppressed:
-            self.logger.warning("%s (%d similar suppressed)", msg % args, self.suppressed)
-        else:
-            self.logger.warning(msg, *args)
-        self._last = now
-        self.suppressed = 0
-        return True
 
 
 class DropOldestQueue(Generic[T]):

@@ -24,7 +24,7 @@ from datetime import timezone
 
 from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section
-from edge_agent.sources.base import RateLimitedLog
+from edge_agent.logtools import RateLimitedLog
 
 LINE_FORMATS = ("csv", "json", "kv")
 TIMESTAMP_FORMATS = ("unix_s", "unix_ms", "iso8601")

@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import Reconnects, backoff_delays
 from edge_agent.configtools import ConfigError, Section, join
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.mqttloop import (
     BufferedClient,
     ConnectRefusedError,
@@ -42,7 +43,6 @@ from edge_agent.mqttloop import (
     settle_connack,
 )
 from edge_agent.sources.base import (
-    RateLimitedLog,
     SecretRef,
     Source,
     broker_login,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sources.base import DropOldestQueue, FairDropQueue, RateLimitedLog
+from edge_agent.logtools import RateLimitedLog
+from edge_agent.sources.base import DropOldestQueue, FairDropQueue
 from edge_agent.supervisor import FatalTaskError, RestartBudget, _find_fatal
 from edge_agent.systemd import Notifier
 from tests.support import FakeClock
@@ -67,6 +68,20 @@ def test_rate_limited_log_counts_suppressed(caplog: pytest.LogCaptureFixture) ->
         clock.now = 11
         assert limited.warning("bad line %d", 4)
     assert [r.getMessage() for r in caplog.records] == ["bad line 1", "bad line 4 (2 similar suppressed)"]
+
+
+def test_rate_limited_log_logs_at_once_again_after_a_reset(caplog: pytest.LogCaptureFixture) -> None:
+    limited = RateLimitedLog(logging.getLogger("t"), interval_s=60, clock=FakeClock())
+    assert not limited.active
+    with caplog.at_level(logging.WARNING):
+        assert limited.error("disk full")
+        assert not limited.error("disk full")
+        assert limited.active
+        limited.reset()  # the condition is over
+        assert not limited.active
+        assert limited.error("disk full again")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("ERROR", "disk full"),
+                                                                      ("ERROR", "disk full again")]
 
 
 def test_drop_oldest_queue_counts_drops() -> None:
