@@ -478,18 +478,28 @@ class _DamagedFileError(Exception):
     """SQLite found the database file damaged (not a database, malformed, or a failed `quick_check`)."""
 
 
+def _damaged(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def _read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection to `path`, closed on leaving the `with`: closing it never checkpoints the
+    file's WAL into it nor deletes that WAL."""
+    return contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                              timeout=BUSY_TIMEOUT_S))
+
+
 def _check(path: Path) -> None:
     """`PRAGMA quick_check` of an existing database (docs/storage.md has its measured cost), on a read-only
-    connection: closing it never checkpoints a damaged file's WAL into it nor deletes that WAL.
-    `_DamagedFileError` if SQLite finds the file damaged."""
+    connection (a damaged file's WAL stays as it is). `_DamagedFileError` if SQLite finds the file
+    damaged."""
     if not path.exists():
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                                timeout=BUSY_TIMEOUT_S)) as conn:
+        with _read_only(path) as conn:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
     except sqlite3.DatabaseError as exc:
-        if _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        if _damaged(exc):
             raise _DamagedFileError(str(exc)) from exc
         raise
     if problems != ["ok"]:
@@ -518,7 +528,7 @@ def _connect(path: Path, memory: bool = False) -> sqlite3.Connection:
                                f" (expected {SCHEMA_VERSION})")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        if _damaged(exc):
             raise _DamagedFileError(str(exc)) from exc
         raise
     except BaseException:
@@ -550,7 +560,7 @@ def _undelivered_in(path: Path) -> str:
     """How many undelivered alerts a moved-aside database still shows, for the log ('an unknown number' if
     it cannot be read)."""
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with _read_only(path) as conn:
             count = conn.execute("SELECT count(*) FROM outbox WHERE delivered_ts IS NULL").fetchone()[0]
     except sqlite3.Error:
         return "an unknown number of"

@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.backoff import Reconnects, backoff_delays
 from edge_agent.configtools import ConfigError, Section
+from edge_agent.logtools import RateLimitedLog
 from edge_agent.mqttloop import (
     BufferedClient,
     ConnectRefusedError,
@@ -205,7 +206,7 @@ class MqttUpstream:
         self._reject_delays: Iterator[float] | None = None  # backoff while the broker refuses alerts
         self._hold_s = 0.0  # pause before reconnecting after a transient refusal
         self._mark_retry_at = 0.0  # after a failed outbox write
-        self._read_error_log_at = 0.0  # a failed outbox read is logged at most once a minute
+        self._read_error_log = RateLimitedLog(log, 60.0)  # a failed outbox read
         self.delivered = 0
         self.connects = 0
         self.status_topic = config.status_topic_template.format(
@@ -488,9 +489,8 @@ class MqttUpstream:
             rows = [(row.seq, row.alert_id, row.topic, row.payload)
                     for row in self._store.pending(limit=len(skip) + room)]
         except sqlite3.Error as exc:  # a damaged or unreadable database: what is in memory still goes out
-            if time.monotonic() >= self._read_error_log_at:
-                log.error("cannot read the outbox (%s); sending only the alerts held in memory", exc)
-                self._read_error_log_at = time.monotonic() + 60.0
+            self._read_error_log.error("cannot read the outbox (%s); sending only the alerts held in memory",
+                                       exc)
             rows = []
         if self.memory is not None:
             rows += [(-1, alert_id, topic, payload) for alert_id, topic, payload in self.memory.pending()]
