@@ -176,7 +176,7 @@ def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict
         problems.append(f"detrend_channels: checkpoint has {_short(metadata['detrend_channels'])}, run.json "
                         f"has {_short(centred)}")
     shape = vae.shape.to_dict()
-    if run["model_shape"] != shape:
+    if _stated_shape(run["model_shape"]) != shape:
         problems.append(f"model_shape: checkpoint has {shape}, run.json has {run['model_shape']}")
     if shape["n_channels"] != len(run["channels"]):
         problems.append(f"the network takes {shape['n_channels']} channels, run.json lists "
@@ -192,14 +192,27 @@ def _check_consistency(root: Path, run: dict[str, Any], vae: Any, metadata: dict
             model = load_config(config_path).model
         except ValueError as exc:  # ConfigError is a ValueError naming the key path
             raise ExportError(f"{config_path}: {exc}") from exc
-        wanted = {"latent_dim": model.latent_dim, "hidden": list(model.hidden),
+        wanted = {"kind": model.kind, "latent_dim": model.latent_dim, "hidden": list(model.hidden),
                   "kernel_size": model.kernel_size}
+        if model.kind == "tcn_vae":
+            wanted["dilations"] = list(model.dilations)
         for key, value in wanted.items():
             if shape[key] != value:
                 problems.append(f"model.{key}: config.toml says {value}, the checkpoint has {shape[key]}")
     if problems:
         raise ExportError(f"{root / 'checkpoint.pt'}: checkpoint does not match its config: "
                           + "; ".join(problems))
+
+
+def _stated_shape(stated: Any) -> Any:
+    """run.json's `model_shape` with the keys runs from before `kind` lack filled in as the checkpoint
+    loader fills them (a Conv1D VAE); as it is when it cannot be read."""
+    from trainer.torch_model import VaeShape
+
+    try:
+        return VaeShape.from_dict(stated).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return stated
 
 
 def _short(value: Any) -> str:

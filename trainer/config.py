@@ -18,6 +18,8 @@ from edge_agent.compat import tomllib
 from edge_agent.configtools import ConfigError, Section
 
 SOURCES = ("cmapss", "skab", "csv", "synthetic")
+# `[model] kind`: the networks of `trainer.torch_model.MODEL_KINDS` (named here so parsing needs no torch).
+MODEL_KINDS = ("conv_vae", "tcn_vae")
 SCORE_CHOICES = ("auto", "reconstruction", "elbo", "latent")
 BASELINES = ("none", "per_asset_initial", "auto")
 # Parameters of each `trainer.calibration` method and their kind: "rate" in (0, 1), "positive" > 0, "block" an
@@ -90,6 +92,7 @@ class ModelConfig:
     kernel_size: int = 5
     beta: float = 0.1
     kl_warmup_epochs: int = 5
+    dilations: tuple[int, ...] = (1, 2, 4, 8)  # tcn_vae only: one residual block per dilation
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,7 @@ def _parse(top: Section) -> TrainerConfig:
     )
     w.finish()
     m = top.section("model")
-    model = ModelConfig(
-        m.choice("kind", ("conv_vae",), "conv_vae"),
-        m.integer("latent_dim", 8, minimum=1),
-        _int_list(m, "hidden", (32, 64, 64)),
-        m.integer("kernel_size", 5, minimum=1),
-        m.number("beta", 0.1, minimum=0),
-        m.integer("kl_warmup_epochs", 5, minimum=0),
-    )
+    model = _model_config(m)
     m.finish()
     t = top.section("training")
     training = TrainConfig(
@@ -213,7 +209,7 @@ def _parse(top: Section) -> TrainerConfig:
     )
     e.finish()
     top.finish()
-    if data.cmapss is not None and windows.length < 2 ** len(model.hidden):
+    if model.kind == "conv_vae" and data.cmapss is not None and windows.length < 2 ** len(model.hidden):
         raise ConfigError(
             "windows -> length",
             f"must be at least {2 ** len(model.hidden)} for {len(model.hidden)} strided layers",
@@ -299,6 +295,28 @@ def _data(d: Section) -> DataConfig:
     return config
 
 
+def _model_config(m: Section) -> ModelConfig:
+    kind = m.choice("kind", MODEL_KINDS, "conv_vae")
+    if kind != "tcn_vae" and "dilations" in m:
+        raise ConfigError(m.key_path("dilations"), 'is only used by kind = "tcn_vae"', m.raw("dilations"))
+    default_hidden = (32,) if kind == "tcn_vae" else (32, 64, 64)
+    model = ModelConfig(
+        kind,
+        m.integer("latent_dim", 8, minimum=1),
+        _int_list(m, "hidden", default_hidden),
+        m.integer("kernel_size", 3 if kind == "tcn_vae" else 5, minimum=1),
+        m.number("beta", 0.1, minimum=0),
+        m.integer("kl_warmup_epochs", 5, minimum=0),
+        _int_list(m, "dilations", (1, 2, 4, 8)),
+    )
+    if kind == "tcn_vae" and len(model.hidden) != 1:
+        raise ConfigError(m.key_path("hidden"), "tcn_vae takes one width (its residual blocks' channels)",
+                          list(model.hidden))
+    if kind == "tcn_vae" and model.kernel_size % 2 == 0:
+        raise ConfigError(m.key_path("kernel_size"), "tcn_vae needs an odd kernel size", model.kernel_size)
+    return model
+
+
 def _int_list(section: Section, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
     value = section.get(key, list, list(default))
     if not value:
@@ -325,6 +343,9 @@ def config_to_toml(config: TrainerConfig) -> str:
         data["units"] = dict(config.data.units)
     model = asdict(config.model)
     model["hidden"] = list(config.model.hidden)
+    model["dilations"] = list(config.model.dilations)
+    if config.model.kind != "tcn_vae":
+        del model["dilations"]  # refused for other kinds
     calibration = {"method": config.calibration.method, "target_far": config.calibration.target_far,
                    "params": dict(config.calibration.params)}
     tables = {

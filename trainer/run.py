@@ -49,7 +49,7 @@ from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_sc
 from trainer.datasets import Splits, load_splits
 from trainer.metrics import binary_metrics
 from trainer.scoring import build_scorer, latent_statistics, per_asset_baseline, score_windows
-from trainer.torch_model import SCORES, ConvVAE
+from trainer.torch_model import SCORES, VAE
 from trainer.train import fit_vae, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def calibration_sample(scores: np.ndarray, seed: int, limit: int = 2000) -> list
 
 def write_run_files(
     out: Path,
-    vae: ConvVAE,
+    vae: VAE,
     run: dict[str, Any],
     config: TrainerConfig,
     *,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.torch_model import ConvVAE, ExportableScorer
+from trainer.torch_model import VAE, ExportableScorer
 
 
 @dataclass
@@ -65,7 +65,7 @@ def detrend_mask(channels: Sequence[str], detrend_channels: Sequence[str] | None
 
 
 def build_scorer(
-    vae: ConvVAE,
+    vae: VAE,
     scaler: dict[str, Any],
     scoring: str,
     latent_stats: dict[str, Any] | None,
@@ -76,7 +76,7 @@ def build_scorer(
     return ExportableScorer(vae, scaler, scoring, latent_stats, detrend).eval()
 
 
-def run_scorer(vae: ConvVAE, run: dict[str, Any]) -> ExportableScorer:
+def run_scorer(vae: VAE, run: dict[str, Any]) -> ExportableScorer:
     """`build_scorer` from a run.json: its scaler, scoring, latent statistics and `detrend_channels` (runs
     written before the key centre nothing)."""
     mask = detrend_mask(run["channels"], run.get("detrend_channels"))

@@ -52,58 +52,50 @@ _NEUTRAL_CENTRE = 1e9
 
 @dataclass(frozen=True)
 class VaeShape:
-    """What the network needs to be rebuilt: channels in/out, window length and the layer sizes."""
+    """What the network needs to be rebuilt: its kind (`MODEL_KINDS`), channels in/out, window length and the
+    layer sizes. `conv_vae` uses `hidden` (one strided layer per width) and `kernel_size`; `tcn_vae` uses
+    `hidden` (exactly one width: its residual blocks' channels), `kernel_size` and `dilations`."""
 
     n_channels: int
     length: int
     latent_dim: int = 8
     hidden: tuple[int, ...] = (32, 64, 64)
     kernel_size: int = 5
+    kind: str = "conv_vae"
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "n_channels": self.n_channels,
             "length": self.length,
             "latent_dim": self.latent_dim,
             "hidden": list(self.hidden),
             "kernel_size": self.kernel_size,
+            "dilations": list(self.dilations),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VaeShape:
+        # Checkpoints from before `kind` are Conv1D VAEs.
         return cls(
             int(data["n_channels"]),
             int(data["length"]),
             int(data["latent_dim"]),
             tuple(int(h) for h in data["hidden"]),
             int(data["kernel_size"]),
+            str(data.get("kind", "conv_vae")),
+            tuple(int(d) for d in data.get("dilations", (1, 2, 4, 8))),
         )
 
 
-class ConvVAE(nn.Module):
-    """Strided Conv1D encoder -> (mu, logvar); mirrored transposed-conv decoder cropped to the window
-    length."""
+class VAE(nn.Module):
+    """What every VAE kind shares: `encode` -> `(mu, logvar)`, `decode` -> a window `[B, C, L]`, the training
+    pass, and the root-cause reference buffers that `ExportableScorer` fits and reads."""
 
     def __init__(self, shape: VaeShape) -> None:
         super().__init__()
         self.shape = shape
-        pad = shape.kernel_size // 2
-        layers: list[nn.Module] = []
-        width, length = shape.n_channels, shape.length
-        for out in shape.hidden:
-            layers += [nn.Conv1d(width, out, shape.kernel_size, stride=2, padding=pad), nn.GELU()]
-            width, length = out, (length + 2 * pad - shape.kernel_size) // 2 + 1
-        self.encoder = nn.Sequential(*layers)
-        self.encoded = (width, length)
-        self.to_mu = nn.Linear(width * length, shape.latent_dim)
-        self.to_logvar = nn.Linear(width * length, shape.latent_dim)
-        self.from_latent = nn.Linear(shape.latent_dim, width * length)
-        dec: list[nn.Module] = []
-        widths = [*reversed(shape.hidden)]
-        for i, out in enumerate([*widths[1:], widths[-1]]):
-            dec += [nn.ConvTranspose1d(widths[i], out, 4, stride=2, padding=1), nn.GELU()]
-        self.decoder = nn.Sequential(*dec)
-        self.head = nn.Conv1d(widths[-1], shape.n_channels, 3, padding=1)
         # Root-cause references from healthy windows training never saw (set after training by
         # `ExportableScorer.fit_root_cause_reference`, saved with the weights): the mean squared residual
         # per channel [C] and per operating regime and channel [K, C] (K = 1 without regimes), and the healthy
@@ -112,10 +104,6 @@ class ConvVAE(nn.Module):
         self.register_buffer("regime_error_scale", torch.ones(1, shape.n_channels))
         self.register_buffer("peak_centre", torch.zeros(PEAK_STATISTICS, shape.n_channels))
         self.register_buffer("peak_spread", torch.ones(PEAK_STATISTICS, shape.n_channels))
-        if length * 2 ** len(shape.hidden) < shape.length:
-            raise ValueError(
-                f"decoder output {length * 2 ** len(shape.hidden)} shorter than window {shape.length}"
-            )
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
@@ -140,6 +128,41 @@ class ConvVAE(nn.Module):
             state_dict[spread_key] = torch.cat([state_dict[spread_key], torch.ones(1, channels)])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass with the reparameterisation trick: `(reconstruction, mu, logvar)`."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decode(z), mu, logvar
+
+
+class ConvVAE(VAE):
+    """Strided Conv1D encoder -> (mu, logvar); mirrored transposed-conv decoder cropped to the window
+    length."""
+
+    def __init__(self, shape: VaeShape) -> None:
+        super().__init__(shape)
+        pad = shape.kernel_size // 2
+        layers: list[nn.Module] = []
+        width, length = shape.n_channels, shape.length
+        for out in shape.hidden:
+            layers += [nn.Conv1d(width, out, shape.kernel_size, stride=2, padding=pad), nn.GELU()]
+            width, length = out, (length + 2 * pad - shape.kernel_size) // 2 + 1
+        self.encoder = nn.Sequential(*layers)
+        self.encoded = (width, length)
+        self.to_mu = nn.Linear(width * length, shape.latent_dim)
+        self.to_logvar = nn.Linear(width * length, shape.latent_dim)
+        self.from_latent = nn.Linear(shape.latent_dim, width * length)
+        dec: list[nn.Module] = []
+        widths = [*reversed(shape.hidden)]
+        for i, out in enumerate([*widths[1:], widths[-1]]):
+            dec += [nn.ConvTranspose1d(widths[i], out, 4, stride=2, padding=1), nn.GELU()]
+        self.decoder = nn.Sequential(*dec)
+        self.head = nn.Conv1d(widths[-1], shape.n_channels, 3, padding=1)
+        if length * 2 ** len(shape.hidden) < shape.length:
+            raise ValueError(
+                f"decoder output {length * 2 ** len(shape.hidden)} shorter than window {shape.length}"
+            )
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x).flatten(1)
         return self.to_mu(h), self.to_logvar(h).clamp(-10.0, 10.0)
@@ -149,11 +172,61 @@ class ConvVAE(nn.Module):
         h = self.decoder(self.from_latent(z).view(-1, width, length))
         return self.head(h)[:, :, : self.shape.length]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass with the reparameterisation trick: `(reconstruction, mu, logvar)`."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        return self.decode(z), mu, logvar
+class TcnVAE(VAE):
+    """Dilated residual Conv1D blocks at the window's full time resolution (non-causal, kernel `kernel_size`,
+    one block per entry of `dilations`, `hidden[0]` channels). The encoder pools the blocks' output over time
+    (mean and max) into (mu, logvar), so the latent says what the window holds rather than where; the decoder
+    expands the latent to a quarter of the window, upsamples it x4 by two transposed convolutions, runs
+    blocks with the dilations in reverse order and crops to the window length."""
+
+    def __init__(self, shape: VaeShape) -> None:
+        super().__init__(shape)
+        if len(shape.hidden) != 1:
+            raise ValueError(f"tcn_vae takes one width in hidden, got {list(shape.hidden)}")
+        if shape.kernel_size % 2 == 0:
+            raise ValueError(f"tcn_vae needs an odd kernel_size (same length out), got {shape.kernel_size}")
+        width, k = shape.hidden[0], shape.kernel_size
+        self.width, self.quarter = width, -(-shape.length // 4)
+
+        def blocks(dilations: Sequence[int]) -> nn.ModuleList:
+            return nn.ModuleList(nn.Conv1d(width, width, k, padding=d * (k // 2), dilation=d)
+                                 for d in dilations)
+
+        self.inp = nn.Conv1d(shape.n_channels, width, 1)
+        self.blocks = blocks(shape.dilations)
+        self.to_mu = nn.Linear(2 * width, shape.latent_dim)
+        self.to_logvar = nn.Linear(2 * width, shape.latent_dim)
+        self.from_latent = nn.Linear(shape.latent_dim, width * self.quarter)
+        self.up = nn.Sequential(nn.ConvTranspose1d(width, width, 4, stride=2, padding=1), nn.GELU(),
+                                nn.ConvTranspose1d(width, width, 4, stride=2, padding=1), nn.GELU())
+        self.dec_blocks = blocks([*reversed(shape.dilations)])
+        self.head = nn.Conv1d(width, shape.n_channels, 1)
+
+    @staticmethod
+    def _residual(h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        for block in blocks:
+            h = h + F.gelu(block(h))
+        return h
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._residual(self.inp(x), self.blocks)
+        pooled = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
+        return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.up(self.from_latent(z).view(-1, self.width, self.quarter))
+        return self.head(self._residual(h, self.dec_blocks))[:, :, : self.shape.length]
+
+
+# The network of each `[model] kind` (trainer.config.MODEL_KINDS names the same ones without importing torch).
+MODEL_KINDS: dict[str, type[VAE]] = {"conv_vae": ConvVAE, "tcn_vae": TcnVAE}
+
+
+def build_vae(shape: VaeShape) -> VAE:
+    """A fresh network of `shape.kind`."""
+    if shape.kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {shape.kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[shape.kind](shape)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -195,7 +268,7 @@ class ExportableScorer(nn.Module):
 
     def __init__(
         self,
-        vae: ConvVAE,
+        vae: VAE,
         scaler: dict[str, Any],
         scoring: str = "reconstruction",
         latent_stats: dict[str, Any] | None = None,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from trainer.config import ModelConfig, TrainConfig
-from trainer.torch_model import ConvVAE, VaeShape, beta_at, vae_loss
+from trainer.torch_model import VAE, VaeShape, beta_at, build_vae, vae_loss
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ def fit_vae(
     progress: bool = True,
     *,
     stream: TextIO | None = None,
-) -> tuple[ConvVAE, History]:
-    """Fit a `ConvVAE` on standardised windows `[N, C, L]`; early-stop on `val_windows`' loss (same beta).
+) -> tuple[VAE, History]:
+    """Fit a VAE of `model_config.kind` on standardised windows `[N, C, L]`; early-stop on `val_windows`' loss
+    (same beta).
 
     Returns the model with the best validation weights (in eval mode) and the loss history.
     """
@@ -71,9 +72,8 @@ def fit_vae(
         )
     seed_everything(train_config.seed, train_config.threads)
     _, n_channels, length = train_windows.shape
-    model = ConvVAE(
-        VaeShape(n_channels, length, model_config.latent_dim, model_config.hidden, model_config.kernel_size)
-    )
+    model = build_vae(VaeShape(n_channels, length, model_config.latent_dim, model_config.hidden,
+                               model_config.kernel_size, model_config.kind, model_config.dilations))
     x_train = torch.from_numpy(np.ascontiguousarray(train_windows, dtype=np.float32))
     x_val = torch.from_numpy(np.ascontiguousarray(val_windows, dtype=np.float32))
     optimiser = torch.optim.AdamW(
@@ -143,7 +143,7 @@ def fit_vae(
 
 
 @torch.no_grad()
-def evaluate_loss(model: ConvVAE, x: torch.Tensor, beta: float, batch_size: int) -> tuple[float, float]:
+def evaluate_loss(model: VAE, x: torch.Tensor, beta: float, batch_size: int) -> tuple[float, float]:
     """Mean loss and reconstruction term over `x`, decoding the latent mean (deterministic)."""
     model.eval()
     total = rec_total = 0.0
@@ -156,7 +156,7 @@ def evaluate_loss(model: ConvVAE, x: torch.Tensor, beta: float, batch_size: int)
     return total / len(x), rec_total / len(x)
 
 
-def save_checkpoint(path: str | Path, model: ConvVAE, metadata: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, model: VAE, metadata: dict[str, Any]) -> None:
     """Weights + `metadata` (config, scaler, channel names, threshold spec, ...: JSON-able) in one file."""
     try:
         text = json.dumps(metadata)
@@ -181,7 +181,7 @@ CHECKPOINT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def load_checkpoint(path: str | Path) -> tuple[ConvVAE, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[VAE, dict[str, Any]]:
     """The model (eval mode) and metadata from `save_checkpoint`, loaded with `weights_only=True`."""
     path = Path(path)
     if not path.is_file():
@@ -190,7 +190,7 @@ def load_checkpoint(path: str | Path) -> tuple[ConvVAE, dict[str, Any]]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict):
             raise TypeError(f"expected a dict of weights and metadata, got {type(blob).__name__}")
-        model = ConvVAE(VaeShape.from_dict(json.loads(blob["shape"])))
+        model = build_vae(VaeShape.from_dict(json.loads(blob["shape"])))
         model.load_state_dict(blob["state_dict"])
         metadata = json.loads(blob["metadata"])
         if not isinstance(metadata, dict):

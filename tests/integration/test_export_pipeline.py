@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 from edge_agent.bundle import BundleError, read_bundle
 from export import cli
 from export.pipeline import ExportResult, export_run
-from export.quantize import PrecisionMeasurements, decide_precision
+from export.quantize import MIN_SPEARMAN, PrecisionMeasurements, decide_precision
 from export.run_dir import ExportError
 from tests.support.bundles import make_keypair, run_model
 
@@ -176,6 +176,42 @@ def test_int8_guard_picks_fp32_when_int8_loses_accuracy(run_dir: Path, tmp_path:
     assert forced.measurements.spearman_int8 is not None
     assert "int8 requested (guard:" in forced.decision.reason
     assert forced.measurements.to_dict()["roc_auc_drop"] is not None
+
+
+def test_a_tcn_run_exports_and_onnx_runtime_agrees_with_torch(keys, tmp_path: Path) -> None:
+    from export.run_dir import load_run
+    from trainer.config import load_config
+    from trainer.run import fit_run
+    from trainer.scoring import score_windows
+
+    config = tmp_path / "tcn.toml"
+    config.write_text(TINY_CONFIG.replace("hidden = [8, 8]",
+                                          'kind = "tcn_vae"\nhidden = [8]\ndilations = [1, 2]'))
+    fit_run(load_config(config), tmp_path / "run", progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model_shape"]["kind"] == "tcn_vae"
+    assert run["model_shape"]["dilations"] == [1, 2]
+    result = export_run(tmp_path / "run", tmp_path / "tcn.bundle", precision="auto",
+                        sign_key=keys.private_path, model_name="pump", latency_repeats=REPEATS)
+    model = result.manifest.model("pump")
+    assert model.precision_decision.measurements["roc_auc_int8"] is not None  # int8 was built and measured
+    bundle = read_bundle(result.path, trusted_keys=keys.public_path, extract_to=tmp_path / "x")
+    windows = load_run(tmp_path / "run").evaluation.windows
+    ort_out = run_model(bundle.model_path("pump"), windows)
+    torch_score = score_windows(load_run(tmp_path / "run").scorer, windows).score
+    if model.precision == "fp32":
+        np.testing.assert_allclose(ort_out["score"], torch_score, rtol=1e-4, atol=1e-6)
+    else:  # int8: the guard's rank agreement held
+        assert model.precision_decision.measurements["spearman_int8"] >= MIN_SPEARMAN
+    assert ort_out["channel_error"].shape == (len(windows), 3)
+    assert ort_out["time_error"].shape == (len(windows), 16)
+    # the config's kind is checked against the checkpoint's
+    text = (tmp_path / "run" / "config.toml").read_text()
+    (tmp_path / "run" / "config.toml").write_text(text.replace('kind = "tcn_vae"', 'kind = "conv_vae"')
+                                                  .replace("dilations = [1, 2]\n", ""))
+    with pytest.raises(ExportError,
+                       match=r"model\.kind: config\.toml says conv_vae, the checkpoint has tcn_vae"):
+        export_run(tmp_path / "run", tmp_path / "again.bundle")
 
 
 def _no_output(out: Path) -> None:
@@ -377,7 +413,14 @@ def test_old_run_dirs_fall_back_with_a_warning(run_dir: Path, tmp_path: Path,
     run = json.loads((old / "run.json").read_text())
     run["validation_scores"] = run.pop("calibration_scores")  # the key's name before the rename
     assert run.pop("detrend_channels") == []  # runs from before the centring mask lack the key
+    # runs from before the model kinds name no kind or dilations, in run.json or in the checkpoint
+    assert (run["model_shape"].pop("kind"), run["model_shape"].pop("dilations")) == ("conv_vae", [1, 2, 4, 8])
     (old / "run.json").write_text(json.dumps(run))
+    import torch
+
+    blob = torch.load(old / "checkpoint.pt", weights_only=True)
+    blob["shape"] = json.dumps(run["model_shape"])
+    torch.save(blob, old / "checkpoint.pt")
     with caplog.at_level("WARNING", logger="export.run_dir"):
         inputs = load_run(old)
     assert not inputs.scorer.centred

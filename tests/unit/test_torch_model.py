@@ -1,5 +1,5 @@
-"""ConvVAE shapes, the beta-VAE loss, and the exportable scorer (scaling + scoring in one module, ONNX
-parity)."""
+"""VAE shapes (Conv1D and TCN), the beta-VAE loss, and the exportable scorer (scaling + scoring in one
+module, ONNX parity)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from trainer.data.windows import RegimeScaler, StandardScaler
 from trainer.run import scale_windows
 from trainer.torch_model import (
     FLAT_EPS,
+    MODEL_KINDS,
     ROOT_CAUSE_SPAN,
     ConvVAE,
     ExportableScorer,
+    TcnVAE,
     VaeShape,
     beta_at,
+    build_vae,
     kl_divergence,
     vae_loss,
 )
@@ -33,6 +36,38 @@ def test_vae_reconstructs_the_input_shape(length: int, hidden: tuple[int, ...]) 
     assert mu.shape == logvar.shape == (4, 5)
     # eval mode decodes the latent mean: deterministic
     torch.testing.assert_close(vae(x)[0], recon)
+
+
+@pytest.mark.parametrize("length", [60, 50, 17, 4])
+def test_tcn_vae_reconstructs_the_input_shape_at_any_length(length: int) -> None:
+    torch.manual_seed(0)
+    vae = build_vae(VaeShape(3, length, 4, (8,), 3, "tcn_vae", (1, 2, 4))).eval()
+    assert isinstance(vae, TcnVAE)
+    x = torch.randn(5, 3, length)
+    recon, mu, logvar = vae(x)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == (5, 4)
+    torch.testing.assert_close(vae(x)[0], recon)
+    # each window is encoded on its own: a batch of one gives the same latent
+    torch.testing.assert_close(vae.encode(x[2:3])[0], mu[2:3])
+
+
+def test_model_kinds_are_the_configs_and_bad_shapes_are_named() -> None:
+    from trainer.config import MODEL_KINDS as CONFIG_KINDS
+
+    assert tuple(MODEL_KINDS) == CONFIG_KINDS
+    assert isinstance(build_vae(VaeShape(3, 16, 2, (4, 4), 3)), ConvVAE)
+    with pytest.raises(ValueError, match="unknown model kind 'lstm_vae'"):
+        build_vae(VaeShape(3, 16, 2, (4,), 3, "lstm_vae"))
+    with pytest.raises(ValueError, match=r"tcn_vae takes one width in hidden, got \[4, 4\]"):
+        build_vae(VaeShape(3, 16, 2, (4, 4), 3, "tcn_vae"))
+    with pytest.raises(ValueError, match="tcn_vae needs an odd kernel_size"):
+        build_vae(VaeShape(3, 16, 2, (4,), 4, "tcn_vae"))
+    # shapes from before `kind` are Conv1D VAEs; a shape round-trips through its dict
+    old = {"n_channels": 3, "length": 16, "latent_dim": 2, "hidden": [4, 4], "kernel_size": 3}
+    assert VaeShape.from_dict(old) == VaeShape(3, 16, 2, (4, 4), 3)
+    tcn = VaeShape(3, 16, 2, (8,), 5, "tcn_vae", (1, 3))
+    assert VaeShape.from_dict(tcn.to_dict()) == tcn
 
 
 def test_kl_is_zero_for_the_prior_and_loss_adds_beta_kl() -> None:
@@ -207,12 +242,15 @@ def test_root_cause_reference_standardises_healthy_peaks_and_round_trips() -> No
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export uses
-def test_onnx_export_matches_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", [VaeShape(3, 16, 2, (4, 4), 3),
+                                   VaeShape(3, 16, 2, (6,), 3, "tcn_vae", (1, 2))],
+                         ids=["conv_vae", "tcn_vae"])
+def test_onnx_export_matches_torch(tmp_path: Path, shape: VaeShape) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     rng = np.random.default_rng(2)
     windows, scaler = _regime_data(rng)
     torch.manual_seed(0)
-    vae = ConvVAE(VaeShape(3, 16, 2, (4, 4), 3))
+    vae = build_vae(shape)
     latent_stats = {"mean": [0.1, -0.1], "precision": [[2.0, 0.1], [0.1, 1.0]]}
     scorer = ExportableScorer(vae, scaler.to_dict(), "latent", latent_stats).eval()
     scorer.fit_root_cause_reference(windows[:3])  # per-regime references: the in-graph gather is exported

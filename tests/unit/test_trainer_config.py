@@ -60,6 +60,12 @@ def test_minimal_config_gets_defaults() -> None:
          "with val_fraction 0.5 leaves under 20 % of the normal data to fit on"),
         ({"training": {"learning_rate": float("nan")}}, "training -> learning_rate",
          "expected a finite number"),
+        ({"model": {"kind": "lstm_vae"}}, "model -> kind", "must be one of conv_vae, tcn_vae"),
+        ({"model": {"dilations": [1, 2]}}, "model -> dilations", 'only used by kind = "tcn_vae"'),
+        ({"model": {"kind": "tcn_vae", "hidden": [8, 8]}}, "model -> hidden", "tcn_vae takes one width"),
+        ({"model": {"kind": "tcn_vae", "kernel_size": 4}}, "model -> kernel_size", "needs an odd kernel"),
+        ({"model": {"kind": "tcn_vae", "dilations": [1, 0]}}, "model -> dilations -> 1",
+         "expected a positive integer"),
     ],
 )
 def test_bad_values_name_the_key_path(patch: dict, path: str, message: str) -> None:
@@ -70,6 +76,23 @@ def test_bad_values_name_the_key_path(patch: dict, path: str, message: str) -> N
         parse_config(raw, "train.toml")
     assert info.value.path == path
     assert "train.toml" in str(info.value)
+
+
+def test_a_tcn_model_gets_its_defaults_and_reads_back_from_the_effective_config() -> None:
+    import dataclasses
+
+    from edge_agent.compat import tomllib
+    from trainer.config import config_to_toml
+
+    raw = _minimal()
+    raw["model"] = {**raw.get("model", {}), "kind": "tcn_vae"}
+    config = parse_config(raw)
+    assert (config.model.hidden, config.model.kernel_size, config.model.dilations) == ((32,), 3, (1, 2, 4, 8))
+    raw["model"]["dilations"] = [1, 3, 9]
+    config = parse_config(raw)
+    again = parse_config(tomllib.loads(config_to_toml(config)))
+    assert dataclasses.replace(again, source_path=config.source_path) == config
+    assert again.model.dilations == (1, 3, 9)
 
 
 def test_cmapss_source_needs_a_data_dir(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from trainer.data.windows import StandardScaler, WindowSet, sliding_windows, win
 from trainer.metrics import skab_metrics
 from trainer.run import calibration_sample, run_header, train_sample, write_run_files
 from trainer.scoring import build_scorer, detrend_mask, score_windows
-from trainer.torch_model import ConvVAE
+from trainer.torch_model import VAE
 
 EXPORT_ROW_SCORE = "end"  # the agent's rule: one score per window, as the window's last row arrives
 
@@ -61,7 +61,7 @@ def raw_windows(series: Series, length: int) -> WindowSet:
 def write_run_dir(
     run_dir: Path,
     series: Series,
-    model: ConvVAE,
+    model: VAE,
     scaler: StandardScaler,
     *,
     config: TrainerConfig,
