@@ -8,8 +8,8 @@ data. The test set is `test_FD00x`, labelled 1 where RUL < `label_rul`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -18,7 +18,23 @@ from trainer.data import cmapss, synthetic
 from trainer.data.series import Series
 from trainer.data.windows import split_series
 
+if TYPE_CHECKING:
+    from trainer.data.csv_reader import CsvRecording
+
 T = TypeVar("T")
+
+
+class RowOrigin:
+    """Where a row or series of the splits comes from, for messages. This one, for sources without files and
+    lines, names the series and row index; `CsvRows` names the file and line."""
+
+    def row(self, series: Series, row: int) -> str:
+        """Row `row` of `series`: `series 'NAME', row N`."""
+        return f"series {series.name!r}, row {row}"
+
+    def file(self, name: str) -> str | None:
+        """The file the series named `name` was read from (None when unknown)."""
+        return None
 
 
 @dataclass
@@ -32,6 +48,8 @@ class Splits:
     test: list[Series]  # labelled
     n_regimes: int = 1
     healthy_min_rul: float | None = None  # C-MAPSS only: for lead-time metrics
+    # names a row of any split's series for messages: CSV data gives the file and line
+    origin: RowOrigin = field(default_factory=RowOrigin)
 
 
 def load_splits(config: DataConfig, sample_period_s: float | None = None) -> Splits:
@@ -132,11 +150,12 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
     either). Series holding anomalies: with two or more, every other one goes to validation (score choice)
     and the rest to test; a single one goes to test. Without any, the test set is the calibration series
     (scores and FAR only, no ROC-AUC)."""
-    from trainer.data.csv_reader import CsvOptions, read_csv_files
+    from trainer.data.csv_reader import CsvOptions, read_recordings
 
     assert config.generic is not None
     options = CsvOptions.from_options(config.generic.options)
-    files = read_csv_files(list(options.paths), options)
+    recordings = read_recordings(list(options.paths), options)
+    files = [recording.segments for recording in recordings]
     if sample_period_s is not None:
         for path, segments in zip(options.paths, files, strict=True):
             _check_period(path, segments, sample_period_s)
@@ -149,8 +168,15 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
                if (group := [_zero_labels(s) for s in segments if not anomalous(s)])]
     normal = [s for group in by_file for s in group]
     if not normal:
+        rows = sum(len(s) for s in labelled)
+        ones = sum(int(np.sum(s.labels)) for s in labelled if s.labels is not None)
         raise ValueError(
-            "CSV data: every series holds anomalies; training needs normal series (all labels 0)"
+            f"CSV data: every series holds rows labelled 1 in label_column {options.label_column!r} "
+            f"({ones} of {rows} rows, {100 * ones / rows:.0f} %); training needs normal series (all labels "
+            "0). "
+            f"Is {options.label_column!r} the anomaly label (1 = anomalous)? If so, add healthy recordings "
+            "with a label column of 0; if not, set data -> csv -> label_column to the column that marks "
+            "anomalies, or leave it out"
         )
     if config.split == "series" or (config.split == "auto" and len(by_file) >= 3):
         if len(by_file) < 3:
@@ -168,7 +194,39 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
             calibration.append(item.slice(cut_cal))
     val_anomalous = labelled[0::2] if len(labelled) > 1 else []
     test = [s for s in labelled if all(s is not v for v in val_anomalous)] or calibration
-    return Splits(fit=fit, val=val, calibration=calibration, val_labelled=val + val_anomalous, test=test)
+    return Splits(fit=fit, val=val, calibration=calibration, val_labelled=val + val_anomalous, test=test,
+                  origin=CsvRows(recordings))
+
+
+class CsvRows(RowOrigin):
+    """`Splits.origin` for CSV data: a row of a series (a file's segment, or a block of one cut in time) as
+    `PATH: line N`, found by the series name (unique per segment) and the row's timestamp."""
+
+    def __init__(self, recordings: list[CsvRecording]) -> None:
+        self._segments = {
+            segment.name: (recording.path, np.asarray(segment.timestamps), lines)
+            for recording in recordings
+            for segment, lines in zip(recording.segments, recording.lines, strict=True)
+        }
+
+    def file(self, name: str) -> str | None:
+        found = self._segments.get(name)
+        return None if found is None else str(found[0])
+
+    def row(self, series: Series, row: int) -> str:
+        found = self._segments.get(series.name)
+        if found is None or series.timestamps is None:
+            return super().row(series, row)
+        path, times, lines = found
+        stamp = series.timestamps[row]
+        index = int(np.searchsorted(times, stamp))
+        if index >= len(times) or times[index] != stamp:
+            return super().row(series, row)
+        line = int(lines[index])
+        if line == 0:  # inserted on the time grid (a short gap), its value interpolated
+            before = lines[:index][lines[:index] > 0]
+            return f"{path}: a row interpolated after line {int(before[-1]) if len(before) else '?'}"
+        return f"{path}: line {line}"
 
 
 def _check_period(path: str, segments: list[Series], expected: float) -> None:
@@ -178,10 +236,18 @@ def _check_period(path: str, segments: list[Series], expected: float) -> None:
         return
     period = float(np.median(np.diff(longest.timestamps)))
     if abs(period - expected) > 1e-3 * expected:
+        ratio = period / expected
+        if abs(ratio - 1000.0) <= 1.0:  # numbers 1000 times too large: milliseconds read as seconds
+            fix = ('the timestamps look like Unix milliseconds read as seconds: set data -> csv -> '
+                   'timestamp_format = "unix_ms" (and the same in the agent\'s source)')
+        elif abs(ratio - 0.001) <= 1e-6:
+            fix = ('the timestamps look like Unix seconds read as milliseconds: set data -> csv -> '
+                   'timestamp_format = "unix_s"')
+        else:
+            fix = f"set windows -> sample_period_s = {period:g}, or give files sampled every {expected:g} s"
         raise ValueError(
             f"{path}: samples every {period:g} s, but windows -> sample_period_s is {expected:g}: the model "
-            f"and the agent's window grid would assume {expected:g} s between samples (set windows -> "
-            f"sample_period_s = {period:g}, or give files sampled every {expected:g} s)"
+            f"and the agent's window grid would assume {expected:g} s between samples ({fix})"
         )
 
 

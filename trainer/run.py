@@ -42,10 +42,18 @@ import numpy as np
 
 import trainer
 from edge_agent.configtools import ConfigError
-from trainer.calibration import calibrate, score_quantiles
+from trainer.calibration import MIN_SCORES, calibrate, score_quantiles
 from trainer.config import TrainerConfig, config_to_toml
 from trainer.data.series import informative_channels
-from trainer.data.windows import RegimeScaler, StandardScaler, WindowSet, fit_scaler, make_windows
+from trainer.data.windows import (
+    RegimeScaler,
+    StandardScaler,
+    WindowSet,
+    fit_scaler,
+    make_windows,
+    warn_extreme_values,
+    warn_missed_labels,
+)
 from trainer.datasets import Splits, load_splits
 from trainer.metrics import binary_metrics
 from trainer.scoring import build_scorer, latent_statistics, per_asset_baseline, score_windows
@@ -94,6 +102,7 @@ def prepare(config: TrainerConfig) -> PreparedData:
         else None
     )
     channels = informative_channels(splits.fit, labels)
+    warn_extreme_values(splits.fit, channels, splits.origin.row)
     keep = [all_channels.index(c) for c in channels]
     if isinstance(full, RegimeScaler):
         scaler: StandardScaler | RegimeScaler = RegimeScaler(
@@ -131,6 +140,9 @@ def prepare(config: TrainerConfig) -> PreparedData:
                 f"{longest} rows in one piece; give more or longer normal data, or change data -> split, "
                 "val_fraction, calibration_fraction or windows -> length"
             )
+    check_calibration_windows(prepared, config)
+    warn_missed_labels(prepared.test, "test windows", splits.origin.file)
+    warn_missed_labels(prepared.val_labelled, "validation windows", splits.origin.file)
     log.info(
         "windows: fit %d, val %d, calibration %d, val (labelled) %d, test %d; channels: %s",
         len(fit),
@@ -141,6 +153,23 @@ def prepare(config: TrainerConfig) -> PreparedData:
         ", ".join(channels),
     )
     return prepared
+
+
+def check_calibration_windows(prepared: PreparedData, config: TrainerConfig) -> None:
+    """Calibration needs at least `trainer.calibration.MIN_SCORES` scores, one per calibration window; the
+    windows are counted before training, so too few is a `ConfigError` then, not after the epochs."""
+    count = len(prepared.calibration)
+    if count >= MIN_SCORES:
+        return
+    part = prepared.splits.calibration
+    raise ConfigError(
+        "windows -> stride",
+        f"need at least {MIN_SCORES} scores to calibrate, got {count}: {count} calibration window(s) of "
+        f"{config.windows.length} samples, one every {config.windows.stride} rows, from {len(part)} series "
+        f"({sum(len(s) for s in part)} rows); use a smaller windows -> stride, a larger data -> "
+        "calibration_fraction, or more normal data (found before training)",
+        config.windows.stride,
+    )
 
 
 def adjusted_scores(score: np.ndarray, series: np.ndarray, baseline: dict[str, Any] | None) -> np.ndarray:
@@ -368,20 +397,30 @@ def save_windows(path: Path, windows: WindowSet) -> None:
         arrays["labels"] = windows.labels
     if windows.rul is not None:
         arrays["rul"] = windows.rul
+    if windows.labelled_rows:
+        arrays["labelled_rows_series"] = np.asarray(list(windows.labelled_rows), dtype=str)
+        arrays["labelled_rows"] = np.asarray(list(windows.labelled_rows.values()), dtype=np.int64)
+    if windows.stride is not None:
+        arrays["stride"] = np.asarray(windows.stride, dtype=np.int64)
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def load_windows(path: Path, channels: list[str]) -> WindowSet:
-    """Read `save_windows` output (no pickles); a damaged file is a ValueError naming it."""
+    """Read `save_windows` output (no pickles); a damaged file is a ValueError naming it. Labelled series
+    whose windows hold no label 1 are warned about (`warn_missed_labels`), as `fit` did."""
     try:
-        return _read_windows(path, channels)
+        windows = _read_windows(path, channels)
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the windows ({type(exc).__name__}: {exc}); the run directory "
                          "is damaged") from exc
+    warn_missed_labels(windows, str(path))
+    return windows
 
 
 def _read_windows(path: Path, channels: list[str]) -> WindowSet:
     with np.load(path, allow_pickle=False) as blob:
+        labelled = blob.get("labelled_rows_series")  # absent in runs of older trainers
+        stride = blob.get("stride")
         return WindowSet(
             blob["windows"],
             list(channels),
@@ -390,6 +429,9 @@ def _read_windows(path: Path, channels: list[str]) -> WindowSet:
             blob["end_time"],
             blob.get("labels"),
             blob.get("rul"),
+            {} if labelled is None else dict(zip(labelled.tolist(), blob["labelled_rows"].tolist(),
+                                                  strict=True)),
+            None if stride is None else int(stride),
         )
 
 

@@ -259,7 +259,9 @@ def test_csv_config_mistakes_are_named_before_training(tmp_path: Path,
     typo = csv_table.replace("channels", "chanels")
     config.write_text('[data]\nsource = "csv"\n' + typo + "[windows]" + body)
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
-    assert f"{config}: data -> csv -> channels: is required but missing" in capsys.readouterr().err
+    # the misspelt key is named, not the required one reported missing
+    assert (f"{config}: data -> csv -> chanels: unknown key (did you mean channels?) (value: ['a', 'b', 'c'])"
+            in capsys.readouterr().err)
     assert not run_dir.exists()
 
 
@@ -373,3 +375,85 @@ def test_fit_keeps_an_existing_run_and_leaves_no_half_run(
     config.write_text(SYNTHETIC.replace("target_far = 0.02", "target_far = 1.0"))
     assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
     assert "calibration -> target_far: must be less than 1" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_csv_files_with_one_name_and_a_sparse_label_through_fit_and_evaluate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """day1/pump.csv, day2/pump.csv, ...: one series per file in run.json's splits and in scores.csv. A file
+    labelled on two single rows (a change point) that no window ends on: fit and evaluate both say so."""
+    import logging
+
+    from trainer.data.synthetic import make_series
+
+    healthy = make_series(4, 400, 3, seed=5)
+    faulty = make_series(1, 400, 3, seed=6, anomalous=True)
+    paths = []
+    for i, item in enumerate(healthy):
+        (tmp_path / f"day{i}").mkdir()
+        _write_csv(tmp_path / f"day{i}" / "pump.csv", item.values, np.zeros(len(item.values)))
+        paths.append(str(tmp_path / f"day{i}" / "pump.csv"))
+    labels = np.zeros(400)
+    labels[[201, 302]] = 1  # window ends (length 24, stride 4) are rows 23, 27, ...: 201 and 302 are none
+    _write_csv(tmp_path / "pump_fault.csv", faulty[0].values, labels)
+    paths.append(str(tmp_path / "pump_fault.csv"))
+    body = SYNTHETIC.split("[windows]", 1)[1]
+    config = tmp_path / "csv.toml"
+    config.write_text(
+        '[data]\nsource = "csv"\nsplit = "series"\n[data.csv]\n'
+        f"paths = {json.dumps(paths)}\n"
+        'timestamp_column = "time"\nchannels = ["a", "b", "c"]\nlabel_column = "label"\n'
+        "[windows]" + body + '[evaluation]\nscore_baseline = "per_asset_initial"\n'
+    )
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    caplog.set_level(logging.WARNING)
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    missed = ("has 2 row(s) labelled 1 but none of its 95 window(s) is labelled 1: a window's label is its "
+              "last row's, and with stride 4 no window ends on a labelled row")
+    assert f"test windows: series 'pump_fault' ({paths[-1]}) {missed}" in caplog.text
+    run = json.loads((run_dir / "run.json").read_text())
+    normal = sorted(run["splits"]["fit"] + run["splits"]["val"] + run["splits"]["calibration"])
+    assert normal == ["day0/pump", "day1/pump", "day2/pump", "day3/pump"]
+    assert run["splits"]["test"] == ["pump_fault"]
+    caplog.clear()
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(eval_dir)]) == 0
+    assert f"{run_dir / 'evaluation.npz'}: series 'pump_fault' {missed}" in caplog.text
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] is None
+    # healthy files only: the test windows are the calibration files' own, one series name per file
+    config.write_text(config.read_text().replace(f"paths = {json.dumps(paths)}",
+                                                 f"paths = {json.dumps(paths[:4])}"))
+    healthy_run, healthy_eval = tmp_path / "healthy", tmp_path / "healthy_eval"
+    assert main(["fit", "--config", str(config), "--out", str(healthy_run), "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(healthy_run), "--out", str(healthy_eval)]) == 0
+    with (healthy_eval / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    calibration = json.loads((healthy_run / "run.json").read_text())["splits"]["calibration"]
+    assert sorted({r["series"] for r in rows}) == calibration
+    for name in calibration:  # the per-asset baseline starts at each file's first window
+        assert float(next(r for r in rows if r["series"] == name)["score"]) == 0.0
+    capsys.readouterr()
+
+
+@pytest.mark.integration
+def test_too_few_calibration_windows_fail_before_training(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.data.synthetic import make_series
+
+    paths = []
+    for i, item in enumerate(make_series(3, 300, 3, seed=5)):
+        _write_csv(tmp_path / f"run{i}.csv", item.values, np.zeros(len(item.values)))
+        paths.append(str(tmp_path / f"run{i}.csv"))
+    body = SYNTHETIC.split("[windows]", 1)[1].replace("stride = 4", "stride = 50")
+    config = tmp_path / "csv.toml"
+    config.write_text('[data]\nsource = "csv"\n[data.csv]\n'
+                      f'paths = {json.dumps(paths)}\ntimestamp_column = "time"\nchannels = ["a", "b", "c"]\n'
+                      "[windows]" + body)
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{config}: windows -> stride: need at least 10 scores to calibrate, got 6: 6 calibration "
+            "window(s) of 24 samples, one every 50 rows, from 1 series (300 rows); use a smaller windows -> "
+            "stride") in err
+    assert "epoch" not in err
+    assert not run_dir.exists()

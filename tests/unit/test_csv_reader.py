@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from edge_agent.configtools import ConfigError
-from trainer.data.csv_reader import CsvFormatError, CsvOptions, read_csv_file, read_csv_files
+from trainer.data.csv_reader import (
+    CsvFormatError,
+    CsvOptions,
+    read_csv_file,
+    read_csv_files,
+    read_recording,
+    series_names,
+)
 
 OPTIONS = CsvOptions(timestamp_column="time", channels=("flow", "temp"), label_column="fault", max_gap=2)
 
@@ -162,3 +169,133 @@ def test_gap_of_decades_is_split_without_filling_it(tmp_path: Path) -> None:
     first, second = read_csv_file(write(tmp_path, rows(times)), OPTIONS)
     assert len(first) == 4
     np.testing.assert_allclose(second.timestamps, [1e9, 1e9 + 1])
+
+
+MS_OPTIONS = CsvOptions(timestamp_column="time", channels=("flow", "temp"), label_column="fault")
+
+
+def epoch_rows(stamps: list[str]) -> list[str]:
+    return ["time,flow,temp,fault"] + [f"{t},{i},{20 + i},0" for i, t in enumerate(stamps)]
+
+
+def test_unix_milliseconds_read_as_seconds_are_refused_naming_what_to_set(tmp_path: Path) -> None:
+    """1772431200000 as seconds is the year 58000: the periods would be 1000 s, and a model trained to that
+    would never be scored by an agent that reads the same file as unix_ms."""
+    path = write(tmp_path, epoch_rows(["1772431200000", "1772431201000", "1772431202000"]))
+    with pytest.raises(CsvFormatError) as info:
+        read_csv_file(path, MS_OPTIONS)
+    assert str(info.value) == (
+        f"{path}: line 2, column 'time': timestamp '1772431200000' is past the year 9999 as Unix seconds; it "
+        "looks like Unix milliseconds (2026-03-02 06:00:00 UTC): set data -> csv -> timestamp_format = "
+        '"unix_ms"')
+    for fmt in ("unix_s", None):  # the same whether unix_s is written or implied
+        with pytest.raises(CsvFormatError, match="timestamp_format = \"unix_ms\""):
+            read_csv_file(path, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format=fmt))
+
+
+def test_unix_milliseconds_with_the_agents_format_name(tmp_path: Path) -> None:
+    path = write(tmp_path, epoch_rows(["1772431200000", "1772431201000", "1772431202500"]))
+    [series] = read_csv_file(path, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format="unix_ms"))
+    np.testing.assert_allclose(series.timestamps[[0, 1, -1]], [1772431200.0, 1772431201.0, 1772431202.5])
+
+
+def test_timestamp_format_is_strict_and_names_the_line(tmp_path: Path) -> None:
+    iso = write(tmp_path, epoch_rows(["2026-03-02T06:00:00Z", "2026-03-02T06:00:01Z"]), "iso.csv")
+    with pytest.raises(CsvFormatError, match=rf"{iso}: line 2, column 'time': not a number \(unix_ms "
+                                             r"timestamp\): '2026-03-02T06:00:00Z'"):
+        read_csv_file(iso, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format="unix_ms"))
+    numbers = write(tmp_path, epoch_rows(["1772431200", "1772431201"]), "numbers.csv")
+    with pytest.raises(CsvFormatError, match=r"line 2, column 'time': not a timestamp \(ISO 8601\)"):
+        read_csv_file(numbers, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format="iso8601"))
+    micro = write(tmp_path, epoch_rows(["1772431200000000", "1772431200001000"]), "micro.csv")
+    with pytest.raises(CsvFormatError, match=r"past the year 9999 as Unix milliseconds; a finer unit "
+                                             r"\(microseconds\?\)"):
+        read_csv_file(micro, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format="unix_ms"))
+
+
+def test_seconds_under_unix_ms_are_kept_with_a_warning(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """As the agent does: 1.7e9 read as milliseconds is January 1970, most likely seconds; kept (a
+    millisecond uptime counter looks the same), with a warning naming the file and what to set."""
+    path = write(tmp_path, epoch_rows(["1772431200", "1772431201"]))
+    [series] = read_csv_file(path, CsvOptions("time", ("flow", "temp"), "fault", timestamp_format="unix_ms"))
+    assert series.timestamps[1] - series.timestamps[0] == pytest.approx(0.001)
+    assert (f"{path}: line 2: timestamp 1772431200 read as unix_ms is 1970-01-21 12:20:31 UTC: if the file "
+            'holds Unix seconds, set data -> csv -> timestamp_format = "unix_s"') in caplog.text
+
+
+def test_timestamp_format_option_takes_the_agents_names() -> None:
+    from edge_agent.sources.lineformats import TIMESTAMP_FORMATS
+
+    for fmt in TIMESTAMP_FORMATS:
+        assert CsvOptions.from_options({"timestamp_column": "t", "channels": ["a"],
+                                        "timestamp_format": fmt}).timestamp_format == fmt
+    assert CsvOptions.from_options({"timestamp_column": "t", "channels": ["a"]}).timestamp_format is None
+    with pytest.raises(ConfigError, match=r"data -> csv -> timestamp_format: must be one of unix_s, unix_ms, "
+                                          r"iso8601 \(value: 'ms'\)"):
+        CsvOptions.from_options({"timestamp_column": "t", "channels": ["a"], "timestamp_format": "ms"})
+
+
+def test_a_misspelt_required_key_is_named_as_unknown_not_missing() -> None:
+    with pytest.raises(ConfigError) as info:
+        CsvOptions.from_options({"timestamp_col": "t", "channels": ["a"]})
+    assert str(info.value) == ("data -> csv -> timestamp_col: unknown key (did you mean timestamp_column?) "
+                               "(value: 't')")
+    with pytest.raises(ConfigError, match=r"data -> csv -> colour: unknown key \(the keys are "
+                                          r"timestamp_column, "):
+        CsvOptions.from_options({"timestamp_column": "t", "channels": ["a"], "colour": 1})
+
+
+@pytest.mark.parametrize(("separator", "shown"), [(";", '";"'), ("\t", '"\\t"')])
+def test_a_header_read_as_one_column_suggests_the_delimiter(tmp_path: Path, separator: str,
+                                                            shown: str) -> None:
+    path = write(tmp_path, [separator.join(["time", "flow", "temp", "fault"]), separator.join("0120")])
+    with pytest.raises(CsvFormatError) as info:
+        read_csv_file(path, OPTIONS)
+    assert str(info.value).endswith(
+        f"(one column that holds {separator!r}: the file looks {separator!r}-separated, not ','-separated; "
+        f"set data -> csv -> delimiter = {shown})")
+    one_column = write(tmp_path, ["time", "0"], "one.csv")  # one column, no other separator: no hint
+    with pytest.raises(CsvFormatError, match=r"the header has \['time'\]$"):
+        read_csv_file(one_column, OPTIONS)
+
+
+def test_files_with_the_same_name_in_different_folders_get_distinct_series_names(tmp_path: Path) -> None:
+    paths = []
+    for folder in ("day1", "day2", "nested/day3"):
+        (tmp_path / folder).mkdir(parents=True)
+        paths.append(write(tmp_path / folder, rows([0, 1, 2, 3]), "compressor.csv"))
+    paths.append(write(tmp_path, rows([0, 1, 2, 3]), "compressor_fault.csv"))
+    files = read_csv_files(paths, OPTIONS)
+    assert [s.name for segments in files for s in segments] == [
+        "day1/compressor", "day2/compressor", "nested/day3/compressor", "compressor_fault"]
+
+
+def test_series_names_keep_stems_and_disambiguate_collisions(tmp_path: Path) -> None:
+    assert series_names([tmp_path / "a/run1.csv", tmp_path / "b/run2.csv"]) == ["run1", "run2"]
+    # stems equal, and the relative paths without extension too: the extension is kept
+    assert series_names([tmp_path / "x/run.csv", tmp_path / "x/run.txt", tmp_path / "y/other.csv"]) == [
+        "run.csv", "run.txt", "other"]
+    with pytest.raises(CsvFormatError, match=r"listed twice in data -> csv -> paths"):
+        series_names([tmp_path / "x/run.csv", tmp_path / "x/../x/run.csv"])
+
+
+def test_segments_of_a_renamed_file_and_a_file_named_like_a_segment(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    gappy = write(tmp_path / "a", rows([0, 1, 2, 3, 10, 11, 12]), "pump.csv")
+    other = write(tmp_path / "b", rows([0, 1, 2]), "pump.csv")
+    names = [[s.name for s in segments] for segments in read_csv_files([gappy, other], OPTIONS)]
+    assert names == [["a/pump#0", "a/pump#1"], ["b/pump"]]
+    clash = write(tmp_path, rows([0, 1, 2]), "pump#1.csv")
+    plain = write(tmp_path, rows([0, 1, 2, 3, 10, 11, 12]), "pump.csv")
+    with pytest.raises(CsvFormatError, match=r"series name 'pump#1' is also the name of a segment of"):
+        read_csv_files([plain, clash], OPTIONS)
+
+
+def test_a_recording_knows_the_file_line_of_each_row(tmp_path: Path) -> None:
+    # rows at 0, 1, 3 (one inserted at 2), then a long gap: two segments
+    path = write(tmp_path, rows([0, 1, 3, 4, 20, 21]))
+    recording = read_recording(path, OPTIONS)
+    assert [s.name for s in recording.segments] == ["pump#0", "pump#1"]
+    assert [lines.tolist() for lines in recording.lines] == [[2, 3, 0, 4, 5], [6, 7]]

@@ -74,3 +74,61 @@ def test_files_sampled_at_another_period_than_the_windows_are_refused(tmp_path: 
     with pytest.raises(ValueError, match=rf"{path}: samples every 10 s, but windows -> sample_period_s is 1"):
         load_splits(data, 1.0)
     assert sum(len(s) for s in load_splits(data, 10.0).fit) > 0
+
+
+def test_files_with_the_same_name_in_different_folders_stay_apart_in_the_splits(tmp_path: Path) -> None:
+    """day1/pump.csv, day2/pump.csv, ...: one series name per file, so run.json's splits, scores.csv and the
+    per-asset baselines tell them apart."""
+    paths = []
+    for i, folder in enumerate(("day1", "day2", "day3", "day4")):
+        (tmp_path / folder).mkdir()
+        paths.append(write_csv(tmp_path / folder / "pump.csv", 300, seed=i))
+    (tmp_path / "fault").mkdir()
+    paths.append(write_csv(tmp_path / "fault" / "pump.csv", 300, anomaly=True, seed=9))
+    splits = splits_for(tmp_path, paths, split="series")
+    placed = {part: [s.name for s in getattr(splits, part)] for part in ("fit", "val", "calibration", "test")}
+    assert sorted(n for part in ("fit", "val", "calibration") for n in placed[part]) == [
+        "day1/pump", "day2/pump", "day3/pump", "day4/pump"]
+    assert placed["test"] == ["fault/pump"]
+    time_split = splits_for(tmp_path, paths[:4], split="time")  # each file cut in time: one name per file
+    assert [s.name for s in time_split.calibration] == ["day1/pump", "day2/pump", "day3/pump", "day4/pump"]
+
+
+def test_every_file_labelled_names_the_label_column(tmp_path: Path) -> None:
+    paths = [write_csv(tmp_path / f"run{i}.csv", 200, anomaly=True, seed=i) for i in range(2)]
+    with pytest.raises(ValueError, match=r"every series holds rows labelled 1 in label_column 'label' "
+                                         r"\(40 of 400 rows, 10 %\).*Is 'label' the anomaly label"):
+        splits_for(tmp_path, paths)
+
+
+def test_a_period_a_thousand_times_the_windows_hints_at_milliseconds(tmp_path: Path) -> None:
+    """A millisecond counter small enough to pass as seconds (year < 9999): the 1000 s period is not a
+    sample_period_s to set, it is the timestamp unit."""
+    path = tmp_path / "counter.csv"
+    path.write_text("time,a,b,label\n" + "".join(f"{5_000_000_000 + 1000 * i},{i % 3},{i % 5},0\n"
+                                                 for i in range(300)))
+    config = tmp_path / "csv.toml"
+    config.write_text(f'[data]\nsource = "csv"\n[data.csv]\npaths = ["{path}"]\n'
+                      'timestamp_column = "time"\nchannels = ["a", "b"]\nlabel_column = "label"\n' + WINDOWS)
+    data = load_config(config).data
+    with pytest.raises(ValueError, match=r"samples every 1000 s, .* \(the timestamps look like Unix "
+                                         r"milliseconds read as seconds: set data -> csv -> "
+                                         r'timestamp_format = "unix_ms"'):
+        load_splits(data, 1.0)
+    config.write_text(config.read_text().replace('timestamp_column = "time"',
+                                                 'timestamp_column = "time"\ntimestamp_format = "unix_ms"'))
+    assert sum(len(s) for s in load_splits(load_config(config).data, 1.0).fit) > 0
+
+
+def test_a_row_of_any_split_is_named_by_file_and_line(tmp_path: Path) -> None:
+    # 500 rows, 10 dropped from row 100 (a long gap: two segments); cut in time, the calibration block is
+    # the end of the second segment
+    path = write_csv(tmp_path / "pump.csv", 500, dropouts=(100,))
+    splits = splits_for(tmp_path, [path], split="time")
+    calibration = splits.calibration[-1]
+    assert calibration.name == "pump#1"
+    # the last row of the file is on line 491 (header + 500 rows - 10 dropped)
+    assert splits.origin.row(calibration, len(calibration) - 1) == f"{path}: line 491"
+    first = splits.fit[0]
+    assert splits.origin.row(first, 0) == f"{path}: line 2"
+    assert splits.origin.file("pump#1") == path

@@ -40,6 +40,7 @@ def test_make_windows_keeps_series_end_row_labels_and_rul() -> None:
         condition_names=["op"],
     )
     b = a.slice(0, 2)  # shorter than the window: no windows
+    b.name = "b"  # one name per series in a set of windows
     ws = make_windows([a, b], 3, 1, condition_channels=True)
     assert ws.data.shape == (4, 3, 3)  # channels first, condition channel appended
     assert ws.channels == ["x", "y", "op"]
@@ -96,3 +97,12 @@ def test_split_series_is_by_whole_series_and_seeded() -> None:
     assert [s.name for s in split_series(series, 0.3, seed=4)[1]] == [s.name for s in second]
     with pytest.raises(ValueError, match="split fraction"):
         split_series(series, 1.5, 0)
+
+
+def test_one_set_of_windows_refuses_two_series_of_one_name() -> None:
+    """Windows are told apart by series name (per-asset baselines, scores.csv, the report): two series of
+    one name in one set would be scored as one asset."""
+    values = np.zeros((6, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"series names \['pump'\] occur more than once in one set of "
+                                         "windows"):
+        make_windows([Series("pump", values, ["x"]), Series("pump", values, ["x"])], 2)

@@ -1,12 +1,18 @@
 """Generic CSV reader for a user's own sensor data (`[data] source = "csv"`, options in `[data.csv]`).
 
 Options (`CsvOptions.from_options`, strict: unknown keys are errors naming `data -> csv -> KEY`):
-``paths`` (list of files), ``timestamp_column``, ``channels`` (list of numeric columns), optional
-``label_column`` (0/1), ``delimiter`` (default ``,``), ``max_gap`` (default 5 samples), ``sample_period_s``
-(default: the median spacing of the timestamps).
+``paths`` (list of files), ``timestamp_column``, ``timestamp_format``, ``channels`` (list of numeric
+columns), optional ``label_column`` (0/1), ``delimiter`` (default ``,``), ``max_gap`` (default 5 samples),
+``sample_period_s`` (default: the median spacing of the timestamps).
 
-Timestamps are Unix seconds (numbers) or ISO 8601 text (``2024-05-01T12:00:00``; without a zone it is read as
-UTC) and must increase strictly.
+Timestamps must increase strictly. ``timestamp_format`` takes the agent's names
+(`edge_agent.sources.lineformats.TIMESTAMP_FORMATS`): ``unix_s``, ``unix_ms`` or ``iso8601`` (without a zone
+it is read as UTC). Not set, a number is Unix seconds and text is ISO 8601. A number beyond the year 9999 as
+seconds (``1772431200000``) is refused as milliseconds read as seconds, naming what to set.
+
+Series names: a file's stem (``run04``); where stems collide (``day1/compressor.csv``,
+``day2/compressor.csv``), the path relative to the colliding files' common folder, without the extension
+(``day1/compressor``).
 
 Gap and NaN policy (one rule for both, in samples of ``sample_period_s``):
 
@@ -25,11 +31,15 @@ Anything else that is not a number (``12,5``, ``ok``) is an error naming the fil
 from __future__ import annotations
 
 import csv
+import difflib
+import json
 import logging
 import math
+import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +48,7 @@ import numpy as np
 
 from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section
+from edge_agent.sources.lineformats import MAX_TIMESTAMP_S, SECONDS_AS_MS, TIMESTAMP_FORMATS
 from trainer.data.series import Series
 
 log = logging.getLogger(__name__)
@@ -64,11 +75,20 @@ class CsvOptions:
     max_gap: int = 5
     sample_period_s: float | None = None
     paths: tuple[str, ...] = ()
+    timestamp_format: str | None = None  # None: numbers are unix_s, text is iso8601
 
     @classmethod
     def from_options(cls, raw: Mapping[str, Any], path: str = "data -> csv") -> CsvOptions:
-        """Parse the `[data.csv]` table strictly (errors are `ConfigError` naming the key path)."""
+        """Parse the `[data.csv]` table strictly (errors are `ConfigError` naming the key path). Unknown keys
+        are refused first, so a misspelt required key is named as such, not reported as missing."""
         section = Section(dict(raw), path)
+        known = [f.name for f in fields(cls)]
+        unknown = [key for key in section if key not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            raise ConfigError(section.key_path(unknown[0]), "unknown key" + (
+                f" (did you mean {close[0]}?)" if close else f" (the keys are {', '.join(known)})") + (
+                f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""), raw[unknown[0]])
         options = cls(
             timestamp_column=section.get("timestamp_column", str),
             channels=section.str_list("channels"),
@@ -79,6 +99,9 @@ class CsvOptions:
             if "sample_period_s" in section
             else None,
             paths=section.str_list("paths", ()),
+            timestamp_format=section.choice("timestamp_format", TIMESTAMP_FORMATS)
+            if "timestamp_format" in section
+            else None,
         )
         section.finish()
         if len(options.delimiter) != 1:
@@ -97,24 +120,48 @@ class CsvOptions:
         return options
 
 
-def _parse_time(text: str, path: Path, line: int, column: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a finite timestamp: {text!r}")
-        return value
+def _parse_time(text: str, path: Path, line: int, column: str, fmt: str | None = None) -> float:
+    """A timestamp cell as Unix seconds (UTC) by `fmt` (`CsvOptions.timestamp_format`; None: a number is
+    unix_s, text is iso8601). Errors name the file, line, column and value."""
+    where = f"{path}: line {line}, column {column!r}"
+    if fmt != "iso8601":
+        try:
+            value = float(text)
+        except ValueError as exc:
+            if fmt is not None:
+                raise CsvFormatError(f"{where}: not a number ({fmt} timestamp): {text!r}") from exc
+        else:
+            if not math.isfinite(value):
+                raise CsvFormatError(f"{where}: not a finite timestamp: {text!r}")
+            return _epoch_seconds(value, text, where, fmt or "unix_s")
     try:
         stamp = parse_iso8601(text)
     except ValueError as exc:
-        raise CsvFormatError(
-            f"{path}: line {line}, column {column!r}: not a timestamp (Unix seconds or ISO 8601): {text!r}"
-        ) from exc
+        expected = "ISO 8601" if fmt == "iso8601" else "Unix seconds or ISO 8601"
+        raise CsvFormatError(f"{where}: not a timestamp ({expected}): {text!r}") from exc
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=timezone.utc)
     return stamp.timestamp()
+
+
+def _epoch_seconds(value: float, text: str, where: str, fmt: str) -> float:
+    """An epoch number in `fmt` (unix_s or unix_ms) as seconds. A value past the year 9999 in its unit (the
+    agent's bound, `MAX_TIMESTAMP_S`) is refused: milliseconds read as seconds would make every sample
+    period 1000 times too long."""
+    seconds = value / 1000.0 if fmt == "unix_ms" else value
+    if seconds <= MAX_TIMESTAMP_S:
+        return seconds
+    if fmt == "unix_s" and value / 1000.0 <= MAX_TIMESTAMP_S:
+        hint = (f"it looks like Unix milliseconds ({_utc(value / 1000.0)}): set data -> csv -> "
+                'timestamp_format = "unix_ms"')
+    else:
+        hint = "a finer unit (microseconds?): write Unix seconds or milliseconds"
+    unit = "Unix milliseconds" if fmt == "unix_ms" else "Unix seconds"
+    raise CsvFormatError(f"{where}: timestamp {text!r} is past the year 9999 as {unit}; {hint}")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _parse_value(text: str, path: Path, line: int, column: str) -> float:
@@ -132,10 +179,12 @@ def _parse_value(text: str, path: Path, line: int, column: str) -> float:
 
 @contextmanager
 def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[ValueError],
+               delimiter_key: str = "delimiter",
                ) -> Iterator[tuple[dict[str, int], Iterator[tuple[int, list[str]]]]]:
     """Open a delimited text file with a header line: `(column index of each wanted name, (line number,
     cells) of every non-blank row)`. A missing column or a row with the wrong field count raises `error`
-    naming the file and line; the caller parses the cells."""
+    naming the file and line; the caller parses the cells. A header read as one column that holds another
+    delimiter says so, naming the option `delimiter_key` to set."""
     with path.open("rb") as handle:
         lines = _decoded(handle, path, error)
         reader = csv.reader(lines, delimiter=delimiter)
@@ -144,7 +193,8 @@ def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[Va
             raise error(f"{path}: empty file (no header line)")
         missing = [name for name in wanted if name not in header]
         if missing:
-            raise error(f"{path}: line 1: missing column(s) {missing}; the header has {header}")
+            raise error(f"{path}: line 1: missing column(s) {missing}; the header has {header}"
+                        + _delimiter_hint(header, delimiter, delimiter_key))
 
         def records() -> Iterator[tuple[int, list[str]]]:
             for line, cells in enumerate(reader, start=2):
@@ -155,6 +205,20 @@ def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[Va
                 yield line, cells
 
         yield {name: header.index(name) for name in wanted}, records()
+
+
+OTHER_DELIMITERS = (";", "\t", ",", "|")
+
+
+def _delimiter_hint(header: list[str], delimiter: str, key: str) -> str:
+    """For a header that came out as one column holding another delimiter: what to set."""
+    if len(header) != 1:
+        return ""
+    for other in OTHER_DELIMITERS:
+        if other != delimiter and other in header[0]:
+            return (f" (one column that holds {other!r}: the file looks {other!r}-separated, not "
+                    f"{delimiter!r}-separated; set {key} = {json.dumps(other)})")
+    return ""
 
 
 def _decoded(handle: Any, path: Path, error: type[ValueError]) -> Iterator[str]:
@@ -183,9 +247,11 @@ def _read_table(path: Path, options: CsvOptions,
     line_numbers: list[int] = []
     rows: list[list[float]] = []
     labels: list[int] = []
-    with table_rows(path, options.delimiter, wanted, CsvFormatError) as (index, records):
+    with table_rows(path, options.delimiter, wanted, CsvFormatError, "data -> csv -> delimiter") as (
+            index, records):
         for line, cells in records:
-            ts = _parse_time(cells[index[options.timestamp_column]], path, line, options.timestamp_column)
+            ts = _parse_time(cells[index[options.timestamp_column]], path, line, options.timestamp_column,
+                             options.timestamp_format)
             if times and ts <= times[-1]:
                 raise CsvFormatError(
                     f"{path}: line {line}, column {options.timestamp_column!r}: timestamp "
@@ -208,6 +274,12 @@ def _read_table(path: Path, options: CsvOptions,
                 labels.append(int(label))
     if not rows:
         raise CsvFormatError(f"{path}: no data rows")
+    if options.timestamp_format == "unix_ms" and SECONDS_AS_MS[0] <= times[0] * 1000.0 < SECONDS_AS_MS[1]:
+        # as the agent warns: most likely seconds written under unix_ms (a millisecond uptime counter looks
+        # the same, so it is not an error)
+        log.warning("%s: line %d: timestamp %.15g read as unix_ms is %s: if the file holds Unix seconds, set "
+                    'data -> csv -> timestamp_format = "unix_s"', path, line_numbers[0], times[0] * 1000.0,
+                    _utc(times[0]))
     label_array = np.asarray(labels, dtype=np.int8) if options.label_column is not None else None
     return np.asarray(times), np.asarray(rows, dtype=np.float64), label_array, line_numbers
 
@@ -215,9 +287,10 @@ def _read_table(path: Path, options: CsvOptions,
 def _on_grid(
     times: np.ndarray, values: np.ndarray, labels: np.ndarray | None, period: float, max_gap: int, *,
     lines: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Insert NaN rows for samples missing from the time grid. A gap longer than `max_gap` samples gets only
-    `max_gap + 1` placeholder rows (enough to be split off later) so a gap of days is not materialised."""
+    `max_gap + 1` placeholder rows (enough to be split off later) so a gap of days is not materialised.
+    Returns times, values, labels and the file line of each grid row (0 for an inserted row)."""
     increments = np.rint(np.diff(times) / period).astype(np.int64)
     if np.any(increments < 1):
         bad = int(np.flatnonzero(increments < 1)[0]) + 1
@@ -241,7 +314,9 @@ def _on_grid(
         grid_labels = np.zeros(total, dtype=np.int8)
         grid_labels[steps] = labels
         grid_labels = np.maximum(grid_labels[previous], grid_labels[following])
-    return grid_times, grid_values, grid_labels
+    grid_lines = np.zeros(total, dtype=np.int64)
+    grid_lines[steps] = lines
+    return grid_times, grid_values, grid_labels, grid_lines
 
 
 def _fill_short_gaps(values: np.ndarray, max_gap: int) -> np.ndarray:
@@ -276,15 +351,33 @@ def _missing_periods(times: np.ndarray, unusable: np.ndarray, period: float) -> 
     return total
 
 
-def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
-    """One CSV file as one or more gap-free `Series` segments (see the module docstring)."""
+@dataclass(frozen=True)
+class CsvRecording:
+    """One CSV file as read: its gap-free segments and, per segment, the file line of each row (0 for a row
+    inserted on the time grid), so that a row of the data can be named by file and line."""
+
+    path: Path
+    segments: list[Series]
+    lines: list[np.ndarray]
+
+
+def read_csv_file(path: str | Path, options: CsvOptions, name: str | None = None) -> list[Series]:
+    """One CSV file as one or more gap-free `Series` segments named `name` (default: the file's stem), see
+    the module docstring."""
+    return read_recording(path, options, name).segments
+
+
+def read_recording(path: str | Path, options: CsvOptions, name: str | None = None) -> CsvRecording:
+    """`read_csv_file` with the file line of every row."""
     path = Path(path)
+    name = path.stem if name is None else name
     times, values, labels, lines = _read_table(path, options)
     period = options.sample_period_s
     if period is None:
         period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     try:
-        times, values, labels = _on_grid(times, values, labels, period, options.max_gap, lines=lines)
+        times, values, labels, grid_lines = _on_grid(times, values, labels, period, options.max_gap,
+                                                     lines=lines)
     except CsvFormatError as exc:
         raise CsvFormatError(f"{path}: {exc}") from exc
     unusable = _fill_short_gaps(values, options.max_gap)
@@ -306,9 +399,9 @@ def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
             len(starts),
         )
     single = len(starts) == 1
-    return [
+    segments = [
         Series(
-            name=path.stem if single else f"{path.stem}#{i}",
+            name=name if single else f"{name}#{i}",
             values=values[start:stop].astype(np.float32),
             channels=list(options.channels),
             timestamps=times[start:stop],
@@ -316,10 +409,56 @@ def read_csv_file(path: str | Path, options: CsvOptions) -> list[Series]:
         )
         for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
+    return CsvRecording(path, segments, [grid_lines[start:stop] for start, stop in zip(starts, stops,
+                                                                                        strict=True)])
+
+
+def series_names(paths: Sequence[str | Path]) -> list[str]:
+    """A unique series name per file: its stem, or, for files whose stems collide, the path relative to
+    their common folder without the extension, '/'-separated (`day1/compressor`; with the extension when
+    that still collides). A file listed twice is an error: it would be read, split and counted twice."""
+    # abspath: normalises `..` without following symlinks (resolve() would name files by their link targets)
+    absolute = [Path(os.path.abspath(p)) for p in paths]  # noqa: PTH100
+    seen: dict[Path, str | Path] = {}
+    for given, full in zip(paths, absolute, strict=True):
+        if full in seen:
+            raise CsvFormatError(f"{given}: listed twice in data -> csv -> paths (also as {seen[full]})")
+        seen[full] = given
+    names = [p.stem for p in absolute]
+    for stem in sorted(set(names)):
+        group = [i for i, p in enumerate(absolute) if p.stem == stem]
+        if len(group) < 2:
+            continue
+        parent = Path(os.path.commonpath([absolute[i].parent for i in group]))
+        relative = [absolute[i].relative_to(parent) for i in group]
+        stripped = [r.with_suffix("").as_posix() for r in relative]
+        unique = len(set(stripped)) == len(stripped)
+        for i, short, whole in zip(group, stripped, relative, strict=True):
+            names[i] = short if unique else whole.as_posix()
+    return names
+
+
+def read_recordings(paths: Sequence[str | Path], options: CsvOptions) -> list[CsvRecording]:
+    """Each file's recording, in file order, under unique series names (`series_names`)."""
+    if not paths:
+        raise CsvFormatError("no CSV files given (data -> csv -> paths is empty)")
+    names = series_names(paths)
+    renamed = [f"{path} as {name}" for path, name in zip(paths, names, strict=True)
+               if name != Path(path).stem]
+    if renamed:
+        log.info("files with the same name in different folders are named by their path: %s",
+                 ", ".join(renamed))
+    recordings = [read_recording(path, options, name) for path, name in zip(paths, names, strict=True)]
+    owner: dict[str, Path] = {}
+    for recording in recordings:
+        for segment in recording.segments:
+            if segment.name in owner:  # `run.csv` cut by a gap into run#0, run#1 and a file `run#1.csv`
+                raise CsvFormatError(f"{recording.path}: its series name {segment.name!r} is also the name "
+                                     f"of a segment of {owner[segment.name]}; rename one of the files")
+            owner[segment.name] = recording.path
+    return recordings
 
 
 def read_csv_files(paths: Sequence[str | Path], options: CsvOptions) -> list[list[Series]]:
-    """Each file's segments, in file order."""
-    if not paths:
-        raise CsvFormatError("no CSV files given (data -> csv -> paths is empty)")
-    return [read_csv_file(path, options) for path in paths]
+    """Each file's segments, in file order, under unique series names (`series_names`)."""
+    return [recording.segments for recording in read_recordings(paths, options)]

@@ -11,8 +11,9 @@ one series on both sides of a split would leak.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,6 +59,10 @@ class WindowSet:
     end_time: np.ndarray  # [N] timestamp (cycle) at the last row, or the row index
     labels: np.ndarray | None = None  # [N] 0/1 at the window's last row
     rul: np.ndarray | None = None  # [N] RUL at the window's last row
+    # rows labelled 1 in each labelled series the windows were made from (whole series, not just window ends),
+    # and the stride: what `missed_labels` compares the windows' labels with
+    labelled_rows: dict[str, int] = field(default_factory=dict)
+    stride: int | None = None
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -76,6 +81,8 @@ class WindowSet:
             self.end_time[mask],
             cut(self.labels),
             cut(self.rul),
+            dict(self.labelled_rows),
+            self.stride,
         )
 
 
@@ -86,6 +93,9 @@ def make_windows(
     as extra input channels (named by `condition_names`), which is how regime scaling sees them in-graph."""
     if not series:
         raise ValueError("no series to window")
+    repeated = sorted(name for name, n in Counter(s.name for s in series).items() if n > 1)
+    if repeated:  # windows are told apart by series name (per-asset baselines, scores.csv, the report)
+        raise ValueError(f"series names {repeated[:5]} occur more than once in one set of windows")
     channels = list(series[0].channels) + (list(series[0].condition_names) if condition_channels else [])
     parts: list[np.ndarray] = []
     names: list[np.ndarray] = []
@@ -93,6 +103,7 @@ def make_windows(
     times: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     ruls: list[np.ndarray] = []
+    labelled_rows: dict[str, int] = {}
     for item in series:
         if item.channels != series[0].channels:
             raise ValueError(
@@ -114,6 +125,7 @@ def make_windows(
         times.append(item.timestamps[end] if item.timestamps is not None else end.astype(np.float64))
         if item.labels is not None:
             labels.append(np.asarray(item.labels)[end].astype(np.int64))
+            labelled_rows[item.name] = int(np.count_nonzero(item.labels))
         if item.rul is not None:
             ruls.append(np.asarray(item.rul)[end].astype(np.float64))
     short = [s.name for s in series if len(s) < length]
@@ -132,7 +144,39 @@ def make_windows(
         end_time=np.concatenate(times).astype(np.float64),
         labels=np.concatenate(labels) if len(labels) == len(series) else None,
         rul=np.concatenate(ruls) if len(ruls) == len(series) else None,
+        labelled_rows=labelled_rows,
+        stride=stride,
     )
+
+
+def missed_labels(windows: WindowSet) -> list[tuple[str, int, int]]:
+    """`(series, rows labelled 1, windows)` for each series with rows labelled 1 none of whose windows is
+    labelled 1: a window's label is its last row's, so labels on a few rows (a change point) can fall between
+    window ends, and the evaluation then has no anomalous window of that series."""
+    if windows.labels is None:
+        return []
+    missed = []
+    for name, rows in windows.labelled_rows.items():
+        mine = windows.series == name
+        if rows and not np.any(windows.labels[mine]):
+            missed.append((name, rows, int(np.count_nonzero(mine))))
+    return missed
+
+
+def warn_missed_labels(windows: WindowSet, what: str,
+                       file_of: Callable[[str], str | None] | None = None) -> None:
+    """One warning per `missed_labels` series of `windows`; `what` says which windows, `file_of` gives the
+    file a series was read from, where known."""
+    stride = "?" if windows.stride is None else str(windows.stride)
+    for name, rows, count in missed_labels(windows):
+        path = file_of(name) if file_of is not None else None
+        log.warning(
+            "%s: series %r%s has %d row(s) labelled 1 but none of its %d window(s) is labelled 1: a window's "
+            "label is its last row's, and with stride %s no window ends on a labelled row, so it adds no "
+            "anomalous window (ROC-AUC null, recall 0 when no series does). A sparse label such as a change "
+            "point marks too few rows: label every row of the anomalous stretch",
+            what, name, f" ({path})" if path else "", rows, count, stride,
+        )
 
 
 class StandardScaler:
@@ -253,6 +297,82 @@ def fit_scaler(
         raise ValueError(f"regime scaling needs conditions; series without: {missing[:3]}")
     conditions = np.concatenate([np.asarray(s.conditions) for s in series])
     return RegimeScaler.fit(values, conditions, n_regimes, seed)
+
+
+# Extreme values in the data a scaler is fitted on (`extreme_values`): outside the central 99 % of a
+# channel's rows by more than EXTREME_FACTOR times that range's width. Not median/MAD: a machine that runs
+# loaded 40 % of the time has its loaded readings dozens of MADs from the median; a quantile range holds every
+# operating state that fills at least 0.5 % of the rows at either end. For Gaussian noise the limit is ~18
+# sigma.
+EXTREME_QUANTILES = (0.005, 0.995)
+EXTREME_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class ExtremeValues:
+    """The extreme rows of one channel: `(series index, row)` and value of each, the channel's central range
+    (`low`, `high`), and its standard deviation over all rows and over the others."""
+
+    channel: str
+    rows: list[tuple[int, int]]
+    values: list[float]
+    low: float
+    high: float
+    std: float
+    std_without: float
+
+
+def extreme_values(series: Sequence[Series], channels: Sequence[str],
+                   factor: float = EXTREME_FACTOR) -> list[ExtremeValues]:
+    """Values of `channels` in `series` further than `factor` central-99 % widths outside that range (see
+    EXTREME_QUANTILES). A channel whose central range has no width (constant, or nearly) has none."""
+    if not series:
+        return []
+    values = np.concatenate([s.select(list(channels)).values for s in series]).astype(np.float64)
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(series)])
+    row = np.concatenate([np.arange(len(s)) for s in series])
+    found = []
+    for c, channel in enumerate(channels):
+        column = values[:, c]
+        low, high = (float(q) for q in np.quantile(column, EXTREME_QUANTILES))
+        width = high - low
+        if not width > 0:
+            continue
+        extreme = (column < low - factor * width) | (column > high + factor * width)
+        if not extreme.any():
+            continue
+        index = np.flatnonzero(extreme)
+        found.append(ExtremeValues(
+            channel,
+            [(int(owner[i]), int(row[i])) for i in index],
+            column[index].tolist(),
+            low,
+            high,
+            float(column.std()),
+            float(column[~extreme].std()),
+        ))
+    return found
+
+
+def warn_extreme_values(series: Sequence[Series], channels: Sequence[str],
+                        row_origin: Callable[[Series, int], str], shown: int = 3) -> list[ExtremeValues]:
+    """Log one warning per channel of the fit `series` with `extreme_values`, naming where the first `shown`
+    are (`row_origin(series, row)`: file and line for CSV data). The data is used as it is: a sentinel value
+    such as -9999 is read as a reading, so the warning says what it does to the channel's spread."""
+    found = extreme_values(series, channels)
+    for item in found:
+        places = [f"{row_origin(series[s], r)}, column {item.channel!r}: {v:g}"
+                  for (s, r), v in zip(item.rows[:shown], item.values[:shown], strict=True)]
+        more = len(item.rows) - len(places)
+        log.warning(
+            "extreme value(s) in the data the scaler is fitted on: %s%s: more than %g x the width of the "
+            "central 99 %% of the column's fit rows (%.6g .. %.6g) outside it; with them the column's std is "
+            "%.4g, without them %.4g. A glitch or a sentinel value (-9999)? Mark missing samples empty or "
+            "NaN",
+            "; ".join(places), f" (and {more} more)" if more > 0 else "", EXTREME_FACTOR, item.low, item.high,
+            item.std, item.std_without,
+        )
+    return found
 
 
 def split_series(series: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
