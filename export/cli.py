@@ -35,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--version", type=_bundle_version, help="bundle version, at most 64 characters "
                         "(default: UTC date-time)")
     export.add_argument("--model-name", help="model name in the manifest (default: the run's data source)")
-    export.add_argument("--device-profile", action="append", dest="device_profiles", metavar="NAME",
-                        help="device profile the bundle is validated for (repeatable; default: generic)")
+    export.add_argument("--device-profile", action="append", dest="device_profiles", metavar="NAME|PATH",
+                        type=_device_profile,
+                        help="device profile of the gateways that may install the bundle: a known profile's "
+                        "name, or the path of a profile file (its name is the file's stem), repeatable; "
+                        "default: generic, any gateway")
     export.add_argument("--latency-repeats", type=at_least(1), default=200,
                         help="timed runs per latency measurement (batch 1; batch 32 uses a quarter)")
     export.set_defaults(func=cmd_export)
@@ -62,22 +65,33 @@ def _matching(text: str, pattern: re.Pattern[str], most: int) -> str:
     return text
 
 
-def _warn_unknown_profiles(names: tuple[str, ...] | list[str]) -> None:
-    """A profile name no profile directory here knows: likely a typo, and every gateway with another profile
-    name would refuse the bundle. A gateway's own profile (in its /etc/edge-agent/device_profiles) may be
-    unknown on the workstation, so this warns rather than refuses."""
-    from edge_agent.configtools import ConfigError
-    from edge_agent.profiles import load_profile
+def _device_profile(text: str) -> str:
+    """One `--device-profile`, checked before any work; returns the name the manifest lists.
 
-    for name in names:
-        if name in ("generic", "any"):
-            continue
-        try:
-            load_profile(name)
-        except ConfigError:
-            logging.getLogger("export").warning(
-                "--device-profile %s: no such profile here (the shipped ones are in device_profiles/); only "
-                "gateways whose profile is named %s will install this bundle", name, name)
+    A gateway installs a bundle only when the manifest names its profile, and a gateway's profile is named
+    after its file's stem (`edge_agent.profiles`), so a misspelt name would give a bundle that no gateway
+    with a profile installs. Accepted: `generic`/`any`; a name `edge_agent.profiles.load_profile` finds here
+    ($EDGE_AGENT_PROFILE_PATH, /etc/edge-agent/device_profiles, the shipped device_profiles/); or the path of
+    a profile file (a gateway's own profile, copied to the workstation), which is loaded strictly and gives
+    its stem. Anything else is refused with the known names."""
+    from edge_agent.bundle.install import ANY_PROFILE
+    from edge_agent.configtools import ConfigError
+    from edge_agent.profiles import available_profiles, load_profile
+
+    if text in ANY_PROFILE:
+        return text
+    is_path = "/" in text or text.endswith(".toml")
+    if not is_path and text not in available_profiles():
+        known = ", ".join(sorted(available_profiles())) or "none"
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r}: no such device profile (known: {known}; generic or any: every gateway). For a "
+            "gateway's own profile give the path of its file (NAME.toml: the bundle then names NAME) or add "
+            "its directory to $EDGE_AGENT_PROFILE_PATH")
+    try:
+        return load_profile(text).name
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text[:200]!r}: {exc.message if exc.path == 'device_profile' else exc}") from exc
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -97,11 +111,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.run_dir import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _warn_unknown_profiles(args.device_profiles or ())
     try:
         result = export_run(args.run, args.out, precision=args.precision, sign_key=args.sign_key,
                             name=args.name, version=args.version, model_name=args.model_name,
-                            device_profiles=tuple(args.device_profiles or ("generic",)),
+                            device_profiles=tuple(dict.fromkeys(args.device_profiles or ("generic",))),
                             latency_repeats=args.latency_repeats)
     except (ExportError, BundleError) as exc:
         print(f"edge-trainer export: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import numpy as np
 
 from trainer.metrics import binary_metrics, first_alarm_lead_time, lead_time_summary
 from trainer.report import (
+    TimeAxis,
     contribution_figure,
     histogram_figure,
     roc_pr_figure,
@@ -178,16 +179,20 @@ def build_figures(
     output: ScoreOutput,
     threshold: float,
 ) -> dict[str, str | None]:
-    """The report's figures, keyed by heading."""
+    """The report's figures, keyed by heading. Times read as the run's data source says (`TimeAxis`):
+    C-MAPSS cycles per unit, UTC date/time per file for CSV and SKAB, time steps per series otherwise."""
     n_model = len(run["channels"])
+    axis = TimeAxis.for_source(run.get("data_source"), time)
     return {
         "ROC and precision-recall (test windows)": roc_pr_figure(labels, score)
         if labels is not None
         else None,
-        "Scores over time per unit": scores_over_time_figure(names, time, score, labels, threshold),
+        f"Scores over time per {axis.series_word}": scores_over_time_figure(
+            names, time, score, labels, threshold, axis=axis
+        ),
         "Score histograms: normal vs anomalous": histogram_figure(labels, score, threshold),
         "Per-channel contributions of the top alerts": contribution_figure(
-            output.channel_error[:, :n_model], run["channels"], score, names, time
+            output.channel_error[:, :n_model], run["channels"], score, names, time, axis=axis
         ),
         "Training curves": training_figure(run["history"]),
     }

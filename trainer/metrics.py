@@ -1,5 +1,10 @@
 """Evaluation metrics: threshold-free and thresholded binary metrics, SKAB's leaderboard metrics, and
-first-alarm lead time on run-to-failure units."""
+first-alarm lead time on run-to-failure units.
+
+A rate whose denominator is 0 is undefined and reported as None (JSON null), never as 0.0: with no anomalous
+windows recall and MAR are undefined (0.0 would read "missed everything" and "missed nothing" at once), with
+no alarms precision is, and with neither F1 is. See docs/evaluation.md, "Threshold metrics".
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,14 @@ def _counts(labels: np.ndarray, predictions: np.ndarray) -> tuple[int, int, int,
     return int(tp), int(fp), int(fn), int(tn)
 
 
-def _ratio(numerator: int, denominator: int) -> float:
-    return numerator / denominator if denominator else 0.0
+def _ratio(numerator: int, denominator: int) -> float | None:
+    """`numerator / denominator`, None when the denominator is 0 (the rate is undefined)."""
+    return numerator / denominator if denominator else None
+
+
+def _percent(numerator: int, denominator: int) -> float | None:
+    ratio = _ratio(numerator, denominator)
+    return None if ratio is None else 100.0 * ratio
 
 
 def binary_metrics(
@@ -37,8 +48,10 @@ def binary_metrics(
 ) -> dict[str, Any]:
     """ROC-AUC, PR-AUC (average precision) and the confusion at `threshold` (``score > threshold`` alarms).
 
-    `far` is FP / (FP + TN) and `mar` FN / (FN + TP), both as fractions. ROC-AUC and PR-AUC are None when
-    the labels hold only one class (they are undefined then).
+    `far` is FP / (FP + TN) and `mar` FN / (FN + TP), both as fractions; F1 is 2 TP / (2 TP + FP + FN).
+    ROC-AUC and PR-AUC are None when the labels hold only one class, and each rate is None when its
+    denominator is 0 (recall and `mar` without anomalous windows, precision without alarms, `far` without
+    normal windows, F1 with neither anomalous windows nor alarms): they are undefined then.
     """
     truth = _binary("labels", labels)
     values = np.asarray(scores, dtype=np.float64)
@@ -72,13 +85,15 @@ def skab_metrics(
     """SKAB's outlier-detection leaderboard metrics over point-wise 0/1 predictions.
 
     As the leaderboard defines them: F1 of the anomalous class, FAR % = FP / (FP + TN) * 100,
-    MAR % = FN / (FN + TP) * 100.
+    MAR % = FN / (FN + TP) * 100. As in `binary_metrics`, a rate whose denominator is 0 is None (MAR %
+    without anomalous rows, FAR % without normal rows, F1 with neither anomalous rows nor predicted ones);
+    the test parts of SKAB's labelled files always hold both classes.
     """
     tp, fp, fn, tn = _counts(_binary("labels", labels), _binary("predictions", predictions))
     return {
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "far_pct": 100.0 * _ratio(fp, fp + tn),
-        "mar_pct": 100.0 * _ratio(fn, fn + tp),
+        "far_pct": _percent(fp, fp + tn),
+        "mar_pct": _percent(fn, fn + tp),
         "tp": tp,
         "fp": fp,
         "fn": fn,
@@ -125,7 +140,8 @@ def first_alarm_lead_time(
 
 def lead_time_summary(units: Sequence[UnitAlarms]) -> dict[str, Any]:
     """Across units: share of units detected before failure, median/mean/min lead time, false alarms in the
-    healthy parts (total, per 1,000 healthy steps, and units with any), plus the per-unit rows."""
+    healthy parts (total, per 1,000 healthy steps (None without healthy steps), and units with any), plus the
+    per-unit rows."""
     if not units:
         raise ValueError("no units to summarise")
     leads = np.array([u.lead_time for u in units if u.lead_time is not None], dtype=np.float64)
@@ -138,7 +154,8 @@ def lead_time_summary(units: Sequence[UnitAlarms]) -> dict[str, Any]:
         "lead_time_mean": float(leads.mean()) if leads.size else None,
         "lead_time_min": float(leads.min()) if leads.size else None,
         "false_alarms": false_alarms,
-        "false_alarms_per_1000_healthy_steps": 1000.0 * _ratio(false_alarms, healthy_steps),
+        "false_alarms_per_1000_healthy_steps": None if healthy_steps == 0
+        else 1000.0 * false_alarms / healthy_steps,
         "units_with_false_alarms": sum(1 for u in units if u.false_alarms),
         "per_unit": [asdict(u) for u in units],
     }

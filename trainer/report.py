@@ -6,7 +6,10 @@ import base64
 import html
 import io
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,86 @@ import numpy as np
 
 MAX_UNITS_PLOTTED = 8
 TOP_ALERTS = 5
+_SEGMENT = re.compile(r"#\d+$")  # CSV files cut at long gaps become series `stem#0`, `stem#1`, ...
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """How a run's window end times read, from its `data_source`: C-MAPSS counts cycles per engine unit;
+    CSV and SKAB files carry Unix seconds, shown as UTC date and time, per file (the segments a CSV file is
+    cut into at long gaps share their file's panel); other data (synthetic) has plain time steps per series.
+    File times that are no date between `DATES_FROM` and `DATES_TO` as Unix seconds (milliseconds since the
+    epoch, say) are shown as the numbers they are."""
+
+    kind: str  # "cycle", "utc", "number" (file times that are not dates) or "step"
+    series_word: str  # "unit", "file" or "series"
+
+    @classmethod
+    def for_source(cls, data_source: str | None, time: np.ndarray | None = None) -> TimeAxis:
+        if data_source == "cmapss":
+            return cls("cycle", "unit")
+        if data_source in ("csv", "skab"):
+            if time is not None and len(time) and not _dates(np.asarray(time, dtype=np.float64)):
+                return cls("number", "file")
+            return cls("utc", "file")
+        return cls("step", "series")
+
+    def panel(self, name: str) -> str:
+        """The panel a series is drawn in: its file for CSV segments, else the series itself."""
+        return _SEGMENT.sub("", name) if self.kind == "utc" else name
+
+    def short(self, name: str) -> str:
+        """A series as plots name it: a C-MAPSS unit by its number (`FD001/test/17` -> `17`); any other by
+        its whole name, which is unique (CSV files of the same name in different folders: `day1/compressor`,
+        `day2/compressor`; SKAB: `valve1/0`)."""
+        return str(name).rsplit("/", 1)[-1] if self.kind == "cycle" else str(name)
+
+    def point(self, name: str, time: float) -> str:
+        """One window: `unit 17 @ cycle 143`, `run06 @ 2026-03-05T10:15:00Z`, `series @ step 12`."""
+        short = self.short(name)
+        if self.kind == "cycle":
+            return f"unit {short} @ cycle {time:.15g}"
+        if self.kind == "utc":
+            return f"{short} @ {utc_iso(time)}"
+        if self.kind == "number":
+            return f"{short} @ {time:.15g}"
+        return f"{short} @ step {time:.15g}"
+
+    def values(self, time: np.ndarray) -> np.ndarray:
+        """What goes on the x axis: numpy datetimes (matplotlib draws them as dates) for Unix seconds."""
+        if self.kind != "utc":
+            return time
+        return np.round(np.asarray(time, dtype=np.float64) * 1000.0).astype(np.int64).astype("datetime64[ms]")
+
+    def format_axis(self, ax: Any) -> None:
+        if self.kind == "utc":
+            import matplotlib.dates as mdates
+
+            locator = mdates.AutoDateLocator(tz=timezone.utc)
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+
+    @property
+    def label(self) -> str:
+        names = {"cycle": "cycle at window end", "utc": "window end (UTC)",
+                 "number": "timestamp at window end (as in the files: not Unix seconds of a date)"}
+        return names.get(self.kind, "time step at window end")
+
+
+DATES_FROM = datetime(1900, 1, 1, tzinfo=timezone.utc).timestamp()
+DATES_TO = datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+def _dates(unix_seconds: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(unix_seconds)) and unix_seconds.min() >= DATES_FROM
+                and unix_seconds.max() < DATES_TO)
+
+
+def utc_iso(unix_seconds: float) -> str:
+    """ISO 8601 UTC with a `Z`: whole seconds, or milliseconds when the time has a fraction."""
+    stamp = datetime.fromtimestamp(float(unix_seconds), tz=timezone.utc)
+    spec = "seconds" if float(unix_seconds).is_integer() else "milliseconds"
+    return stamp.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
 def _png(fig: Any) -> str:
@@ -57,25 +140,51 @@ def roc_pr_figure(labels: np.ndarray, score: np.ndarray) -> str | None:
     return _png(fig)
 
 
-def scores_over_time_figure(
-    series: np.ndarray, time: np.ndarray, score: np.ndarray, labels: np.ndarray | None, threshold: float
-) -> str:
-    """Score per window over time for up to `MAX_UNITS_PLOTTED` series (those with anomalies first)."""
-    names = list(dict.fromkeys(series.tolist()))
+def scores_over_time_plot(
+    series: np.ndarray,
+    time: np.ndarray,
+    score: np.ndarray,
+    labels: np.ndarray | None,
+    threshold: float,
+    *,
+    axis: TimeAxis | None = None,
+) -> Any:
+    """The matplotlib figure of `scores_over_time_figure` (left open: the caller saves or closes it)."""
+    axis = axis or TimeAxis.for_source(None)
+    panel_of = np.array([axis.panel(str(n)) for n in series.tolist()], dtype=object)
+    names = list(dict.fromkeys(panel_of.tolist()))
     if labels is not None:
-        names.sort(key=lambda n: -int(labels[series == n].any()))
+        names.sort(key=lambda n: -int(labels[panel_of == n].any()))
     names = names[:MAX_UNITS_PLOTTED]
+    x = axis.values(time)
     fig, axes = _pyplot().subplots(len(names), 1, figsize=(9.0, 1.6 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
-        mask = series == name
-        ax.plot(time[mask], score[mask], lw=1)
+        for member in dict.fromkeys(series[panel_of == name].tolist()):  # a line per segment, none over a gap
+            mask = series == member
+            ax.plot(x[mask], score[mask], lw=1, color="C0")
+            if labels is not None and labels[mask].any():
+                t = x[mask][labels[mask] == 1]
+                ax.axvspan(t.min(), t.max(), color="orange", alpha=0.2)
         ax.axhline(threshold, color="r", lw=0.8, ls="--")
-        if labels is not None and labels[mask].any():
-            t = time[mask][labels[mask] == 1]
-            ax.axvspan(t.min(), t.max(), color="orange", alpha=0.2)
-        ax.set_ylabel(str(name).rsplit("/", 1)[-1], fontsize=8)
-    axes[-1, 0].set_xlabel("time at window end (orange: labelled anomalous, red dashes: threshold)")
-    return _png(fig)
+        axis.format_axis(ax)
+        ax.set_ylabel(axis.short(name), fontsize=8)
+    axes[-1, 0].set_xlabel(f"{axis.label} (orange: labelled anomalous, red dashes: threshold)")
+    fig.tight_layout()
+    return fig
+
+
+def scores_over_time_figure(
+    series: np.ndarray,
+    time: np.ndarray,
+    score: np.ndarray,
+    labels: np.ndarray | None,
+    threshold: float,
+    *,
+    axis: TimeAxis | None = None,
+) -> str:
+    """Score per window over time for up to `MAX_UNITS_PLOTTED` panels (those with anomalies first), one per
+    unit, file or series as `axis` says; time-indexed data gets a UTC date/time axis."""
+    return _png(scores_over_time_plot(series, time, score, labels, threshold, axis=axis))
 
 
 def histogram_figure(labels: np.ndarray | None, score: np.ndarray, threshold: float) -> str:
@@ -95,14 +204,36 @@ def histogram_figure(labels: np.ndarray | None, score: np.ndarray, threshold: fl
 
 
 def contribution_figure(
-    channel_error: np.ndarray, channels: Sequence[str], score: np.ndarray, names: np.ndarray, time: np.ndarray
+    channel_error: np.ndarray,
+    channels: Sequence[str],
+    score: np.ndarray,
+    names: np.ndarray,
+    time: np.ndarray,
+    *,
+    axis: TimeAxis | None = None,
 ) -> str:
-    """Per-channel error bars for the top-scoring window of each of the `TOP_ALERTS` top-scoring units."""
+    """Per-channel error bars for the top-scoring window of each of the `TOP_ALERTS` top-scoring series,
+    titled with the series and the window's end (`TimeAxis.point`)."""
+    return _png(contribution_plot(channel_error, channels, score, names, time, axis=axis))
+
+
+def contribution_plot(
+    channel_error: np.ndarray,
+    channels: Sequence[str],
+    score: np.ndarray,
+    names: np.ndarray,
+    time: np.ndarray,
+    *,
+    axis: TimeAxis | None = None,
+) -> Any:
+    """The matplotlib figure of `contribution_figure` (left open)."""
+    axis = axis or TimeAxis.for_source(None)
     top: list[int] = []
     seen: set[str] = set()
     for index in np.argsort(-score):
-        if str(names[index]) not in seen:
-            seen.add(str(names[index]))
+        panel = axis.panel(str(names[index]))
+        if panel not in seen:
+            seen.add(panel)
             top.append(int(index))
         if len(top) == TOP_ALERTS:
             break
@@ -110,9 +241,9 @@ def contribution_figure(
     axes = np.atleast_1d(axes)
     for ax, index in zip(axes, top, strict=True):
         ax.barh(list(channels), channel_error[index])
-        ax.set_title(f"{str(names[index]).rsplit('/', 1)[-1]} @ {time[index]:.15g}", fontsize=9)
+        ax.set_title(axis.point(str(names[index]), float(time[index])).replace(" @ ", "\n@ "), fontsize=9)
         ax.tick_params(labelsize=7)
-    return _png(fig)
+    return fig
 
 
 def training_figure(history: dict[str, Any]) -> str:

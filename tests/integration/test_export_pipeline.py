@@ -364,14 +364,24 @@ def test_cli_refuses_bad_arguments_before_any_work(tmp_path: Path, capsys: pytes
     assert message in capsys.readouterr().err
 
 
-def test_cli_warns_about_a_device_profile_it_does_not_know(tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_refuses_a_device_profile_it_does_not_know(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt name used to be a warning, and the bundle it wrote was refused by every gateway with a real
+    profile: it is an argument error naming the known profiles, before any work."""
+    with pytest.raises(SystemExit) as info:
+        _cli("export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "b.bundle"),
+             "--device-profile", "x86-64-ipc", "--device-profile", "jetson-orin-nan")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device-profile: 'jetson-orin-nan': no such device profile (known: " in err
+    for known in ("jetson-orin", "x86-64-ipc", "generic or any: every gateway"):
+        assert known in err
+    assert "give the path of its file" in err
+    # known names pass the check; the missing run directory is what fails then
     assert _cli("export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "b.bundle"),
-                "--device-profile", "x86-64-ipc", "--device-profile", "nonexistent-profile") == 1
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warned == [("--device-profile nonexistent-profile: no such profile here (the shipped ones are in "
-                       "device_profiles/); only gateways whose profile is named nonexistent-profile will "
-                       "install this bundle")]
+                "--device-profile", "x86-64-ipc", "--device-profile", "generic") == 1
+    assert "run directory not found" in capsys.readouterr().err
+    assert not (tmp_path / "b.bundle").exists()
 
 
 
@@ -492,3 +502,29 @@ def test_garbage_checkpoint_is_a_clean_export_error(run_dir: Path, tmp_path: Pat
         assert f"{broken / 'checkpoint.pt'}: cannot load checkpoint" in err
         assert "not a valid trainer checkpoint" in err
         _no_output(out)
+
+
+def test_cli_takes_a_gateway_profile_by_path_and_names_it_after_the_file(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway's own profile (unknown here by name) is given as its file: the manifest lists the file's
+    stem, the name the gateway gives the profile it loads from that file."""
+    shipped = Path(__file__).resolve().parents[2] / "device_profiles" / "x86-64-ipc.toml"
+    own = tmp_path / "line2-box.toml"
+    own.write_text(shipped.read_text())
+    out = tmp_path / "own.bundle"
+    assert _cli("export", "--run", str(run_dir), "--out", str(out), "--precision", "fp32",
+                "--latency-repeats", str(REPEATS), "--device-profile", str(own),
+                "--device-profile", "jetson-orin") == 0
+    capsys.readouterr()
+    bundle = read_bundle(out, extract_to=tmp_path / "x")  # unsigned: no keys to check
+    assert bundle.manifest.compatibility.device_profiles == ("line2-box", "jetson-orin")
+    # a profile file is checked as strictly as the gateway checks it
+    broken = tmp_path / "broken.toml"
+    broken.write_text(shipped.read_text().replace("min_cpus", "min_cpu"))
+    for profile, message in ((str(broken), f"{broken}: min_cpu: unknown key"),
+                             (str(tmp_path / "absent.toml"), "absent.toml does not exist")):
+        with pytest.raises(SystemExit):
+            _cli("export", "--run", str(run_dir), "--out", str(tmp_path / "b.bundle"),
+                 "--device-profile", profile)
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.bundle").exists()

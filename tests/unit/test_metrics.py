@@ -92,3 +92,36 @@ def test_healthy_cut_includes_the_boundary() -> None:
     assert (unit.false_alarms, unit.healthy_steps, unit.lead_time) == (1, 1, None)
     unit = first_alarm_lead_time("c", [0, 1, 0], [4, 3, 2], healthy_rul=4)
     assert (unit.false_alarms, unit.lead_time) == (0, 3.0)
+
+
+def test_rates_without_a_denominator_are_undefined_not_zero() -> None:
+    # a healthy test set (no anomalous window) with one false alarm: recall and MAR have nothing to count
+    metrics = binary_metrics([0, 0, 0, 0], [0.1, 0.2, 0.9, 0.3], threshold=0.5)
+    assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (0, 1, 0, 3)
+    assert metrics["recall"] is None
+    assert metrics["mar"] is None
+    assert metrics["precision"] == 0.0  # the one alarm was false
+    assert metrics["f1"] == 0.0
+    assert metrics["far"] == pytest.approx(0.25)
+    # ... and without any alarm, precision is undefined too, and so is F1 (0 / 0 both ways)
+    quiet = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3], threshold=0.5)
+    assert (quiet["precision"], quiet["recall"], quiet["f1"], quiet["mar"]) == (None, None, None, None)
+    assert quiet["far"] == 0.0
+    # anomalies all missed without an alarm: precision undefined, but recall 0, MAR 1 and F1 0 are defined
+    missed = binary_metrics([0, 1, 1], [0.1, 0.2, 0.3], threshold=0.5)
+    assert (missed["precision"], missed["recall"], missed["mar"], missed["f1"]) == (None, 0.0, 1.0, 0.0)
+    # only anomalous windows: no false-alarm rate
+    assert binary_metrics([1, 1], [0.9, 0.1], threshold=0.5)["far"] is None
+
+
+def test_skab_metrics_follow_the_same_rule_when_a_class_is_absent() -> None:
+    assert skab_metrics([0, 0, 0], [0, 0, 0]) == {
+        "f1": None, "far_pct": 0.0, "mar_pct": None, "tp": 0, "fp": 0, "fn": 0, "tn": 3}
+    assert skab_metrics([1, 1], [1, 0])["far_pct"] is None
+
+
+def test_false_alarms_per_healthy_steps_need_healthy_steps() -> None:
+    rul = np.array([3.0, 2.0, 1.0])
+    summary = lead_time_summary([first_alarm_lead_time("u", [0, 1, 1], rul, healthy_rul=10)])
+    assert summary["false_alarms"] == 0
+    assert summary["false_alarms_per_1000_healthy_steps"] is None

@@ -50,3 +50,18 @@ def test_selection_options_are_strict() -> None:
         parse_options({"dev_files": ["v"], "select_row_scores": ["min"]})
     with pytest.raises(ConfigError, match="dev_files: selection needs the development files"):
         parse_options({"select_row_scores": ["min"], "select_margins": [1.5]})
+
+
+@pytest.mark.parametrize(("label", "kind"), [(0, "anomalous"), (1, "normal")])
+def test_development_files_with_one_class_only_are_refused(label: int, kind: str) -> None:
+    import numpy as np
+
+    from trainer.benchmarks.skab import select_vae_setting
+    from trainer.benchmarks.skab_file import FileResult
+    from trainer.benchmarks.skab_options import DEFAULT_CONFIG
+    from trainer.config import load_config
+
+    options = parse_options({"dev_files": ["valve1"]})
+    one_class = FileResult("valve1/0", np.arange(5), np.full(5, label), {}, {})
+    with pytest.raises(ValueError, match=rf"dev_files \['valve1'\]: their test parts hold no {kind} rows"):
+        select_vae_setting([one_class], load_config(DEFAULT_CONFIG), options)

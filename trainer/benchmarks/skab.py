@@ -71,6 +71,10 @@ def select_vae_setting(
     if not dev:
         raise ValueError(f"dev_files {list(options.dev_files)}: none of the selected files is one")
     labels = np.concatenate([r.labels for r in dev])
+    if labels.min() == labels.max():  # FAR or MAR would be undefined (null) for every candidate
+        kind = "anomalous" if labels.min() == 0 else "normal"
+        raise ValueError(f"dev_files {list(options.dev_files)}: their test parts hold no {kind} rows, so no "
+                         "setting can be chosen on them; name files with both")
     candidates: list[Candidate] = []
     for rule in options.select_row_scores:
         for margin in options.select_margins:
