@@ -13,10 +13,11 @@ import numpy as np
 from trainer.metrics import binary_metrics, first_alarm_lead_time, lead_time_summary
 from trainer.report import (
     TimeAxis,
-    contribution_figure,
+    contribution_plot,
     histogram_figure,
+    png,
     roc_pr_figure,
-    scores_over_time_figure,
+    scores_over_time_plot,
     training_figure,
     write_report,
 )
@@ -187,12 +188,12 @@ def build_figures(
         "ROC and precision-recall (test windows)": roc_pr_figure(labels, score)
         if labels is not None
         else None,
-        f"Scores over time per {axis.series_word}": scores_over_time_figure(
+        f"Scores over time per {axis.series_word}": png(scores_over_time_plot(
             names, time, score, labels, threshold, axis=axis
-        ),
+        )),
         "Score histograms: normal vs anomalous": histogram_figure(labels, score, threshold),
-        "Per-channel contributions of the top alerts": contribution_figure(
+        "Per-channel contributions of the top alerts": png(contribution_plot(
             output.channel_error[:, :n_model], run["channels"], score, names, time, axis=axis
-        ),
+        )),
         "Training curves": training_figure(run["history"]),
     }

@@ -99,7 +99,8 @@ def utc_iso(unix_seconds: float) -> str:
     return stamp.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
+    """`fig` as a base64 PNG for the report (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -137,7 +138,7 @@ def roc_pr_figure(labels: np.ndarray, score: np.ndarray) -> str | None:
     precision, recall, _ = precision_recall_curve(labels, score)
     ax_pr.plot(recall, precision)
     ax_pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
-    return _png(fig)
+    return png(fig)
 
 
 def scores_over_time_plot(
@@ -149,7 +150,9 @@ def scores_over_time_plot(
     *,
     axis: TimeAxis | None = None,
 ) -> Any:
-    """The matplotlib figure of `scores_over_time_figure` (left open: the caller saves or closes it)."""
+    """Score per window over time for up to `MAX_UNITS_PLOTTED` panels (those with anomalies first), one per
+    unit, file or series as `axis` says; time-indexed data gets a UTC date/time axis. Returns the matplotlib
+    figure, open (`png` turns it into the report's image)."""
     axis = axis or TimeAxis.for_source(None)
     panel_of = np.array([axis.panel(str(n)) for n in series.tolist()], dtype=object)
     names = list(dict.fromkeys(panel_of.tolist()))
@@ -173,20 +176,6 @@ def scores_over_time_plot(
     return fig
 
 
-def scores_over_time_figure(
-    series: np.ndarray,
-    time: np.ndarray,
-    score: np.ndarray,
-    labels: np.ndarray | None,
-    threshold: float,
-    *,
-    axis: TimeAxis | None = None,
-) -> str:
-    """Score per window over time for up to `MAX_UNITS_PLOTTED` panels (those with anomalies first), one per
-    unit, file or series as `axis` says; time-indexed data gets a UTC date/time axis."""
-    return _png(scores_over_time_plot(series, time, score, labels, threshold, axis=axis))
-
-
 def histogram_figure(labels: np.ndarray | None, score: np.ndarray, threshold: float) -> str:
     """Score histograms for normal and anomalous windows."""
     fig, ax = _figure(1, 6.0)
@@ -200,21 +189,7 @@ def histogram_figure(labels: np.ndarray | None, score: np.ndarray, threshold: fl
     ax.axvline(threshold, color="r", ls="--", label="threshold")
     ax.set(xlabel="score", ylabel="density", yscale="log")
     ax.legend()
-    return _png(fig)
-
-
-def contribution_figure(
-    channel_error: np.ndarray,
-    channels: Sequence[str],
-    score: np.ndarray,
-    names: np.ndarray,
-    time: np.ndarray,
-    *,
-    axis: TimeAxis | None = None,
-) -> str:
-    """Per-channel error bars for the top-scoring window of each of the `TOP_ALERTS` top-scoring series,
-    titled with the series and the window's end (`TimeAxis.point`)."""
-    return _png(contribution_plot(channel_error, channels, score, names, time, axis=axis))
+    return png(fig)
 
 
 def contribution_plot(
@@ -226,7 +201,8 @@ def contribution_plot(
     *,
     axis: TimeAxis | None = None,
 ) -> Any:
-    """The matplotlib figure of `contribution_figure` (left open)."""
+    """Per-channel error bars for the top-scoring window of each of the `TOP_ALERTS` top-scoring series,
+    titled with the series and the window's end (`TimeAxis.point`). Returns the figure, open (`png`)."""
     axis = axis or TimeAxis.for_source(None)
     top: list[int] = []
     seen: set[str] = set()
@@ -257,7 +233,7 @@ def training_figure(history: dict[str, Any]) -> str:
         ax.axvline(history["best_epoch"] + 1, color="k", lw=0.8, ls="--", label="kept")
     ax.set(xlabel="epoch", ylabel="loss per window", yscale="log")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def write_report(path: Path, title: str, metrics: dict[str, Any], figures: dict[str, str | None]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,22 @@ def _write_csv(path: Path, values: np.ndarray, labels: np.ndarray) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _csv_config(tmp_path: Path, paths: list[str], *, data: str = "", label: bool = True,
+                windows: str | None = None, tail: str = "") -> Path:
+    """`csv.toml` reading `paths` (channels a, b, c; the `label` column unless `label` is false) with the
+    tiny model of SYNTHETIC: `data` goes into [data] before its tables, `windows` replaces everything from
+    [windows] on, `tail` follows it."""
+    config = tmp_path / "csv.toml"
+    config.write_text(
+        '[data]\nsource = "csv"\n' + data + "[data.csv]\n"
+        f"paths = {json.dumps(paths)}\n"
+        'timestamp_column = "time"\nchannels = ["a", "b", "c"]\n'
+        + ('label_column = "label"\n' if label else "")
+        + "[windows]" + (windows or SYNTHETIC.split("[windows]", 1)[1]) + tail
+    )
+    return config
+
+
 @pytest.mark.integration
 def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from trainer.data.synthetic import make_series
@@ -202,14 +219,7 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
         path = tmp_path / f"run{i}.csv"
         _write_csv(path, item.values, item.labels)
         paths.append(str(path))
-    body = SYNTHETIC.split("[windows]", 1)[1]
-    config = tmp_path / "csv.toml"
-    config.write_text(
-        '[data]\nsource = "csv"\n[data.units]\na = "bar"\nc = "degC"\n[data.csv]\n'
-        f"paths = {json.dumps(paths)}\n"
-        'timestamp_column = "time"\nchannels = ["a", "b", "c"]\nlabel_column = "label"\n'
-        "[windows]" + body
-    )
+    config = _csv_config(tmp_path, paths, data='[data.units]\na = "bar"\nc = "degC"\n')
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
@@ -230,7 +240,18 @@ def test_fit_and_evaluate_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["evaluate", "--run", str(healthy), "--out", str(healthy_eval)]) == 0
     metrics = json.loads((healthy_eval / "metrics.json").read_text())
     assert metrics["test_note"].startswith("no labelled series: the test windows are the calibration windows")
-    assert "test_note" in (healthy_eval / "report.html").read_text()
+    test = metrics["test"]
+    assert test["tp"] + test["fn"] == 0  # no anomalous window at all
+    assert test["recall"] is None  # undefined, not "0 % caught and 0 % missed"
+    assert test["mar"] is None
+    assert test["precision"] is None if test["fp"] == 0 else test["precision"] == 0.0
+    assert test["far"] == pytest.approx(test["fp"] / (test["fp"] + test["tn"]))
+    report = (healthy_eval / "report.html").read_text()
+    assert "test_note" in report
+    assert "&quot;recall&quot;: null" in report  # the metrics block, JSON inside HTML
+    headings = re.findall(r"<h2>(.*?)</h2>", report)  # CSV data: files and UTC times, not C-MAPSS units
+    assert "Scores over time per file" in headings
+    assert not [h for h in headings if "per unit" in h]
     capsys.readouterr()
 
 
@@ -245,19 +266,15 @@ def test_csv_config_mistakes_are_named_before_training(tmp_path: Path,
     for i, item in enumerate(make_series(3, 200, 3, seed=5)):
         _write_csv(tmp_path / f"run{i}.csv", item.values, np.zeros(len(item.values)))
         paths.append(str(tmp_path / f"run{i}.csv"))
-    body = SYNTHETIC.split("[windows]", 1)[1]
-    config = tmp_path / "csv.toml"
-    csv_table = (f"[data.csv]\npaths = {json.dumps(paths)}\ntimestamp_column = \"time\"\n"
-                 'channels = ["a", "b", "c"]\n')
+    config = _csv_config(tmp_path, paths, data='[data.units]\nbb = "bar"\n', label=False)
     run_dir = tmp_path / "run"
-    config.write_text('[data]\nsource = "csv"\n[data.units]\nbb = "bar"\n' + csv_table + "[windows]" + body)
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{config}: data -> units -> bb: no such channel in the data (channels: a, b, c)" in err
     assert "epoch" not in err
     assert not run_dir.exists()
-    typo = csv_table.replace("channels", "chanels")
-    config.write_text('[data]\nsource = "csv"\n' + typo + "[windows]" + body)
+    config = _csv_config(tmp_path, paths, label=False)
+    config.write_text(config.read_text().replace("channels =", "chanels ="))
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
     # the misspelt key is named, not the required one reported missing
     assert (f"{config}: data -> csv -> chanels: unknown key (did you mean channels?) (value: ['a', 'b', 'c'])"
@@ -397,14 +414,8 @@ def test_csv_files_with_one_name_and_a_sparse_label_through_fit_and_evaluate(
     labels[[201, 302]] = 1  # window ends (length 24, stride 4) are rows 23, 27, ...: 201 and 302 are none
     _write_csv(tmp_path / "pump_fault.csv", faulty[0].values, labels)
     paths.append(str(tmp_path / "pump_fault.csv"))
-    body = SYNTHETIC.split("[windows]", 1)[1]
-    config = tmp_path / "csv.toml"
-    config.write_text(
-        '[data]\nsource = "csv"\nsplit = "series"\n[data.csv]\n'
-        f"paths = {json.dumps(paths)}\n"
-        'timestamp_column = "time"\nchannels = ["a", "b", "c"]\nlabel_column = "label"\n'
-        "[windows]" + body + '[evaluation]\nscore_baseline = "per_asset_initial"\n'
-    )
+    config = _csv_config(tmp_path, paths, data='split = "series"\n',
+                         tail='[evaluation]\nscore_baseline = "per_asset_initial"\n')
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     caplog.set_level(logging.WARNING)
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 0
@@ -444,11 +455,8 @@ def test_too_few_calibration_windows_fail_before_training(tmp_path: Path,
     for i, item in enumerate(make_series(3, 300, 3, seed=5)):
         _write_csv(tmp_path / f"run{i}.csv", item.values, np.zeros(len(item.values)))
         paths.append(str(tmp_path / f"run{i}.csv"))
-    body = SYNTHETIC.split("[windows]", 1)[1].replace("stride = 4", "stride = 50")
-    config = tmp_path / "csv.toml"
-    config.write_text('[data]\nsource = "csv"\n[data.csv]\n'
-                      f'paths = {json.dumps(paths)}\ntimestamp_column = "time"\nchannels = ["a", "b", "c"]\n'
-                      "[windows]" + body)
+    config = _csv_config(tmp_path, paths, label=False,
+                         windows=SYNTHETIC.split("[windows]", 1)[1].replace("stride = 4", "stride = 50"))
     run_dir = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err

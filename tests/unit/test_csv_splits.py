@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.config import load_config
+from trainer.config import DataConfig, load_config
 from trainer.datasets import Splits, load_splits
 
 WINDOWS = '[windows]\nlength = 8\nstride = 1\nsample_period_s = 1.0\n'
@@ -61,16 +61,24 @@ def test_a_files_segments_go_to_one_split_together(tmp_path: Path) -> None:
     assert len({n.split("#")[0] for n in placed}) == 5
 
 
+def _timed_file(tmp_path: Path, name: str, start: int, step: int,
+                csv_keys: str = "") -> tuple[Path, DataConfig]:
+    """A 300-row file of channels a and b (label 0) whose times are `start + step * i`, and the [data] of a
+    config reading it (with `csv_keys` added to its [data.csv])."""
+    path = tmp_path / name
+    path.write_text("time,a,b,label\n"
+                    + "".join(f"{start + step * i},{i % 3},{i % 5},0\n" for i in range(300)))
+    config = tmp_path / "csv.toml"
+    config.write_text(f'[data]\nsource = "csv"\n[data.csv]\npaths = ["{path}"]\n' + csv_keys
+                      + 'timestamp_column = "time"\nchannels = ["a", "b"]\nlabel_column = "label"\n'
+                      + WINDOWS)
+    return path, load_config(config).data
+
+
 def test_files_sampled_at_another_period_than_the_windows_are_refused(tmp_path: Path) -> None:
     """Data 10 s apart with the default 1 s windows period: the bundle would tell the agent to window on a
     1 s grid, where most points are stale."""
-    path = tmp_path / "slow.csv"
-    path.write_text("time,a,b,label\n" + "".join(f"{1_700_000_000 + 10 * i},{i % 3},{i % 5},0\n"
-                                                 for i in range(300)))
-    config = tmp_path / "csv.toml"
-    config.write_text(f'[data]\nsource = "csv"\n[data.csv]\npaths = ["{path}"]\n'
-                      'timestamp_column = "time"\nchannels = ["a", "b"]\nlabel_column = "label"\n' + WINDOWS)
-    data = load_config(config).data
+    path, data = _timed_file(tmp_path, "slow.csv", 1_700_000_000, 10)
     with pytest.raises(ValueError, match=rf"{path}: samples every 10 s, but windows -> sample_period_s is 1"):
         load_splits(data, 1.0)
     assert sum(len(s) for s in load_splits(data, 10.0).fit) > 0
@@ -104,20 +112,13 @@ def test_every_file_labelled_names_the_label_column(tmp_path: Path) -> None:
 def test_a_period_a_thousand_times_the_windows_hints_at_milliseconds(tmp_path: Path) -> None:
     """A millisecond counter small enough to pass as seconds (year < 9999): the 1000 s period is not a
     sample_period_s to set, it is the timestamp unit."""
-    path = tmp_path / "counter.csv"
-    path.write_text("time,a,b,label\n" + "".join(f"{5_000_000_000 + 1000 * i},{i % 3},{i % 5},0\n"
-                                                 for i in range(300)))
-    config = tmp_path / "csv.toml"
-    config.write_text(f'[data]\nsource = "csv"\n[data.csv]\npaths = ["{path}"]\n'
-                      'timestamp_column = "time"\nchannels = ["a", "b"]\nlabel_column = "label"\n' + WINDOWS)
-    data = load_config(config).data
+    _, data = _timed_file(tmp_path, "counter.csv", 5_000_000_000, 1000)
     with pytest.raises(ValueError, match=r"samples every 1000 s, .* \(the timestamps look like Unix "
                                          r"milliseconds read as seconds: set data -> csv -> "
                                          r'timestamp_format = "unix_ms"'):
         load_splits(data, 1.0)
-    config.write_text(config.read_text().replace('timestamp_column = "time"',
-                                                 'timestamp_column = "time"\ntimestamp_format = "unix_ms"'))
-    assert sum(len(s) for s in load_splits(load_config(config).data, 1.0).fit) > 0
+    _, data = _timed_file(tmp_path, "counter.csv", 5_000_000_000, 1000, 'timestamp_format = "unix_ms"\n')
+    assert sum(len(s) for s in load_splits(data, 1.0).fit) > 0
 
 
 def test_a_row_of_any_split_is_named_by_file_and_line(tmp_path: Path) -> None:
