@@ -168,7 +168,8 @@ def available_profiles() -> dict[str, Path]:
     for directory in profile_search_path():
         if directory.is_dir():
             for path in sorted(directory.glob("*.toml")):
-                found.setdefault(path.stem, path)
+                if PROFILE_NAME.match(path.stem):  # `Plant_IPC.toml` is loadable by its path only
+                    found.setdefault(path.stem, path)
     return found
 
 

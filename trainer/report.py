@@ -25,8 +25,8 @@ class TimeAxis:
     """How a run's window end times read, from its `data_source`: C-MAPSS counts cycles per engine unit;
     CSV and SKAB files carry Unix seconds, shown as UTC date and time, per file (the segments a CSV file is
     cut into at long gaps share their file's panel); other data (synthetic) has plain time steps per series.
-    File times that are no date between `DATES_FROM` and `DATES_TO` as Unix seconds (milliseconds since the
-    epoch, say) are shown as the numbers they are."""
+    File times that are no date between `DATES_FROM` and `DATES_TO` as Unix seconds (elapsed seconds from 0,
+    milliseconds since the epoch) are shown as the numbers they are, per file all the same."""
 
     kind: str  # "cycle", "utc", "number" (file times that are not dates) or "step"
     series_word: str  # "unit", "file" or "series"
@@ -43,7 +43,7 @@ class TimeAxis:
 
     def panel(self, name: str) -> str:
         """The panel a series is drawn in: its file for CSV segments, else the series itself."""
-        return _SEGMENT.sub("", name) if self.kind == "utc" else name
+        return _SEGMENT.sub("", name) if self.series_word == "file" else name
 
     def short(self, name: str) -> str:
         """A series as plots name it: a C-MAPSS unit by its number (`FD001/test/17` -> `17`); any other by
@@ -83,7 +83,9 @@ class TimeAxis:
         return names.get(self.kind, "time step at window end")
 
 
-DATES_FROM = datetime(1900, 1, 1, tzinfo=timezone.utc).timestamp()
+# Earlier file times are elapsed seconds (0, 10, 20, ...: a file's own clock), not dates: no recording this
+# trainer reads is from before 1980, and ten years of data in elapsed seconds would be needed to pass it.
+DATES_FROM = datetime(1980, 1, 1, tzinfo=timezone.utc).timestamp()
 DATES_TO = datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp()
 
 

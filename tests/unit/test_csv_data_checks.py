@@ -137,3 +137,16 @@ def test_per_asset_baselines_are_per_file_when_file_names_repeat(tmp_path: Path)
                             for k, name in enumerate(dict.fromkeys(windows.series.tolist()))])
     adjusted = per_asset_baseline(score, windows.series, 3)
     np.testing.assert_allclose(adjusted, 0.0)  # with one shared name, day2 and day3 would score 10 and 20
+
+
+def test_a_labelled_series_shorter_than_a_window_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    from trainer.data.windows import WindowSet, warn_missed_labels
+
+    empty = WindowSet(np.zeros((0, 2, 24), dtype=np.float32), ["a", "b"], np.array([], dtype=str),
+                      np.array([], dtype=np.int64), np.array([]), labels=np.array([], dtype=np.int8),
+                      labelled_rows={"lab#1": 20}, stride=1)
+    caplog.set_level(logging.WARNING)
+    warn_missed_labels(empty, "test windows")
+    assert ("test windows: series 'lab#1' has 20 row(s) labelled 1 but none of its 0 window(s) is labelled "
+            "1: it is shorter than one window, so it has no window at all") in caplog.text
+    assert "stride" not in caplog.text

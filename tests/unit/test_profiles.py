@@ -124,3 +124,15 @@ def test_parallel_runs_default_to_one_and_reach_the_provider_settings(tmp_path: 
     assert (ipc.intra_op_threads, ipc.parallel_runs) == (1, 2)
     assert ipc.provider_settings().parallel_runs == 2
     assert "2 parallel runs" in describe(ipc)[2]
+
+
+def test_only_loadable_names_are_listed_as_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose stem is no profile name (`Plant_IPC.toml`) can be loaded by its path only: listing it as
+    known would offer a name that is then refused."""
+    source = next(iter(available_profiles().values()))
+    (tmp_path / "Plant_IPC.toml").write_text(source.read_text())
+    (tmp_path / "plant-ipc.toml").write_text(source.read_text())
+    monkeypatch.setenv("EDGE_AGENT_PROFILE_PATH", str(tmp_path))
+    known = available_profiles()
+    assert "plant-ipc" in known
+    assert "Plant_IPC" not in known

@@ -154,3 +154,18 @@ def test_file_times_that_are_no_dates_stay_numbers() -> None:
 
         plt.close(fig)
     assert TimeAxis.for_source("csv", data["time"]) == TimeAxis("utc", "file")
+
+
+def test_elapsed_seconds_stay_numbers_and_a_files_segments_share_its_panel() -> None:
+    data = _csv_like()
+    elapsed = data["time"] - START  # a file's own clock from 0, not dates in 1970
+    axis = TimeAxis.for_source("csv", elapsed)
+    assert axis == TimeAxis("number", "file")
+    assert axis.point("fault", 130.0) == "fault @ 130"
+    fig = scores_over_time_plot(data["series"], elapsed, data["score"], data["labels"], 1.0, axis=axis)
+    try:
+        assert [ax.get_ylabel() for ax in fig.axes] == ["fault", "run04"]  # run04#0 and run04#1: one panel
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

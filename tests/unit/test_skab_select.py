@@ -65,3 +65,19 @@ def test_development_files_with_one_class_only_are_refused(label: int, kind: str
     one_class = FileResult("valve1/0", np.arange(5), np.full(5, label), {}, {})
     with pytest.raises(ValueError, match=rf"dev_files \['valve1'\]: their test parts hold no {kind} rows"):
         select_vae_setting([one_class], load_config(DEFAULT_CONFIG), options)
+
+
+def test_the_leaderboard_table_writes_an_undefined_rate_as_n_a(tmp_path) -> None:
+    """Test parts of one class (a `train_rows` past the anomaly): FAR % has nothing to count and is None."""
+    import numpy as np
+
+    from trainer.benchmarks.skab_file import FileResult
+    from trainer.benchmarks.skab_outputs import write_outputs
+    from trainer.metrics import skab_metrics
+
+    labels = np.ones(4, dtype=np.int8)
+    result = FileResult("other/1", np.arange(4.0), labels, {"pca_t2q": np.array([2.0, 2.0, 0.5, 2.0])}, {})
+    summary = {"pca_t2q": skab_metrics(labels, np.array([1, 1, 0, 1]))}
+    assert summary["pca_t2q"]["far_pct"] is None
+    write_outputs(tmp_path, [result], summary, leaderboard=[], meta={}, models=("pca_t2q",))
+    assert "| pca_t2q (this run) | 0.86 | n/a | 25.00 |" in (tmp_path / "leaderboard.md").read_text()

@@ -73,7 +73,7 @@ def write_outputs(
                     writer.writerow([r.name, stamp, int(label), f"{score:.6g}", int(score > 1.0)])
     lines = ["| Algorithm | F1 | FAR, % | MAR, % |", "|---|---|---|---|"]
     lines += [
-        f"| {name} (this run) | {m['f1']:.2f} | {m['far_pct']:.2f} | {m['mar_pct']:.2f} |"
+        f"| {name} (this run) | {_cell(m['f1'])} | {_cell(m['far_pct'])} | {_cell(m['mar_pct'])} |"
         for name, m in summary.items()
     ]
     lines += [
@@ -171,3 +171,9 @@ def export_run_dirs(
                  spec["threshold"])
         written.append(run_dir)
     return written
+
+
+def _cell(value: float | None) -> str:
+    """A metric in the leaderboard table: two decimals, `n/a` when undefined (a rate with nothing to count:
+    test parts of one class, possible with a `train_rows` other than the protocol's)."""
+    return "n/a" if value is None else f"{value:.2f}"

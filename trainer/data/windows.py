@@ -170,12 +170,16 @@ def warn_missed_labels(windows: WindowSet, what: str,
     stride = "?" if windows.stride is None else str(windows.stride)
     for name, rows, count in missed_labels(windows):
         path = file_of(name) if file_of is not None else None
+        if count == 0:
+            why = "it is shorter than one window, so it has no window at all"
+        else:
+            why = (f"a window's label is its last row's, and with stride {stride} no window ends on a "
+                   "labelled row (nor can one before the first window's end). A sparse label such as a "
+                   "change point marks too few rows: label every row of the anomalous stretch")
         log.warning(
-            "%s: series %r%s has %d row(s) labelled 1 but none of its %d window(s) is labelled 1: a window's "
-            "label is its last row's, and with stride %s no window ends on a labelled row, so it adds no "
-            "anomalous window (ROC-AUC null, recall 0 when no series does). A sparse label such as a change "
-            "point marks too few rows: label every row of the anomalous stretch",
-            what, name, f" ({path})" if path else "", rows, count, stride,
+            "%s: series %r%s has %d row(s) labelled 1 but none of its %d window(s) is labelled 1: %s. It "
+            "adds no anomalous window (when no series does, ROC-AUC, recall and MAR are null)",
+            what, name, f" ({path})" if path else "", rows, count, why,
         )
 
 
@@ -368,7 +372,7 @@ def warn_extreme_values(series: Sequence[Series], channels: Sequence[str],
             "extreme value(s) in the data the scaler is fitted on: %s%s: more than %g x the width of the "
             "central 99 %% of the column's fit rows (%.6g .. %.6g) outside it; with them the column's std is "
             "%.4g, without them %.4g. A glitch or a sentinel value (-9999)? Mark missing samples empty or "
-            "NaN",
+            "NaN. A rare real state (an inrush, a heavy tail) is fine as it is",
             "; ".join(places), f" (and {more} more)" if more > 0 else "", EXTREME_FACTOR, item.low, item.high,
             item.std, item.std_without,
         )
