@@ -74,6 +74,23 @@ def test_run_directory_records_the_centring_and_the_causal_threshold(benchmark: 
                                atol=1e-6)
 
 
+def test_evaluate_on_a_run_directory_reports_the_held_out_test_part(benchmark: Path, tmp_path: Path) -> None:
+    """The protocol splits one file in time: the run names its parts by their rows, so `evaluate` does not
+    call the test part the calibration data (an in-sample estimate)."""
+    from trainer.cli import main
+
+    run_dir = benchmark / "runs" / "valve1_0"
+    run = json.loads((run_dir / "run.json").read_text())
+    rows = len(read_skab_file(labelled_files(benchmark / "skab")[0]).values)
+    train = run["skab"]["train_rows"]
+    assert run["splits"]["calibration"] == [f"valve1/0 rows 0-{train - 1}"]
+    assert run["splits"]["test"] == [f"valve1/0 rows {train}-{rows - 1}"]
+    assert main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "test_note" not in metrics
+    assert metrics["test"]["roc_auc"] is not None
+
+
 def test_exported_bundle_scores_a_window_as_the_trainer_does(benchmark: Path, tmp_path: Path) -> None:
     keys = make_keypair(tmp_path / "keys")
     run_dir = benchmark / "runs" / "other_1"

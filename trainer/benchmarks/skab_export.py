@@ -123,8 +123,12 @@ def write_run_dir(
         "history": history,
         "model_shape": vae.shape.to_dict(),
         "healthy_min_rul": None,
-        "splits": {"fit": [series.name], "val": [series.name], "calibration": [series.name],
-                   "test": [series.name]},
+        # one file, split in time by the protocol: the parts are named by their rows, so `evaluate` does not
+        # take the test part for the calibration data (its "in-sample" note is for runs without labelled data)
+        "splits": {"fit": [f"{series.name} rows 0-{train_rows - 1}"],
+                   "val": [f"{series.name} rows 0-{train_rows - 1}"],
+                   "calibration": [f"{series.name} rows 0-{train_rows - 1}"],
+                   "test": [f"{series.name} rows {train_rows}-{len(series.values) - 1}"]},
         "skab": {
             "file": series.name,
             "train_rows": train_rows,
