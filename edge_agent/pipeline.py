@@ -162,15 +162,14 @@ class AlertWriter:
         (delivered, or parked as rejected) and their episode rows; the outcomes of the others (already in
         the outbox) are returned, for the sink to mark there."""
         held = {event.alert_id for event, _topic, _payload in self.unstored}
-        delivered = 0
-        for alert_id, reason in outcomes.items():
-            if alert_id in held:
-                self.answered[alert_id] = reason
-                delivered += int(reason is None)
+        mine = {alert_id: reason for alert_id, reason in outcomes.items() if alert_id in held}
+        delivered = sum(1 for reason in mine.values() if reason is None)
         if delivered:
             log.warning("%d alerts delivered from memory; the outbox records them once it takes writes again",
                         delivered)
             self.sent_unstored += delivered
+        # counted before they show as answered: this runs on the sink's thread while others read both
+        self.answered.update(mine)
         return {alert_id: reason for alert_id, reason in outcomes.items() if alert_id not in held}
 
     def _render(self, event: AlertEvent) -> Rendered:
