@@ -68,6 +68,25 @@ def agent_lock_says_stopped(lock_path: Path) -> bool:
     return True
 
 
+def agent_lock_held(lock_path: Path) -> bool:
+    """Whether an agent holds the instance lock: on `lock_path`, or, where no lock file could be made (a
+    read-only state disk, `supervisor._hold_instance_lock`), on its directory. Tells a running agent that
+    could write no pid file."""
+    try:
+        fd = os.open(lock_path if lock_path.exists() else lock_path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def write_status_file(path: Path, document: dict[str, Any], *, indent: int | None = None) -> None:
     """Write `document` as JSON to `path` atomically (temp file + rename), so readers never see half.
     Compact by default: json's C encoder (an `indent` falls back to the pure-Python one, 2.7x slower to

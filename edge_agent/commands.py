@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.agentstate import agent_lock_says_stopped
+from edge_agent.agentstate import agent_lock_held, agent_lock_says_stopped
 from edge_agent.configtools import ConfigError
 
 if TYPE_CHECKING:
@@ -171,9 +171,23 @@ def read_status(config: Any) -> dict[str, Any]:
     if isinstance(pid, int) and config.pid_path.exists():
         # the pid alone can name a process that reused it; the agent's instance lock cannot lie
         status["running"] = _alive(pid) and not agent_lock_says_stopped(config.lock_path)
+    elif agent_lock_held(config.lock_path):
+        status["running"] = True  # no pid file: a full or read-only state disk took none (docs/storage.md)
+    updated = status.get("updated_at")
+    age = time.time() - updated if isinstance(updated, int | float) else None
+    if status["running"] and (age is None or age > STALE_STATUS_INTERVALS * config.status_interval_s + 5.0):
+        written = "no status file" if age is None else f"the status file is {age:.0f} s old"
+        if age is None:
+            status.pop("error", None)  # "has the agent run?": it runs, this says why there is no file
+        status["stale"] = (f"{written}, though the agent writes it every {config.status_interval_s:g} s: it "
+                           "cannot (a full or read-only state disk?) or it is stuck. The retained status on "
+                           "the upstream broker's status topic is newer (docs/alerts.md)")
     if config.db_path.exists():
         status.update(_from_database(config.db_path))
     return status
+
+
+STALE_STATUS_INTERVALS = 3  # a running agent's status file older than this many intervals (+ 5 s) is stale
 
 
 def _alive(pid: int) -> bool:
@@ -217,7 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
-    return 0 if "error" not in status and "database_error" not in status else 1
+    return 0 if not {"error", "database_error", "stale"} & status.keys() else 1
 
 
 def _table(value: Any) -> dict[str, Any]:
@@ -247,6 +261,8 @@ def format_status(status: dict[str, Any]) -> str:
     updated = status.get("updated_at")
     age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
     lines.append(f"agent: {'running' if status.get('running') else 'not running'}{age}")
+    if status.get("stale"):
+        lines.append(f"STALE: {status['stale']}")
     bundle = _table(status.get("bundle"))
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
     sink = _table(status.get("sink"))

@@ -101,18 +101,23 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
+_READ_ONLY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the state disk cannot take a new file
+
+
 def _write_pid_file(path: Path) -> None:
-    """The pid file `status` and `bundle install` read. A full disk does not stop the start (the state
-    database then runs in memory, docs/storage.md "Faults"): logged, and without the file `bundle install`
-    cannot tell the running agent (restart it after an install); other errors do."""
+    """The pid file `status` and `bundle install` read. A full or read-only disk does not stop the start (the
+    state database then runs in memory, docs/storage.md "Faults"): logged, and without the file `bundle
+    install` cannot tell the running agent (restart it after an install); other errors do."""
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in _READ_ONLY_ERRNOS:
             raise
-        path.unlink(missing_ok=True)  # a truncated file names no process
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)  # a truncated file names no process (a read-only one stays)
         log.error("cannot write the pid file %s (%s): starting without it; `edge-agent bundle install` "
-                  "cannot notify this agent until it is restarted with free space", path, exc.strerror)
+                  "cannot notify this agent until it is restarted on a writable state directory with free "
+                  "space", path, exc.strerror)
 
 
 def _hold_instance_lock(config: AgentConfig) -> int:
@@ -121,7 +126,20 @@ def _hold_instance_lock(config: AgentConfig) -> int:
     hand-started `edge-agent run` next to the service, would share the database and the MQTT client id (the
     broker would drop each for the other) and delete the other's pid file: it is refused, naming the
     running agent's pid."""
-    fd = os.open(config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY_ERRNOS:
+            raise
+        # A read-only (or full) state disk: the agent still starts, on a database in RAM (docs/storage.md,
+        # "Faults"). flock needs no write access: the lock file a former start made, read-only, else the
+        # directory itself (every agent on this directory picks the same one, the file when it exists).
+        log.warning("cannot create the instance lock %s (%s): locking it read-only", config.lock_path,
+                    exc.strerror)
+        try:
+            fd = os.open(config.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(config.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,7 +240,8 @@ class Supervisor:
             self.notifier.stopping()
             sys.setswitchinterval(switch_interval)
             gc.unfreeze()  # whatever the process does next (tests run many supervisors) collects normally
-            self.config.pid_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only state disk keeps an old one (lock says stopped)
+                self.config.pid_path.unlink(missing_ok=True)
 
     # pipeline --------------------------------------------------------------------------------------------
     @property

@@ -8,7 +8,9 @@ damaged file (`_DamagedFileError`) is moved aside at start. A locked database (`
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+from pathlib import Path
 
 FAULT_LOG_INTERVAL_S = 60.0  # a disk fault that goes on is logged at most this often, with the count so far
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
@@ -38,6 +40,15 @@ def _primary_code(exc: BaseException) -> int | None:
 def _disk_fault(exc: BaseException) -> bool:
     """Disk full, I/O error, read-only file or corrupt file (`DISK_FAULTS`): not a bug in the agent."""
     return isinstance(exc, sqlite3.Error) and _primary_code(exc) in DISK_FAULTS
+
+
+def _read_only_fs(directory: Path) -> bool:
+    """Whether `directory` is on a filesystem mounted read-only: SQLite then says only "unable to open
+    database file" (it cannot make the -wal and -shm files), the same as for a wrong path."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.storage.connection import BUSY_TIMEOUT_S, _connect, _move_aside, _undelivered_in
-from edge_agent.storage.faults import _DISK_ERRNOS, _DamagedFileError, _disk_fault, _locked
+from edge_agent.storage.faults import _DISK_ERRNOS, _DamagedFileError, _disk_fault, _locked, _read_only_fs
 from edge_agent.storage.schema import (
     BaselineRecord,
     OutboxRow,
@@ -80,9 +80,10 @@ class Store:
         `PRAGMA quick_check`) would fail every start: it is moved aside with its `-wal` and `-shm` to
         `<name>.corrupt-<UTC time>` (never deleted), logged as an ERROR, and a fresh database is started;
         `recovered_from` names the moved file. `memory_fallback` (the agent): when a disk fault
-        (`DISK_FAULTS`, or ENOSPC/EDQUOT/EROFS/EIO: a full or read-only disk, an I/O error) keeps the file
-        from opening, a fresh database in RAM is used instead (`in_memory`; `MEMORY_MAX_ROWS` windows at
-        most), so detection and alerts still run; nothing in it outlives the process."""
+        (`DISK_FAULTS`, or ENOSPC/EDQUOT/EROFS/EIO, or a directory on a filesystem mounted read-only: a
+        full or read-only disk, an I/O error) keeps the file from opening, a fresh database in RAM is used
+        instead (`in_memory`; `MEMORY_MAX_ROWS` windows at most), so detection and alerts still run; nothing
+        in it outlives the process."""
         path = Path(path)
         moved: Path | None = None
         retention = retention or RetentionConfig()
@@ -97,7 +98,9 @@ class Store:
                           _undelivered_in(moved))
                 conn = _connect(path)
         except (sqlite3.Error, OSError, _DamagedFileError) as exc:
-            if not (memory_fallback and (_disk_fault(exc) or getattr(exc, "errno", None) in _DISK_ERRNOS)):
+            disk = (_disk_fault(exc) or getattr(exc, "errno", None) in _DISK_ERRNOS
+                    or _read_only_fs(path.parent))
+            if not (memory_fallback and disk):
                 raise StorageError(f"{path}: cannot open the state database: {exc}") from exc
             log.error("state database %s cannot be opened (%s): running on a database in memory; scored "
                       "windows, alerts and episodes are not kept across a restart. Free the disk and restart "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -143,6 +144,39 @@ def test_status_names_an_unreadable_database_and_status_file(tmp_path: Path, sta
     (state_dir / "status.json").write_text("[1, 2]")
     assert main(["status", "--config", str(config)]) == 1
     assert "expected a JSON object, got list" in capsys.readouterr().out
+
+
+def test_status_says_when_a_running_agent_cannot_write_its_status(tmp_path: Path, state_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """On a full or read-only state disk the agent runs without a pid file and its status file stops
+    changing: `status` tells it runs by its instance lock and says the file is stale (exit 1)."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.supervisor import _hold_instance_lock
+
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})  # status_interval_s 0.2
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = _hold_instance_lock(AgentConfig.load(config))  # this process plays the running agent
+    try:
+        assert main(["status", "--json", "--config", str(config)]) == 1
+        status = json.loads(capsys.readouterr().out)
+        assert status["running"] is True
+        assert status["stale"].startswith("no status file, though the agent writes it every 0.2 s: it cannot")
+        assert "error" not in status
+        (state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
+        written = {"pid": os.getpid(), "updated_at": time.time() - 60}
+        (state_dir / "status.json").write_text(json.dumps(written))
+        assert main(["status", "--config", str(config)]) == 1
+        text = capsys.readouterr().out
+        assert "agent: running, updated 60 s ago" in text
+        assert "STALE: the status file is 60 s old, though the agent writes it every 0.2 s" in text
+    finally:
+        os.close(lock)
+    assert main(["status", "--json", "--config", str(config)]) == 0  # stopped: an old file is no news
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] is False
+    assert "stale" not in status
 
 
 def test_run_names_a_state_directory_it_cannot_write(tmp_path: Path) -> None:

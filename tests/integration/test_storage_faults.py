@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -291,12 +292,14 @@ def test_disk_faults_are_told_by_their_message_where_python_gives_no_code(messag
     assert _primary_code(error) == code
 
 
-def test_an_agent_started_on_a_full_disk_runs_on_a_database_in_memory(
+@pytest.mark.parametrize("fault", ["full", "read-only", "read-only, used before"])
+def test_an_agent_started_on_a_full_or_read_only_disk_runs_on_a_database_in_memory(
         small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """The state directory's disk is full before the start: the agent (in-process, a real replay source
-    ending in a fault) still starts, scores and alerts, on a database in RAM, with the bundle extracted to
-    the runtime directory (systemd's `RuntimeDirectory=`); its status says so."""
+        caplog: pytest.LogCaptureFixture, fault: str) -> None:
+    """The state directory's disk is full or read-only before the start (a fresh one, or one an agent used
+    before: its lock file and database are there): the agent (in-process, a real replay source ending in a
+    fault) still starts, scores and alerts, on a database in RAM, with the bundle extracted to the runtime
+    directory (systemd's `RuntimeDirectory=`); its status says so."""
     from edge_agent.config import AgentConfig
     from edge_agent.supervisor import Supervisor
     from tests.integration.agent_harness import MEANS, PERIOD, STDS, make_bundle, write_config
@@ -313,7 +316,13 @@ def test_an_agent_started_on_a_full_disk_runs_on_a_database_in_memory(
     state = small_disk / "state"
     state.mkdir()
     config = AgentConfig.load(write_config(tmp_path, state, bundle, keys, sources, assets))
-    _fill(small_disk / "filler")
+    if fault == "full":
+        _fill(small_disk / "filler")
+    else:
+        if fault == "read-only, used before":
+            config.lock_path.touch()
+            Store.open(config.db_path, RetentionConfig()).close()
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     sup = Supervisor(config)
 
     def alert_states() -> list[str]:
@@ -338,3 +347,30 @@ def test_an_agent_started_on_a_full_disk_runs_on_a_database_in_memory(
     assert "cannot write the pid file" in caplog.text
     assert not (state / "agent.pid").exists()
     assert not (state / "run").exists()  # the bundle went to the runtime directory
+
+
+@pytest.mark.parametrize("used_before", [False, True])
+def test_one_agent_per_state_directory_holds_on_a_read_only_disk(small_disk: Path, tmp_path: Path,
+                                                                 used_before: bool) -> None:
+    """No lock file can be made on a read-only disk: the agent locks the one a former start left, read-only,
+    else the directory itself; a second agent on the same directory is still refused."""
+    from types import SimpleNamespace
+
+    from edge_agent.configtools import ConfigError
+    from edge_agent.supervisor import _hold_instance_lock
+
+    state = small_disk / "state"
+    state.mkdir()
+    # the AgentConfig fields the lock reads (a whole config needs a bundle, sources and assets)
+    config: Any = SimpleNamespace(state_dir=state, lock_path=state / "agent.lock",
+                                  pid_path=state / "agent.pid", source=None)
+    if used_before:
+        config.lock_path.touch()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    first = _hold_instance_lock(config)
+    try:
+        with pytest.raises(ConfigError, match="another agent is running with this state directory"):
+            _hold_instance_lock(config)
+    finally:
+        os.close(first)
+    os.close(_hold_instance_lock(config))  # free again once the first is gone
