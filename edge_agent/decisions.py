@@ -16,7 +16,8 @@ Every message's severity is the level of the score it reports: the highest manif
 channels ranked by their share of the window's excess reconstruction error (`channel_error / sum`), and the
 peak time is the timestamp of `argmax(time_error)`; both are computed only for windows that open an episode or
 fall inside one (most windows are normal and cost a deque append). Open episodes are stored in the
-`episodes` table (through the outbox transaction) and restored after a restart. Each message names the
+`episodes` table (through the outbox transaction), with the peak window the last message knew, and restored
+after a restart or a reload (a close then still reports the episode's peak window). Each message names the
 bundle that scored the window it reports (after a hot swap an episode's `update`/`close` carry the new
 bundle; the `episodes` row keeps the bundle that opened it).
 """
@@ -24,6 +25,7 @@ bundle; the `episodes` row keeps the bundle that opened it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -186,6 +188,7 @@ class _Episode:
     episode_best: _Summary | None = None
     last: _Summary | None = None
     restored: _Summary | None = None  # restored after a restart: what a close reports before any window
+    restored_peak: _Summary | None = None  # restored: the peak window before the restart, when it was kept
     silent: bool = False  # `reason: no_data` sent; a new window of the asset clears it
 
 
@@ -253,6 +256,44 @@ def _restored_threshold(policy: ModelPolicy | None, row: dict[str, Any]) -> floa
     return float(stored) if stored is not None else float("nan")
 
 
+def _summary_record(summary: _Summary) -> dict[str, Any]:
+    """`summary` as JSON-able data, kept with the episode (`episodes.peak_window`) so that a close after a
+    restart or a reload reports the episode's peak window, not the best one since."""
+    return {"score": summary.score, "severity": summary.severity, "start_ts": summary.start_ts,
+            "end_ts": summary.end_ts, "peak_ts": summary.peak_ts,
+            "root_cause": [[entry.channel, entry.share] for entry in summary.root_cause],
+            "threshold": summary.threshold if math.isfinite(summary.threshold) else None,
+            "bundle_name": summary.bundle_name, "bundle_version": summary.bundle_version}
+
+
+def _summary_from_record(record: Any, policy: ModelPolicy | None) -> _Summary | None:
+    """The peak window kept with a restored episode (`_summary_record`); its severity is re-rated on the
+    model's ladder when the model is still in the bundle. None when there is none or it cannot be read (a
+    database from before the column, or a damaged value: the close then falls back as before)."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        score = float(record["score"])
+        threshold = record["threshold"]
+        return _Summary(
+            score, policy.severity_of(score) if policy is not None else str(record["severity"]),
+            float(record["start_ts"]), float(record["end_ts"]), float(record["peak_ts"]),
+            tuple(RootCauseEntry(str(channel), float(share)) for channel, share in record["root_cause"]),
+            float(threshold) if threshold is not None else float("nan"), str(record["bundle_name"]),
+            str(record["bundle_version"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("the kept peak window of a restored episode cannot be read (%.200r): its close reports "
+                    "the best window since the restart", record)
+        return None
+
+
+def _peak(episode: _Episode) -> _Summary | None:
+    """The episode's peak window as known now: the best scored since it opened (or since a restart), or the
+    one kept from before the restart when that scored higher."""
+    candidates = [s for s in (episode.episode_best, episode.restored_peak) if s is not None]
+    return max(candidates, key=lambda s: s.score) if candidates else None
+
+
 class DecisionEngine:
     """Turns scored windows into `AlertEvent`s. Not thread-safe: call it from the event loop."""
 
@@ -281,7 +322,8 @@ class DecisionEngine:
                 bundle_name=row["bundle_name"], bundle_version=row["bundle_version"],
                 start_ts=row["start_ts"],
                 severity=row["severity"], last_event_ts=row["last_event_ts"], peak_score=row["peak_score"],
-                threshold=threshold, restored=_restored_summary(policy, row, threshold))
+                threshold=threshold, restored=_restored_summary(policy, row, threshold),
+                restored_peak=_summary_from_record(row.get("peak_window"), policy))
             track = self._track(row["asset"], row["model"], policy)
             track.episode = episode
             log.info("restored open episode %s for %s/%s", episode.episode_id, episode.asset, episode.model)
@@ -329,7 +371,7 @@ class DecisionEngine:
             if episode.below >= policy.clear_windows:
                 track.episode = None
                 track.history.clear()
-                best = episode.episode_best or summary
+                best = _peak(episode) or summary
                 return [self._emit(episode, "close", best, now, reason="cleared", current=summary)]
         elapsed = now - episode.last_event_ts
         # a wall clock stepped back (NTP on a gateway without a real-time clock) makes the elapsed time
@@ -378,6 +420,9 @@ class DecisionEngine:
         extra: dict[str, Any] = {"reason": reason, "peak_score": episode.peak_score}
         if current is not None:
             extra["last_score"] = current.score
+        peak = _peak(episode)
+        if peak is not None:  # kept with the episode row (not in the payload)
+            extra["peak_window"] = _summary_record(peak)
         return AlertEvent(
             alert_id=new_id(now), episode_id=episode.episode_id, state=state, ts=now,
             episode_start_ts=episode.start_ts, asset=episode.asset, model=episode.model,
@@ -415,8 +460,9 @@ class DecisionEngine:
             episode = track.episode
             if episode is None:
                 continue
-            # the peak window; restored after a restart: the last window since, or the restored peak if none
-            last = episode.episode_best or episode.last or episode.restored
+            # the peak window (kept across a restart or reload); without a kept one, the best since the
+            # restart, or the restored peak score if no window came since
+            last = _peak(episode) or episode.last or episode.restored
             assert last is not None  # an episode is either opened on a window or restored
             events.append(self._emit(episode, "close", last, now, reason=reason))
         return events

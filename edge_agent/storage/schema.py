@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     peak_score REAL NOT NULL,
     last_score REAL NOT NULL,
     alerts INTEGER NOT NULL DEFAULT 0,
-    threshold REAL
+    threshold REAL,
+    peak_window TEXT
 );
 CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status, asset, model);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -150,7 +151,9 @@ def _json_vectors(vectors: Sequence[Any]) -> list[str]:
 def _add_columns(conn: sqlite3.Connection) -> None:
     """Databases made before a column was added get it (NULL: no data to migrate): the outbox's
     `rejected` (not rejected), the episodes' `threshold` (the threshold the episode was opened against;
-    unknown for episodes opened before it was kept)."""
-    for table, column, kind in (("outbox", "rejected", "TEXT"), ("episodes", "threshold", "REAL")):
+    unknown for episodes opened before it was kept) and `peak_window` (the episode's peak window as JSON,
+    for a close after a restart; unknown before)."""
+    for table, column, kind in (("outbox", "rejected", "TEXT"), ("episodes", "threshold", "REAL"),
+                                ("episodes", "peak_window", "TEXT")):
         if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")

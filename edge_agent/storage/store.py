@@ -24,6 +24,7 @@ from typing import Any
 from edge_agent.storage.connection import BUSY_TIMEOUT_S, _connect, _move_aside, _undelivered_in
 from edge_agent.storage.faults import _DISK_ERRNOS, _DamagedFileError, _disk_fault, _locked, _read_only_fs
 from edge_agent.storage.schema import (
+    _ENCODE,
     BaselineRecord,
     OutboxRow,
     RetentionConfig,
@@ -333,31 +334,39 @@ class Store:
 
     @staticmethod
     def _upsert_episode(conn: sqlite3.Connection, event: AlertEvent) -> None:
+        # the peak window the engine knows (`decisions._summary_record`): a close after a restart reports it
+        peak = event.extra.get("peak_window")
+        peak_window = None if peak is None else _ENCODE(peak)
         if event.state == "open":
             conn.execute(
                 "INSERT INTO episodes (episode_id, asset, model, bundle_name, bundle_version, status,"
-                " start_ts, last_event_ts, severity, peak_score, last_score, alerts, threshold)"
-                " VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, 1, ?)",
+                " start_ts, last_event_ts, severity, peak_score, last_score, alerts, threshold, peak_window)"
+                " VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, 1, ?, ?)",
                 (event.episode_id, event.asset, event.model, event.bundle_name, event.bundle_version,
                  event.episode_start_ts, event.ts, event.severity, event.score, event.score,
-                 event.threshold if math.isfinite(event.threshold) else None))
+                 event.threshold if math.isfinite(event.threshold) else None, peak_window))
             return
         status = "closed" if event.state == "close" else "open"
         conn.execute(
             "UPDATE episodes SET status = ?, last_event_ts = ?, end_ts = ?, severity = ?,"
-            " peak_score = max(peak_score, ?), last_score = ?, alerts = alerts + 1 WHERE episode_id = ?",
+            " peak_score = max(peak_score, ?), last_score = ?, alerts = alerts + 1,"
+            " peak_window = coalesce(?, peak_window) WHERE episode_id = ?",
             (status, event.ts, event.ts if status == "closed" else None, event.severity,
-             float(event.extra.get("peak_score", event.score)), event.score, event.episode_id))
+             float(event.extra.get("peak_score", event.score)), event.score, peak_window, event.episode_id))
 
     def open_episodes(self) -> list[dict[str, Any]]:
         """Episodes not yet closed (restored by the decision engine after a restart)."""
         rows = self._query(
             "SELECT episode_id, asset, model, bundle_name, bundle_version, start_ts, last_event_ts, severity,"
-            " peak_score, last_score, alerts, threshold FROM episodes WHERE status = 'open'"
+            " peak_score, last_score, alerts, threshold, peak_window FROM episodes WHERE status = 'open'"
             " ORDER BY start_ts")
         keys = ("episode_id", "asset", "model", "bundle_name", "bundle_version", "start_ts", "last_event_ts",
-                "severity", "peak_score", "last_score", "alerts", "threshold")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+                "severity", "peak_score", "last_score", "alerts", "threshold", "peak_window")
+        episodes = [dict(zip(keys, row, strict=True)) for row in rows]
+        for episode in episodes:  # JSON text (None before the column: the engine falls back)
+            with contextlib.suppress(TypeError, ValueError):
+                episode["peak_window"] = json.loads(episode["peak_window"])
+        return episodes
 
     def pending(self, limit: int = 100) -> list[OutboxRow]:
         """Undelivered alerts, oldest first."""

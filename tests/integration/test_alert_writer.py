@@ -180,7 +180,9 @@ def test_episode_of_a_model_gone_from_the_bundle_closes_with_its_threshold(tmp_p
     store.close()
     if legacy:
         with sqlite3.connect(path) as conn:
-            conn.execute("ALTER TABLE episodes DROP COLUMN threshold")  # as before the column: re-added
+            # as before the columns (peak_window came later still): both re-added, empty
+            conn.execute("ALTER TABLE episodes DROP COLUMN threshold")
+            conn.execute("ALTER TABLE episodes DROP COLUMN peak_window")
     store = Store.open(path)
     alerts, _wake = writer(store)
     valve = {**MANIFEST, "models": [{**MANIFEST["models"][0], "name": "valve"}]}
@@ -192,6 +194,43 @@ def test_episode_of_a_model_gone_from_the_bundle_closes_with_its_threshold(tmp_p
     jsonschema.validate(last, ALERT_SCHEMA, format_checker=jsonschema.FormatChecker())
     assert (last["state"], last["threshold"]) == ("close", None if legacy else 1.0)
     assert store.open_episodes() == []
+    store.close()
+
+
+@pytest.mark.parametrize("peak_after_restart", [False, True])
+def test_a_close_after_a_restart_reports_the_episode_s_peak_window(tmp_path: Path,
+                                                                    peak_after_restart: bool) -> None:
+    """The agent stops (or reloads) during an episode and starts again; the fault then clears. The close
+    reports the episode's peak window, kept with the episode row (its score, window and root cause), not the
+    best window since the restart; unless a window after the restart scored higher."""
+    path = tmp_path / "agent.db"
+    store = Store.open(path)
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    peak = scored(T0, 6.0)
+    peak.channel_error[:] = [0.9, 0.1]  # channel a carried the peak
+    assert alerts.write(engine.process_batch([peak], T0))
+    assert alerts.write(engine.process_batch([scored(T0 + 10, 2.0)], T0 + 10))  # nothing sent: no change
+    store.close()
+    store = Store.open(path)  # the restart
+    alerts, _wake = writer(store)
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, store, MANIFEST)
+    after = [scored(T0 + 20, 7.0 if peak_after_restart else 1.5), scored(T0 + 30, 0.2), scored(T0 + 40, 0.2)]
+    events = [e for i, window in enumerate(after) for e in engine.process_batch([window], T0 + 20 + 10 * i)]
+    assert alerts.write(events)
+    close = outbox(path)[-1]
+    jsonschema.validate(close, ALERT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert close["state"] == "close"
+    if peak_after_restart:
+        assert (close["score"], close["peak_score"]) == (7.0, 7.0)
+        assert close["root_cause"]["channels"][0]["channel"] == "b"
+        assert close["window"] != outbox(path)[0]["window"]
+    else:
+        opened = outbox(path)[0]
+        assert (close["score"], close["peak_score"]) == (6.0, 6.0)
+        assert close["root_cause"] == opened["root_cause"]  # channel a, as the peak said
+        assert close["root_cause"]["channels"][0]["channel"] == "a"
+        assert close["window"] == opened["window"]
     store.close()
 
 

@@ -338,3 +338,27 @@ def test_a_silent_asset_gets_one_no_data_update_per_silence() -> None:
     f.now += 40
     assert [x.state for x in f.feed(0.2) + f.feed(0.2)] == ["close"]
     assert e.silent("pump-1", f.now + 30) == []  # closed: nothing open to report
+
+
+def test_a_restored_episode_closes_with_its_kept_peak_window_unless_a_later_one_scored_higher() -> None:
+    """The episode row keeps the peak window (`peak_window`): after a restart the close reports it, at its
+    level on the model's ladder, with its root cause, not the best window since the restart."""
+    kept = {"score": 5.0, "severity": "critical", "start_ts": 1_800_000_001.0, "end_ts": 1_800_000_005.0,
+            "peak_ts": 1_800_000_004.0, "root_cause": [["temp", 0.7], ["flow", 0.2], ["pressure", 0.1]],
+            "threshold": 1.0, "bundle_name": "pumps", "bundle_version": "1.0.0"}
+    for later, expected in ((1.5, (5.0, "critical", "temp", 1_800_000_005.0)),
+                            (6.0, (6.0, "critical", "flow", 1_800_000_031.0))):
+        f = Feeder(DecisionEngine(DecisionConfig(update_interval_s=3600.0), IDENTITY,
+                                  FakeStore(peak_window=kept), manifest(k=1, n=1, clear=2)))
+        f.now = 1_800_000_030.0
+        events = f.feed(later) + f.feed(0.5) + f.feed(0.5)
+        closes = [e for e in events if e.state == "close"]
+        assert len(closes) == 1
+        close = closes[0]
+        assert (close.score, close.severity, close.root_cause[0].channel, close.window_end_ts) == expected
+    # a kept value that cannot be read: the close falls back to the best window since the restart
+    f = Feeder(DecisionEngine(DecisionConfig(update_interval_s=3600.0), IDENTITY,
+                              FakeStore(peak_window={"score": "x"}), manifest(k=1, n=1, clear=2)))
+    f.now = 1_800_000_030.0
+    (close,) = [e for e in f.feed(1.5) + f.feed(0.5) + f.feed(0.5) if e.state == "close"]
+    assert close.score == 1.5
