@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.agentstate import agent_lock_held, agent_lock_says_stopped
-from edge_agent.configtools import ConfigError
+from edge_agent.configtools import ConfigError, add_config_argument
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -71,15 +71,15 @@ def setup_logging(level: str, fmt: str, override: str | None = None) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `run`, `check-config` and `status` to the `edge-agent` parser."""
     run = subparsers.add_parser("run", help="run the agent (the systemd service)")
-    run.add_argument("--config", required=True, type=Path, help="agent TOML config")
+    add_config_argument(run)
     run.set_defaults(func=cmd_run)
     check = subparsers.add_parser("check-config", help="validate a config file; exit 0 when valid")
-    check.add_argument("--config", required=True, type=Path)
+    add_config_argument(check)
     check.add_argument("--no-bundle", action="store_true",
                        help="check the file alone: no bundle needed, assets not checked against one")
     check.set_defaults(func=cmd_check_config)
     status = subparsers.add_parser("status", help="what the running agent is doing")
-    status.add_argument("--config", required=True, type=Path)
+    add_config_argument(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 

@@ -9,6 +9,7 @@ or a wrong type is reported the same way everywhere:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,3 +146,15 @@ def check_range(value: float, path: str, minimum: float | None = None, maximum: 
 
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
+
+
+DEFAULT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
+
+
+def add_config_argument(parser: Any) -> None:
+    """`--config PATH` for every `edge-agent` command that reads the agent config, with one default for all:
+    `$EDGE_AGENT_CONFIG`, else /etc/edge-agent/agent.toml (the packaged path; the systemd unit passes it)."""
+    default = Path(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH))
+    parser.add_argument("--config", type=Path, default=default,
+                        help=f"agent config file (default: $EDGE_AGENT_CONFIG, else {DEFAULT_CONFIG_PATH}; "
+                        f"here {default})")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.configtools import ConfigError
+from edge_agent.configtools import ConfigError, add_config_argument
 from edge_agent.profiles import DeviceProfile, load_profile
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Level = Literal["ok", "warn", "fail"]
-DEFAULT_PROFILE = "x86-64-ipc"
+DEFAULT_PROFILE = "x86-64-ipc"  # the hardware checks' reference when the config names no profile
 DEVICE_GROUPS = {"serial": "dialout", "video": "video", "audio": "audio"}
 
 
@@ -354,7 +354,8 @@ def _state_dir_finding(state_dir: Path, free_mib: Callable[[Path], float] = _fre
     if free < MIN_FREE_MIB:
         return Finding("warn", "state directory", f"{state_dir} is writable, but its filesystem has only "
                        f"{free:.0f} MiB free: when it fills, scored windows are no longer recorded (alerts "
-                       "still go out, from memory) and the agent cannot start",
+                       "still go out, from memory), and a restart runs on a database in RAM that keeps "
+                       "nothing",
                        "free space there, or lower [retention] max_rows (docs/storage.md)")
     return Finding("ok", "state directory", f"{state_dir} is writable, {free:.0f} MiB free")
 
@@ -421,7 +422,7 @@ def report(findings: Sequence[Finding]) -> str:
 def register(subparsers: Any) -> None:
     """Add `doctor` to the `edge-agent` command line."""
     parser = subparsers.add_parser("doctor", help="check this machine against the device profile and config")
-    parser.add_argument("--config", required=True, type=Path, help="agent config file (TOML)")
+    add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.set_defaults(func=run_doctor)
 
@@ -435,8 +436,14 @@ def run_doctor(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"FAIL  config  {exc}")
         return 1
-    findings = [Finding("ok", "device profile", f"{req.profile.name} ({req.profile.source})"),
-                *diagnose(req, Machine.probe())]
+    if config.device_profile:
+        profile = Finding("ok", "device profile", f"{req.profile.name} ({req.profile.source})")
+    else:  # the agent then runs ONNX Runtime on the CPU with 1 thread and takes bundles for any profile
+        profile = Finding("warn", "device profile",
+                          "none configured: the agent runs ONNX Runtime on the CPU with one thread and "
+                          "installs bundles made for any profile; this machine is checked against "
+                          f"{DEFAULT_PROFILE}'s needs", "set device_profile (docs/device-profiles.md)")
+    findings = [profile, *diagnose(req, Machine.probe())]
     if args.json:
         print(json.dumps([f.as_dict() for f in findings], indent=2))
     else:

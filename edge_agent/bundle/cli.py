@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,9 +38,7 @@ from edge_agent.bundle.install import (
     wait_for_agent,
 )
 from edge_agent.bundle.store import BundleStore
-from edge_agent.configtools import ConfigError
-
-DEFAULT_CONFIG = Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.toml"))
+from edge_agent.configtools import ConfigError, add_config_argument
 
 
 def register(subparsers: Any) -> None:
@@ -51,8 +48,7 @@ def register(subparsers: Any) -> None:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                         help=f"agent config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)")
+        add_config_argument(sub)
         return sub
 
     sub = add("install", "verify a bundle, store it, activate it and tell the running agent")

@@ -192,3 +192,28 @@ def test_run_names_a_state_directory_it_cannot_write(tmp_path: Path) -> None:
     finally:
         if agent.proc.poll() is None:
             agent.kill()
+
+
+def test_every_config_command_takes_the_config_from_the_environment_by_default(
+        tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`status`, `check-config`, `doctor` and `bundle list` without `--config`: `$EDGE_AGENT_CONFIG`, as the
+    bundle commands always did (else /etc/edge-agent/agent.toml)."""
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    assert main(["check-config"]) == 0
+    assert main(["status", "--json"]) == 1  # the agent never ran here: no status file
+    assert f"no status file at {state_dir / 'status.json'}" in capsys.readouterr().out
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert f"file(s) in {keys}" in out  # it read this config's trusted keys
+    # no device_profile in this config: said so, not passed off as x86-64-ipc
+    assert "WARN  device profile" in out
+    assert "none configured: the agent runs ONNX Runtime on the CPU with one thread" in out
+    assert main(["bundle", "list"]) == 0
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(tmp_path / "missing.toml"))
+    assert main(["status"]) == 1
+    assert f"cannot read config file: No such file or directory (value: '{tmp_path / 'missing.toml'}')" in (
+        capsys.readouterr().err)
