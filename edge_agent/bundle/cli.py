@@ -158,10 +158,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for check, detail in verified.passed:
             _progress(check, detail)
         manifest = verified.bundle.manifest
+        for line in describe_inputs(manifest):
+            print(line)
         print(f"{args.file}: {manifest.name} {manifest.version} passes every check (nothing was changed)")
         return 0
 
     return _run(args, action)
+
+
+def describe_inputs(manifest: Any) -> list[str]:
+    """What each model of a bundle reads, for the engineer wiring sensors to it: channels with their units,
+    the window and the sample period (a channel in another unit than the model's shows only as an anomaly)."""
+    lines = []
+    for model in manifest.models:
+        spec = model.input
+        channels = ", ".join(f"{name} [{unit}]" if unit else f"{name} [no unit given]"
+                             for name, unit in zip(spec.channels, spec.units, strict=True))
+        lines.append(f"  model {model.name}: {channels}; window {spec.window_length} samples every "
+                     f"{spec.sample_period_s:g} s, scored every {spec.stride}; threshold "
+                     f"{model.threshold.value:.6g}")
+    return lines
 
 
 def cmd_list(args: argparse.Namespace) -> int:

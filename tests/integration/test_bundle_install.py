@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -266,7 +267,11 @@ def test_install_rollback_list_remove_through_the_cli(tmp_path: Path, gateway: t
     assert "installed and activated pumps 1.1.0 (previous: 1.0.0)" in out
     assert "no running agent" in out
     assert main(["bundle", "verify", str(_bundle(tmp_path, keys, "1.2.0")), "--config", str(config)]) == 0
-    assert "passes every check (nothing was changed)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "passes every check (nothing was changed)" in out
+    # what the model reads, units included, for wiring the sensors: a wrong unit shows only as an anomaly
+    assert re.search(r"model pump: pressure \[bar\], flow \[m3/h\], vibration \[mm/s\]; window 16 samples "
+                     r"every [0-9.]+ s, scored every 8; threshold [0-9.e+-]+", out), out
     assert main(["bundle", "list", "--config", str(config)]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in listing] == [["<", "1.0.0"], ["*", "1.1.0"]]
