@@ -114,6 +114,13 @@ class AgentState:
         self.scored_at: dict[str, float] = {}  # asset -> monotonic time of its last scored window
         self.pipeline_at = time.monotonic()  # when the current pipeline started
         self._persisted: dict[str, int] = {}
+        # the last reload refused (the config file or its bundle does not load), until one is applied
+        self.reload_rejected: dict[str, str] | None = None
+
+    def reload_outcome(self, error: str | None) -> None:
+        """A reload was refused for `error` (the running config stays), or went through (None)."""
+        self.reload_rejected = None if error is None else {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "error": error}
 
     def pipeline_restarted(self) -> None:
         """The windower, sources and engine were rebuilt (their counters start from zero): persist from
@@ -211,7 +218,7 @@ class AgentState:
             "sink": {"kind": type(sink).__name__ if sink is not None else None,
                      "state": sink.state if sink is not None else None},
             "outbox_backlog": backlog, "assets": assets, "open_episodes": episodes,
-            "storage": self.storage(supervisor),
+            "storage": self.storage(supervisor), "reload_rejected": self.reload_rejected,
             "sources": {source.name: source.describe() for source in supervisor.sources},
             "counters": self.totals(supervisor),
         }
@@ -259,4 +266,5 @@ class AgentState:
             "silent_assets": sorted(name for name in supervisor.config.assets
                                     if self.freshness(supervisor, name)["silent"]),
             "storage": self.storage(supervisor),
+            "reload_rejected": self.reload_rejected,
         }

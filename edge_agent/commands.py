@@ -223,15 +223,23 @@ def _from_database(path: Path) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load_config(args.config)
-    if config is None:
-        return 1
+    from edge_agent.config import StateDirectory
+
+    config: Any = _load_config(args.config)
+    invalid = config is None
+    if invalid:  # e.g. a typo saved over a running agent's config: what that agent does is still worth seeing
+        config = StateDirectory.of_file(args.config)
+        if config is None:
+            return 1
+        print(f"edge-agent: the status below is read from {config.state_dir}, the state_dir the file names; "
+              "the file itself is invalid (above): a running agent keeps its previous config, and a start "
+              "with this file fails", file=sys.stderr)
     status = read_status(config)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
-    return 0 if not {"error", "database_error", "stale"} & status.keys() else 1
+    return 0 if not invalid and not {"error", "database_error", "stale"} & status.keys() else 1
 
 
 def _table(value: Any) -> dict[str, Any]:
@@ -263,6 +271,10 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"agent: {'running' if status.get('running') else 'not running'}{age}")
     if status.get("stale"):
         lines.append(f"STALE: {status['stale']}")
+    rejected = _table(status.get("reload_rejected"))
+    if rejected:
+        lines.append(f"RELOAD REJECTED at {rejected.get('at')}: {rejected.get('error')}; the agent runs on "
+                     "its previous config, and a restart with the file as it is fails")
     bundle = _table(status.get("bundle"))
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
     sink = _table(status.get("sink"))

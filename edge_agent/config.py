@@ -90,8 +90,58 @@ class LoggingConfig:
     format: str = "text"
 
 
+class StateFiles:
+    """The files of a state directory the agent and the commands share (`state_dir` is set by the
+    subclass): `AgentConfig`, and `StateDirectory` for `edge-agent status` when the config does not load."""
+
+    state_dir: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "agent.db"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "agent.pid"
+
+    @property
+    def lock_path(self) -> Path:
+        """Held (flock) by the running agent for its whole life: one agent per state directory."""
+        return self.state_dir / "agent.lock"
+
+
 @dataclass(frozen=True)
-class AgentConfig:
+class StateDirectory(StateFiles):
+    """Only where the state is: what `edge-agent status` reads when the config file does not load (a typo
+    saved over the running agent's config), taken from the file's `state_dir` and `status_interval_s`."""
+
+    state_dir: Path
+    status_interval_s: float = 5.0
+
+    @classmethod
+    def of_file(cls, path: Path) -> StateDirectory | None:
+        """`state_dir` and `status_interval_s` as `AgentConfig.load` would take them from `path`, read
+        leniently (the rest of the file may be invalid); None when the file is no TOML or `state_dir` is
+        unusable."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            state_dir = data.get("state_dir")
+            interval = data.get("status_interval_s", 5.0)
+            if state_dir is not None and not isinstance(state_dir, str):
+                return None
+            if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+                interval = 5.0
+            return cls(_state_dir(state_dir, Path(path).resolve().parent), float(interval))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+
+
+@dataclass(frozen=True)
+class AgentConfig(StateFiles):
     """The whole configuration. `source` is the file it came from."""
 
     identity: GatewayIdentity
@@ -148,29 +198,12 @@ class AgentConfig:
                    logging=logging_cfg, status_interval_s=status_interval, source=source)
 
     @property
-    def db_path(self) -> Path:
-        return self.state_dir / "agent.db"
-
-    @property
-    def status_path(self) -> Path:
-        return self.state_dir / "status.json"
-
-    @property
-    def pid_path(self) -> Path:
-        return self.state_dir / "agent.pid"
-
-    @property
     def run_dir(self) -> Path:
         """Where the active bundle is extracted for the running agent: systemd's `$RUNTIME_DIRECTORY`
         (`RuntimeDirectory=edge-agent`: /run/edge-agent, in RAM, so no flash wear and a full disk does not
         stop a start) when set, else `state_dir/run`. Emptied at every start and stop."""
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
         return Path(runtime) / "run" if runtime else self.state_dir / "run"
-
-    @property
-    def lock_path(self) -> Path:
-        """Held (flock) by the running agent for its whole life: one agent per state directory."""
-        return self.state_dir / "agent.lock"
 
     def bundle_path(self) -> Path:
         """The installed active bundle (`state_dir/bundles/active/bundle.tar`, written by `edge-agent bundle

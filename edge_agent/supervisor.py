@@ -360,6 +360,12 @@ class Supervisor:
             if await self._apply_reload():
                 return True
 
+    def _reload_rejected(self, error: str) -> bool:
+        """Log a refused reload and keep it for the status (`reload_rejected`) until one goes through."""
+        log.error("reload ignored, the running config stays: %s", error)
+        self.state.reload_outcome(error)
+        return False
+
     async def _apply_reload(self) -> bool:
         """Reload the config; True when the pipeline must restart (False: nothing to do or swapped)."""
         if self.config.source is None:
@@ -368,22 +374,20 @@ class Supervisor:
         try:
             new = await asyncio.to_thread(AgentConfig.load, self.config.source)
         except ConfigError as exc:
-            log.error("reload ignored, the running config stays: %s", exc)
-            return False
+            return self._reload_rejected(str(exc))
         if new.state_dir.resolve() != self.config.state_dir.resolve():
             # the instance lock and pid file are on the running state directory: moving to another one
             # would run unlocked there (a second agent could start on it) and leave the old pid file behind
-            log.error("reload ignored, the running config stays: state_dir changed (%s -> %s); a new state "
-                      "directory needs a restart (systemctl restart edge-agent)", self.config.state_dir,
-                      new.state_dir)
-            return False
+            return self._reload_rejected(
+                f"state_dir changed ({self.config.state_dir} -> {new.state_dir}); a new state directory "
+                "needs a restart (systemctl restart edge-agent)")
+        self.state.reload_outcome(None)
         if new != self.config:
             check_dir = Path(tempfile.mkdtemp(prefix="reload-check-"))
             try:  # the new config must work with its bundle before the running pipeline is stopped
                 await asyncio.to_thread(load_bundle, new, check_dir)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the running pipeline
-                log.error("reload ignored, the running config stays: %s", exc)
-                return False
+                return self._reload_rejected(str(exc))
             finally:
                 shutil.rmtree(check_dir, ignore_errors=True)
             log.info("config changed: restarting the pipeline")

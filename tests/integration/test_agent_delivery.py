@@ -163,23 +163,38 @@ def activate(state_dir: Path, bundle: Path, version: str) -> None:
     link.replace(state_dir / "bundles" / "active")
 
 
-def test_sighup_swaps_to_newly_activated_bundle(tmp_path: Path, pty_pair: PtyPair, state_dir: Path) -> None:
+def test_sighup_swaps_to_newly_activated_bundle(tmp_path: Path, pty_pair: PtyPair, state_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.cli import main
+
     config, bundle, agent, feeder = serial_agent(tmp_path, state_dir, pty_pair)
     try:
         wait_serial_open(agent)
         feeder.feed(8)
         agent.wait(lambda: agent.counters().get("windows_scored") == 1, 10, "scoring on 1.0.0")
-        # a broken config on SIGHUP is refused and the agent keeps running
+        # a broken config on SIGHUP is refused and the agent keeps running; its status says so
         good = config.read_text()
         config.write_text(good.replace('[gateway]', '[gateway]\ncolour = "red"'))
         agent.proc.send_signal(signal.SIGHUP)
         agent.wait(lambda: "reload ignored" in agent.log(), 10, "bad config refused")
+        agent.wait(lambda: "gateway -> colour" in str(agent.status().get("reload_rejected")), 10,
+                   "the refused reload in the status")
+        # `status` with the broken file still shows the running agent (read from the file's state_dir)
+        capsys.readouterr()
+        assert main(["status", "--config", str(config)]) == 1
+        printed = capsys.readouterr()
+        assert "invalid config" in printed.err
+        assert "the status below is read from" in printed.err
+        assert "agent: running" in printed.out
+        assert "RELOAD REJECTED at " in printed.out
+        assert "gateway -> colour: unknown key" in printed.out
         config.write_text(good)
         # what `edge-agent bundle install` does: bundles/<version>/bundle.tar and an `active` link to it
         activate(state_dir, make_bundle(tmp_path / "v2", version="2.0.0")[0], "2.0.0")
         agent.proc.send_signal(signal.SIGHUP)
         agent.wait(lambda: agent.status().get("bundle_version") == "2.0.0", 15, "bundle swapped")
         assert agent.proc.pid == agent.status()["pid"]  # no restart
+        assert agent.status()["reload_rejected"] is None  # a reload went through
         feeder.feed(8)
         agent.wait(lambda: agent.counters().get("windows_scored") == 3, 10, "scoring on 2.0.0")
         # a bundle whose model the assets do not use is refused; the running one stays
