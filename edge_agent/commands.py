@@ -280,6 +280,8 @@ def format_status(status: dict[str, Any]) -> str:
     sink = _table(status.get("sink"))
     kind, state = sink.get("kind"), sink.get("state")
     shown = f"{SINK_NAMES.get(kind, kind) if kind else '-'}{f' {state}{then}' if state else ''}"
+    if state != "connected" and sink.get("last_error"):
+        shown += f" ({sink['last_error']})"
     lines.append(f"upstream: {shown}; outbox backlog: {status.get('outbox_backlog', '-')}"
                  + (f"; rejected by the broker: {status['outbox_rejected']}"
                     if status.get("outbox_rejected") else ""))
@@ -308,7 +310,9 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{episode.get('model')} {episode.get('severity')}")
     for name, entry in sorted(_table(status.get("sources")).items()):
         source = _table(entry)
-        lines.append(f"source {name} ({source.get('type')}): {source.get('state')}{then}, received "
+        why = f" ({source['last_error']})" if source.get("state") == "disconnected" and source.get(
+            "last_error") else ""
+        lines.append(f"source {name} ({source.get('type')}): {source.get('state')}{then}{why}, received "
                      f"{source.get('received')}, invalid {source.get('invalid')}, "
                      f"dropped {source.get('dropped')}")
     counters = _table(status.get("counters"))

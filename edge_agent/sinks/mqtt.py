@@ -39,6 +39,7 @@ from edge_agent.mqttloop import (
     ConnectRefusedError,
     LoopIO,
     close_connection,
+    connect_failure,
     connect_on_loop,
     settle_connack,
 )
@@ -192,6 +193,7 @@ class MqttUpstream:
         self._done = asyncio.Event()
         self._running = False
         self._state = "disconnected"
+        self.last_error: str | None = None  # why the last connect failed or the connection was lost
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
@@ -244,8 +246,9 @@ class MqttUpstream:
                     await self._teardown()
                     self._state = "disconnected"
                     delay = reconnects.failed()
-                    log.warning("upstream broker %s:%d not reachable (%s); retrying in %.1f s",
-                                self.config.host, self.config.port, exc, delay)
+                    self.last_error = (f"broker {self.config.host}:{self.config.port} "
+                                       + connect_failure(exc, self.config.tls is not None))
+                    log.warning("upstream %s; retrying in %.1f s", self.last_error, delay)
                     await self._pause(delay)
                     continue
                 reconnects.connected()
@@ -264,6 +267,7 @@ class MqttUpstream:
                                            "see [mqtt] client_id)")
                 if not self._closing:
                     self._state = "disconnected"
+                    self.last_error = f"broker {self.config.host}:{self.config.port}: connection lost{why}"
                     log.warning("upstream broker connection lost%s; %s alerts waiting; reconnecting in "
                                 "%.1f s", why, self._backlog(), delay)
                 await self._pause(delay)

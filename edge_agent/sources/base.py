@@ -41,10 +41,11 @@ class SourceStats:
     invalid: int = 0
     dropped: int = 0
     reconnects: int = 0
+    last_error: str | None = None  # why the last connect or open failed, or the connection was lost
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "received": self.received, "invalid": self.invalid,
-                "dropped": self.dropped, "reconnects": self.reconnects}
+                "dropped": self.dropped, "reconnects": self.reconnects, "last_error": self.last_error}
 
 
 class DropOldestQueue(Generic[T]):

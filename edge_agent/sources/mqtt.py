@@ -39,6 +39,7 @@ from edge_agent.mqttloop import (
     ConnectRefusedError,
     LoopIO,
     close_connection,
+    connect_failure,
     connect_on_loop,
     settle_connack,
 )
@@ -238,9 +239,10 @@ class MqttSource(Source):
             except (OSError, ConfigError, asyncio.TimeoutError) as exc:  # ConnectRefusedError is an OSError
                 self._teardown()
                 delay = reconnects.failed()
-                self._unreachable_log.warning(
-                    "source %s: broker %s:%d not reachable (%s); retrying in %.1f s",
-                    self.name, self.config.host, self.config.port, exc, delay)
+                self.stats.last_error = f"broker {self.config.host}:{self.config.port} " + connect_failure(
+                    exc, self.config.tls)
+                self._unreachable_log.warning("source %s: %s; retrying in %.1f s", self.name,
+                                              self.stats.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
             reconnects.connected()
@@ -252,11 +254,12 @@ class MqttSource(Source):
             self._set_state("disconnected")
             held = reconnects.held()
             delay = reconnects.lost()
+            self.stats.last_error = f"broker {self.config.host}:{self.config.port}: connection lost"
             if not held:
-                self._unreachable_log.warning(
-                    "source %s: broker %s:%d dropped the connection right after accepting it (another "
-                    "client with the same client_id?); reconnecting in %.1f s",
-                    self.name, self.config.host, self.config.port, delay)
+                self.stats.last_error += (" right after it was accepted (another client with the same "
+                                          "client_id?)")
+                self._unreachable_log.warning("source %s: %s; reconnecting in %.1f s", self.name,
+                                              self.stats.last_error, delay)
             await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
@@ -333,7 +336,8 @@ class MqttSource(Source):
         if state == "connected" and self.stats.state == "disconnected" and self.stats.received:
             self.stats.reconnects += 1
         if state != self.stats.state:
-            log.info("source %s: %s to %s:%d", self.name, state, self.config.host, self.config.port)
+            log.info("source %s: %s %s:%d", self.name, "connected to" if state == "connected" else
+                     f"{state} from", self.config.host, self.config.port)
         self.stats.state = state
 
     def route(self, topic: str) -> str | None:

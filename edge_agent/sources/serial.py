@@ -87,6 +87,7 @@ class SerialSource(Source):
                 self._port = self._open()
             except (OSError, serial.SerialException) as exc:
                 self.stats.state = "disconnected"
+                self.stats.last_error = f"cannot open {self.config.device}: {exc}"
                 delay = reconnects.failed()
                 log.warning("source %s: cannot open %s (%s); retrying in %.1f s", self.name,
                             self.config.device, exc, delay)
@@ -102,6 +103,7 @@ class SerialSource(Source):
             finally:
                 self._close_port(loop)
             self.stats.state = "disconnected"
+            self.stats.last_error = f"lost {self.config.device}: {error}"
             self.stats.reconnects += 1
             delay = reconnects.lost()  # a port lost again right after opening waits longer each time
             log.warning("source %s: lost %s (%s); reopening in %.1f s", self.name, self.config.device, error,

@@ -217,3 +217,31 @@ def test_every_config_command_takes_the_config_from_the_environment_by_default(
     assert main(["status"]) == 1
     assert f"cannot read config file: No such file or directory (value: '{tmp_path / 'missing.toml'}')" in (
         capsys.readouterr().err)
+
+
+def test_status_says_why_a_source_or_the_upstream_is_disconnected(tmp_path: Path) -> None:
+    """A serial device that is not there: the source's status carries the reason, and `status` prints it
+    next to `disconnected` (as it does for the upstream broker's last failure)."""
+    import asyncio
+
+    from edge_agent.commands import format_status
+    from edge_agent.configtools import Section
+    from edge_agent.sources.serial import SerialConfig, SerialSource
+
+    missing = tmp_path / "ttyUSB7"
+    source = SerialSource("line1", SerialConfig.from_section(
+        Section({"device": str(missing), "format": "kv", "fields": ["a"]}), tmp_path))
+
+    async def briefly() -> None:
+        async with source:
+            await asyncio.sleep(0.3)
+
+    asyncio.run(briefly())
+    described = source.describe()
+    assert described["state"] == "disconnected"
+    assert described["last_error"].startswith(f"cannot open {missing}: ")
+    text = format_status({"running": True, "sources": {"line1": described},
+                          "sink": {"kind": "MqttSink", "state": "disconnected",
+                                   "last_error": "broker plc:8883 refused the connection (Not authorized)"}})
+    assert f"source line1 (serial): disconnected (cannot open {missing}: " in text
+    assert "disconnected (broker plc:8883 refused the connection (Not authorized))" in text

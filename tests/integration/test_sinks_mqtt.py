@@ -320,11 +320,12 @@ def test_tls_with_client_certificate_and_password_file(tmp_path: Path,
     try:
         wait_until(lambda: upstream2.state == "disconnected", what="refused connect reported")
         assert upstream2.connects == 0
+        wait_until(lambda: "refused the connection" in str(upstream2.last_error), what="why, for the status")
     finally:
         runner2.stop()
         broker.stop()
     assert pki.password not in caplog.text
-    assert "not reachable" in caplog.text  # the refused connect was logged, without the password
+    assert "refused the connection" in caplog.text  # the refused connect was logged, without the password
 
 
 def test_config_parsing_resolves_files_and_rejects_bad_templates(tmp_path: Path,

@@ -176,6 +176,9 @@ def test_mqtt_source_over_tls_with_client_certificate_and_password(
         async with source:
             await asyncio.sleep(2.0)  # refused CONNACKs, retried with backoff
             assert source.stats.state == "disconnected"
+            # the broker answered and refused the login: said so, in the status too (not "not reachable")
+            assert "refused the connection" in str(source.describe()["last_error"])
+            assert "check the username and password" in str(source.describe()["last_error"])
 
     try:
         asyncio.run(scenario(tls_source("password")))
@@ -184,5 +187,5 @@ def test_mqtt_source_over_tls_with_client_certificate_and_password(
         asyncio.run(refused(tls_source("wrong")))
     finally:
         pki.broker.stop()
-    assert "not reachable" in caplog.text
+    assert "refused the connection" in caplog.text
     assert pki.password not in caplog.text
