@@ -6,7 +6,8 @@ caller uses the arrival time.
 
     csv (header)   ts,flow,pressure          the first line that names every configured field sets the order
                    1700000000.1,12.5,3.1
-    csv (columns)  columns = ["ts", "flow", "pressure"]: positional, no header expected
+    csv (columns)  columns = ["ts", "flow", "pressure"]: positional, no header expected (a line naming the
+                   configured fields, as a device may print at power-up, is skipped as a header)
     json           {"ts": 1700000000.1, "flow": 12.5, "pressure": 3.1}
     kv             ts=1700000000.1 flow=12.5 pressure=3.1     (separated by spaces, commas or semicolons)
 """
@@ -175,6 +176,8 @@ class LineParser:
                 self._columns = tuple(cells)
                 return None
             raise LineFormatError(f"no CSV header naming {sorted(self._wanted)} seen yet")
+        if self.format.columns and self._wanted <= set(cells):
+            return None  # a header line (a device that prints one at power-up) although `columns` is set
         if len(cells) != len(self._columns):
             raise LineFormatError(f"expected {len(self._columns)} fields, got {len(cells)}")
         return self._from_mapping(dict(zip(self._columns, cells, strict=True)))

@@ -165,7 +165,8 @@ class SerialSource(Source):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._invalid("line", LineFormatError(f"not UTF-8 text: {raw[:40]!r}"))
+            why = f"not UTF-8 text: {raw[:40]!r} (a wrong baud rate, parity or data bits?)"
+            self._invalid("line", LineFormatError(why))
             log.debug("decode error: %s", exc)
             return
         try:

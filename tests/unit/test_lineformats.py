@@ -25,6 +25,9 @@ def test_csv_columns_checks_field_count() -> None:
         parser.parse("1500,1")
     with pytest.raises(LineFormatError, match="'b': 'x' is not a number"):
         parser.parse("1500,1,x")
+    # a device that prints a header at power-up although `columns` is set: skipped, not an invalid row
+    assert parser.parse("ts,a,b") is None
+    assert parser.parse("1600,3,4") == (1.6, {"a": 3.0, "b": 4.0})
 
 
 def test_json_and_kv_lines() -> None:
