@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import shutil
 import sqlite3
@@ -73,16 +74,22 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
     The path is resolved first (`bundles/active` is a link), so `Bundle.source` names the real file and a
     later re-activation is seen as a change."""
     path = config.bundle_path().resolve()
-    extract_root.mkdir(parents=True, exist_ok=True)
-    target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
     keys = config.bundle.verify_keys
+    target: Path | None = None
     try:
+        extract_root.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
         bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
-    except SigningKeyError as exc:  # the configured keys, not the bundle: name the key
-        shutil.rmtree(target, ignore_errors=True)
-        raise ConfigError("bundle -> trusted_keys", str(exc), str(keys), config.source) from exc
-    except Exception:
-        shutil.rmtree(target, ignore_errors=True)
+    except BaseException as exc:
+        if target is not None:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, SigningKeyError):  # the configured keys, not the bundle: name the key
+            raise ConfigError("bundle -> trusted_keys", str(exc), str(keys), config.source) from exc
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            # a full or read-only state disk outside systemd (whose RuntimeDirectory= puts this in RAM)
+            raise OSError(exc.errno, f"cannot extract the bundle to {extract_root}: {exc.strerror}; free "
+                          "space there, or set $RUNTIME_DIRECTORY to a directory in RAM (the systemd unit's "
+                          "RuntimeDirectory= does)") from exc
         raise
     check_against_manifest(config, bundle.manifest)
     return bundle

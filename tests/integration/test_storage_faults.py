@@ -374,3 +374,28 @@ def test_one_agent_per_state_directory_holds_on_a_read_only_disk(small_disk: Pat
     finally:
         os.close(first)
     os.close(_hold_instance_lock(config))  # free again once the first is gone
+
+
+def test_a_bundle_that_cannot_be_extracted_on_a_full_disk_names_the_place_and_the_way_out(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside systemd (no $RUNTIME_DIRECTORY) the bundle is extracted under the state directory: on a full
+    disk the start fails naming that directory and what to do, and leaves nothing behind."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.pipeline import load_bundle
+    from tests.integration.agent_harness import make_bundle, write_config
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    bundle, keys = make_bundle(tmp_path)
+    state = small_disk / "state"
+    state.mkdir()
+    (state / "run").mkdir()
+    sources = {"plant": {"type": "replay", "path": str(tmp_path / "plant.csv"), "timestamp_field": "ts",
+                         "fields": ["flow", "pressure"]}}
+    assets = {"pump-1": {"model": "pump", "source": "plant",
+                         "channels": {"flow": "flow", "pressure": "pressure"}}}
+    config = AgentConfig.load(write_config(tmp_path, state, bundle, keys, sources, assets))
+    _fill(small_disk / "filler")
+    with pytest.raises(OSError, match=rf"cannot extract the bundle to {state / 'run'}: No space left on "
+                                      r"device; free space there, or set \$RUNTIME_DIRECTORY"):
+        load_bundle(config, config.run_dir)
+    assert list((state / "run").iterdir()) == []
