@@ -50,41 +50,37 @@ def silent_after_s(spec: Any) -> float:
     return max(spec.staleness_s, 3.0 * spec.stride * spec.sample_period_s)
 
 
-def agent_lock_says_stopped(lock_path: Path) -> bool:
-    """Whether the instance lock (`AgentConfig.lock_path`) shows that no agent runs: the lock file exists
-    (an agent that takes it ran here) and a shared `flock` on it can be had (nobody holds it). A pid file
-    alone can outlive its agent and name a process that reused the pid. No lock file, or one that cannot be
-    probed: unknown (an agent from before the lock may be running), so False."""
+def _flocked(path: Path) -> bool | None:
+    """Whether another process holds an exclusive `flock` on `path` (a file or a directory); None when it
+    cannot be opened."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: an agent holds it
-        return False
-    finally:
-        os.close(fd)  # also releases the shared lock when it was taken
-    return True
-
-
-def agent_lock_held(lock_path: Path) -> bool:
-    """Whether an agent holds the instance lock: on `lock_path`, or, where no lock file could be made (a
-    read-only state disk, `supervisor._hold_instance_lock`), on its directory. Tells a running agent that
-    could write no pid file."""
-    try:
-        fd = os.open(lock_path if lock_path.exists() else lock_path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
-        return False
+        return None
     finally:
-        os.close(fd)
+        os.close(fd)  # also releases the shared lock when it was taken
     return False
+
+
+def agent_lock_held(lock_path: Path) -> bool:
+    """Whether an agent holds the instance lock (`supervisor._hold_instance_lock`): on its state directory
+    (`lock_path.parent`) or on the lock file (agents from before the directory lock). Tells a running agent
+    that could write no pid file (a read-only or full state disk)."""
+    return bool(_flocked(lock_path.parent)) or bool(_flocked(lock_path))
+
+
+def agent_lock_says_stopped(lock_path: Path) -> bool:
+    """Whether the instance lock shows that no agent runs: the lock file exists (an agent that takes it ran
+    here) and neither it nor the state directory is locked. A pid file alone can outlive its agent and name
+    a process that reused the pid. No lock file, or one that cannot be probed: unknown (an agent from before
+    the lock may be running), so False."""
+    return _flocked(lock_path) is False and not agent_lock_held(lock_path)
 
 
 def write_status_file(path: Path, document: dict[str, Any], *, indent: int | None = None) -> None:

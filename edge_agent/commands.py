@@ -171,11 +171,22 @@ def read_status(config: Any) -> dict[str, Any]:
     if isinstance(pid, int) and config.pid_path.exists():
         # the pid alone can name a process that reused it; the agent's instance lock cannot lie
         status["running"] = _alive(pid) and not agent_lock_says_stopped(config.lock_path)
-    elif agent_lock_held(config.lock_path):
-        status["running"] = True  # no pid file: a full or read-only state disk took none (docs/storage.md)
+    if not status["running"] and agent_lock_held(config.lock_path):
+        # an agent holds the lock but wrote no pid file (a full or read-only state disk took none, and the
+        # one there may name a stopped agent), or has not written its first status yet
+        status["running"] = True
     updated = status.get("updated_at")
     age = time.time() - updated if isinstance(updated, int | float) else None
-    if status["running"] and (age is None or age > STALE_STATUS_INTERVALS * config.status_interval_s + 5.0):
+    try:  # written at each start, before the pipeline opens (bundle, database), which writes the first status
+        started = config.pid_path.stat().st_mtime
+    except OSError:
+        started = None
+    starting = (status["running"] and started is not None and time.time() - started < STARTUP_GRACE_S
+                and (age is None or updated < started))
+    if starting:
+        status["starting"] = True
+        status.pop("error", None)
+    elif status["running"] and (age is None or age > STALE_STATUS_INTERVALS * config.status_interval_s + 5.0):
         written = "no status file" if age is None else f"the status file is {age:.0f} s old"
         if age is None:
             status.pop("error", None)  # "has the agent run?": it runs, this says why there is no file
@@ -188,6 +199,7 @@ def read_status(config: Any) -> dict[str, Any]:
 
 
 STALE_STATUS_INTERVALS = 3  # a running agent's status file older than this many intervals (+ 5 s) is stale
+STARTUP_GRACE_S = 60.0  # after a start (the pid file's time), no status file yet is "starting", not stale
 
 
 def _alive(pid: int) -> bool:
@@ -268,7 +280,10 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"state database unreadable: {status['database_error']}")
     updated = status.get("updated_at")
     age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
-    lines.append(f"agent: {'running' if status.get('running') else 'not running'}{age}")
+    running = "running" if status.get("running") else "not running"
+    if status.get("starting"):
+        running, age = "starting", " (no status written yet by this start)"
+    lines.append(f"agent: {running}{age}")
     if status.get("stale"):
         lines.append(f"STALE: {status['stale']}")
     rejected = _table(status.get("reload_rejected"))

@@ -80,6 +80,7 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
         extract_root.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(prefix="bundle-", dir=extract_root))
         bundle = read_bundle(path, trusted_keys=keys, extract_to=target)
+        check_against_manifest(config, bundle.manifest)
     except BaseException as exc:
         if target is not None:
             shutil.rmtree(target, ignore_errors=True)
@@ -91,7 +92,6 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
                           "space there, or set $RUNTIME_DIRECTORY to a directory in RAM (the systemd unit's "
                           "RuntimeDirectory= does)") from exc
         raise
-    check_against_manifest(config, bundle.manifest)
     return bundle
 
 

@@ -120,30 +120,28 @@ def _write_pid_file(path: Path) -> None:
                   "space", path, exc.strerror)
 
 
-def _hold_instance_lock(config: AgentConfig) -> int:
-    """Take `state_dir/agent.lock` (an exclusive `flock`, released by the kernel when the process ends,
-    however it ends) and return its descriptor: one agent per state directory. A second one, such as a
+def _hold_instance_lock(config: AgentConfig) -> tuple[int, ...]:
+    """Take the instance lock (exclusive `flock`s, released by the kernel when the process ends, however it
+    ends) and return the descriptors to close: one agent per state directory. A second one, such as a
     hand-started `edge-agent run` next to the service, would share the database and the MQTT client id (the
     broker would drop each for the other) and delete the other's pid file: it is refused, naming the
-    running agent's pid."""
+    running agent's pid.
+
+    Two locks, both always tried: the state directory itself (a read-only open, so it can always be taken,
+    even on a read-only or full disk) and `state_dir/agent.lock` (what agents before the directory lock
+    took; created when the disk allows, else opened read-only when a former start left it, else left out).
+    Checkers (`agentstate.agent_lock_held`) look at both."""
+    held: list[int] = []
     try:
-        fd = os.open(config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if exc.errno not in _READ_ONLY_ERRNOS:
-            raise
-        # A read-only (or full) state disk: the agent still starts, on a database in RAM (docs/storage.md,
-        # "Faults"). flock needs no write access: the lock file a former start made, read-only, else the
-        # directory itself (every agent on this directory picks the same one, the file when it exists).
-        log.warning("cannot create the instance lock %s (%s): locking it read-only", config.lock_path,
-                    exc.strerror)
-        try:
-            fd = os.open(config.lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = os.open(config.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for path, create in ((config.state_dir, False), (config.lock_path, True)):
+            fd = _open_lock(path, create)
+            if fd is None:
+                continue
+            held.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
+        for fd in held:
+            os.close(fd)
         try:
             pid = config.pid_path.read_text().strip()
         except OSError:
@@ -152,7 +150,29 @@ def _hold_instance_lock(config: AgentConfig) -> int:
         raise ConfigError("state_dir", f"{running} is running with this state directory: stop it first "
                           "(systemctl stop edge-agent), or give this one a state_dir of its own",
                           str(config.state_dir), config.source) from None
-    return fd
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return tuple(held)
+
+
+def _open_lock(path: Path, create: bool) -> int | None:
+    """A descriptor to `flock`: the directory `path` (`create` false), or the lock file, created when the disk
+    allows (a read-only or full disk: the one a former start left, opened read-only, else None)."""
+    if not create:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY_ERRNOS:
+            raise
+    log.warning("cannot create the instance lock file %s (a read-only or full disk): locking it read-only, "
+                "or the state directory alone", path)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 class Supervisor:
@@ -201,7 +221,7 @@ class Supervisor:
                                 (signal.SIGHUP, self.request_reload)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, handler)
-        instance_lock: int | None = None
+        instance_lock: tuple[int, ...] = ()
         try:
             try:
                 self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -213,8 +233,8 @@ class Supervisor:
                                   self.config.source) from exc
             return await self._run_pipelines()
         finally:
-            if instance_lock is not None:
-                os.close(instance_lock)  # after the pid file is gone: the next agent may start
+            for fd in instance_lock:
+                os.close(fd)  # after the pid file is gone: the next agent may start
 
     async def _run_pipelines(self) -> int:
         switch_interval = sys.getswitchinterval()
@@ -362,7 +382,7 @@ class Supervisor:
 
     def _reload_rejected(self, error: str) -> bool:
         """Log a refused reload and keep it for the status (`reload_rejected`) until one goes through."""
-        log.error("reload ignored, the running config stays: %s", error)
+        log.error("reload ignored, the running config and bundle stay: %s", error)
         self.state.reload_outcome(error)
         return False
 
@@ -381,7 +401,6 @@ class Supervisor:
             return self._reload_rejected(
                 f"state_dir changed ({self.config.state_dir} -> {new.state_dir}); a new state directory "
                 "needs a restart (systemctl restart edge-agent)")
-        self.state.reload_outcome(None)
         if new != self.config:
             check_dir = Path(tempfile.mkdtemp(prefix="reload-check-"))
             try:  # the new config must work with its bundle before the running pipeline is stopped
@@ -391,6 +410,7 @@ class Supervisor:
             finally:
                 shutil.rmtree(check_dir, ignore_errors=True)
             log.info("config changed: restarting the pipeline")
+            self.state.reload_outcome(None)
             self.config = new
             return True
         assert self.bundle is not None
@@ -398,13 +418,14 @@ class Supervisor:
             path = new.bundle_path()
             if path.resolve() == self.bundle.source.resolve() and _file_stamp(path) == self._bundle_stamp:
                 log.info("reload: config and bundle unchanged")
+                self.state.reload_outcome(None)
                 return False
             bundle = await asyncio.to_thread(load_bundle, new, new.run_dir)
         except Exception as exc:  # any bad bundle (or a damaged store) keeps the running one  # noqa: BLE001
-            log.error("new bundle not loaded, keeping %s %s: %s", self.bundle.manifest.name,
-                      self.bundle.manifest.version, exc)
-            return False
+            return self._reload_rejected(f"new bundle not loaded, keeping {self.bundle.manifest.name} "
+                                         f"{self.bundle.manifest.version}: {exc}")
         await self.swap_bundle(bundle)
+        self.state.reload_outcome(None)
         return False
 
     async def swap_bundle(self, new_bundle: Bundle) -> None:

@@ -194,17 +194,20 @@ def test_sighup_swaps_to_newly_activated_bundle(tmp_path: Path, pty_pair: PtyPai
         agent.proc.send_signal(signal.SIGHUP)
         agent.wait(lambda: agent.status().get("bundle_version") == "2.0.0", 15, "bundle swapped")
         assert agent.proc.pid == agent.status()["pid"]  # no restart
-        assert agent.status()["reload_rejected"] is None  # a reload went through
+        agent.wait(lambda: agent.status().get("reload_rejected") is None, 10, "a reload went through")
         feeder.feed(8)
         agent.wait(lambda: agent.counters().get("windows_scored") == 3, 10, "scoring on 2.0.0")
         # a bundle whose model the assets do not use is refused; the running one stays
         activate(state_dir, make_bundle(tmp_path / "v3", version="3.0.0", model_name="fan")[0], "3.0.0")
         agent.proc.send_signal(signal.SIGHUP)
         agent.wait(lambda: "not loaded, keeping test-bundle 2.0.0" in agent.log(), 15, "bad bundle refused")
+        agent.wait(lambda: "new bundle not loaded" in str(agent.status().get("reload_rejected")), 10,
+                   "the refused bundle in the status")
         # rollback: `active` points at 1.0.0 again
         activate(state_dir, bundle, "1.0.0")
         agent.proc.send_signal(signal.SIGHUP)
         agent.wait(lambda: agent.status().get("bundle_version") == "1.0.0", 15, "rolled back")
+        agent.wait(lambda: agent.status().get("reload_rejected") is None, 10, "the swap clears the refusal")
         assert agent.stop() == 0
     finally:
         if agent.proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -164,15 +165,33 @@ def test_status_says_when_a_running_agent_cannot_write_its_status(tmp_path: Path
         assert status["running"] is True
         assert status["stale"].startswith("no status file, though the agent writes it every 0.2 s: it cannot")
         assert "error" not in status
-        (state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
+        # just started (a fresh pid file), no status written yet: starting, not stale
+        pid_file = state_dir / "agent.pid"
+        pid_file.write_text(f"{os.getpid()}\n")
+        assert main(["status", "--config", str(config)]) == 0
+        assert "agent: starting (no status written yet by this start)" in capsys.readouterr().out
+        # started long ago, the status file stopped changing a minute ago
+        long_ago = time.time() - 600
+        os.utime(pid_file, (long_ago, long_ago))
         written = {"pid": os.getpid(), "updated_at": time.time() - 60}
         (state_dir / "status.json").write_text(json.dumps(written))
         assert main(["status", "--config", str(config)]) == 1
         text = capsys.readouterr().out
         assert "agent: running, updated 60 s ago" in text
         assert "STALE: the status file is 60 s old, though the agent writes it every 0.2 s" in text
+        # the pid file and status name a stopped agent (a read-only disk kept them): the lock still tells
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        pid_file.write_text(f"{dead.pid}\n")
+        os.utime(pid_file, (long_ago, long_ago))
+        (state_dir / "status.json").write_text(json.dumps({"pid": dead.pid, "updated_at": long_ago}))
+        assert main(["status", "--json", "--config", str(config)]) == 1
+        status = json.loads(capsys.readouterr().out)
+        assert status["running"] is True
+        assert status["stale"].startswith("the status file is 600 s old")
     finally:
-        os.close(lock)
+        for fd in lock:
+            os.close(fd)
     assert main(["status", "--json", "--config", str(config)]) == 0  # stopped: an old file is no news
     status = json.loads(capsys.readouterr().out)
     assert status["running"] is False

@@ -356,6 +356,7 @@ def test_one_agent_per_state_directory_holds_on_a_read_only_disk(small_disk: Pat
     else the directory itself; a second agent on the same directory is still refused."""
     from types import SimpleNamespace
 
+    from edge_agent.agentstate import agent_lock_held, agent_lock_says_stopped
     from edge_agent.configtools import ConfigError
     from edge_agent.supervisor import _hold_instance_lock
 
@@ -371,9 +372,20 @@ def test_one_agent_per_state_directory_holds_on_a_read_only_disk(small_disk: Pat
     try:
         with pytest.raises(ConfigError, match="another agent is running with this state directory"):
             _hold_instance_lock(config)
+        assert agent_lock_held(config.lock_path)
+        # the disk is writable again: a second agent that can now create the lock file is still refused
+        # (both lock the state directory itself)
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        with pytest.raises(ConfigError, match="another agent is running with this state directory"):
+            _hold_instance_lock(config)
+        assert agent_lock_held(config.lock_path)
+        assert not agent_lock_says_stopped(config.lock_path)
     finally:
-        os.close(first)
-    os.close(_hold_instance_lock(config))  # free again once the first is gone
+        for fd in first:
+            os.close(fd)
+    for fd in _hold_instance_lock(config):  # free again once the first is gone
+        os.close(fd)
+    assert agent_lock_says_stopped(config.lock_path)
 
 
 def test_a_bundle_that_cannot_be_extracted_on_a_full_disk_names_the_place_and_the_way_out(

@@ -227,3 +227,24 @@ def test_an_asset_whose_windows_stop_is_reported_silent(tmp_path: Path) -> None:
     sent = outbox()
     assert [(a["state"], a["reason"]) for a in sent] == [("open", "debounce"), ("update", "no_data")]
     assert sent[1]["episode_id"] == sent[0]["episode_id"]
+
+
+def test_a_bundle_that_does_not_fit_the_config_leaves_no_extracted_copy(tmp_path: Path) -> None:
+    """`load_bundle` extracts, then checks the manifest against the config's assets: a bundle that fails the
+    check (every reload with it) leaves nothing in the extraction directory (RAM under systemd)."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.configtools import ConfigError
+    from edge_agent.pipeline import load_bundle
+    from tests.integration.agent_harness import make_bundle, write_config
+
+    bundle, keys = make_bundle(tmp_path, model_name="fan")  # the config's asset asks for model "pump"
+    sources = {"plant": {"type": "replay", "path": str(tmp_path / "plant.csv"), "timestamp_field": "ts",
+                         "fields": ["flow", "pressure"]}}
+    assets = {"pump-1": {"model": "pump", "source": "plant",
+                         "channels": {"flow": "flow", "pressure": "pressure"}}}
+    config = AgentConfig.load(write_config(tmp_path, tmp_path / "state", bundle, keys, sources, assets))
+    run_dir = tmp_path / "run"
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="pump"):
+            load_bundle(config, run_dir)
+    assert list(run_dir.iterdir()) == []
