@@ -1,4 +1,5 @@
-"""The Conv1D VAE and the exportable scorer (scaling + VAE on the latent mean + scoring in one module).
+"""The VAEs (`MODEL_KINDS`: the strided Conv1D `ConvVAE`, the dilated residual Conv1D `TcnVAE`, one `VAE`
+base) and the exportable scorer (scaling + VAE on the latent mean + scoring in one module).
 
 `ExportableScorer` is THE function: evaluation (`trainer.scoring`) calls it and export turns exactly this
 module into the ONNX graph, so offline scores and the agent's scores agree by construction. Its input is RAW
