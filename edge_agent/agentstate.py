@@ -80,7 +80,7 @@ def agent_lock_says_stopped(lock_path: Path) -> bool:
     here) and neither it nor the state directory is locked. A pid file alone can outlive its agent and name
     a process that reused the pid. No lock file, or one that cannot be probed: unknown (an agent from before
     the lock may be running), so False."""
-    return _flocked(lock_path) is False and not agent_lock_held(lock_path)
+    return _flocked(lock_path) is False and not _flocked(lock_path.parent)
 
 
 def write_status_file(path: Path, document: dict[str, Any], *, indent: int | None = None) -> None:

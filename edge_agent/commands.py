@@ -167,8 +167,12 @@ def read_status(config: Any) -> dict[str, Any]:
         status["error"] = f"no status file at {config.status_path} (has the agent run?)"
     except (OSError, ValueError) as exc:
         status["error"] = f"cannot read {config.status_path}: {exc}"
+    try:  # written at each start, before the pipeline opens (bundle, database), which writes the first status
+        started: float | None = config.pid_path.stat().st_mtime
+    except OSError:
+        started = None
     pid = status.get("pid")
-    if isinstance(pid, int) and config.pid_path.exists():
+    if isinstance(pid, int) and started is not None:
         # the pid alone can name a process that reused it; the agent's instance lock cannot lie
         status["running"] = _alive(pid) and not agent_lock_says_stopped(config.lock_path)
     if not status["running"] and agent_lock_held(config.lock_path):
@@ -177,12 +181,10 @@ def read_status(config: Any) -> dict[str, Any]:
         status["running"] = True
     updated = status.get("updated_at")
     age = time.time() - updated if isinstance(updated, int | float) else None
-    try:  # written at each start, before the pipeline opens (bundle, database), which writes the first status
-        started = config.pid_path.stat().st_mtime
-    except OSError:
-        started = None
-    starting = (status["running"] and started is not None and time.time() - started < STARTUP_GRACE_S
-                and (age is None or updated < started))
+    since_start = time.time() - started if started is not None else None
+    # no status yet from this start (none at all, or one older than the start)
+    starting = (status["running"] and since_start is not None and since_start < STARTUP_GRACE_S
+                and (age is None or age > since_start))
     if starting:
         status["starting"] = True
         status.pop("error", None)

@@ -180,17 +180,18 @@ class ConnectRefusedError(ConnectionError):
     ended before it was established."""
 
 
-def connect_failure(exc: BaseException, tls: bool) -> str:
-    """Why a connection to a broker failed, for the log and the status: a broker that answered and refused
-    the login is not "not reachable", and a TLS client reset by a plain listener gets a hint."""
+def connect_failure(exc: BaseException, host: str, port: int, tls: bool) -> str:
+    """Why a connection to broker `host:port` failed, for the log and the status: a broker that answered and
+    refused the login is not "not reachable", and a TLS client reset by a plain listener gets a hint."""
+    broker = f"broker {host}:{port}"
     if isinstance(exc, ConnectRefusedError):
-        return f"refused the connection ({exc}): check the username and password (file)"
+        return f"{broker} refused the connection ({exc}): check the username and password (file)"
     hint = ""
     if tls and isinstance(exc, ConnectionResetError | ssl.SSLError):
         hint = ": TLS is configured; is this port a TLS listener?"
     elif not tls and isinstance(exc, ConnectionResetError):
         hint = ": TLS is not configured; is this port a TLS listener?"
-    return f"not reachable ({exc}{hint})"
+    return f"{broker} not reachable ({exc}{hint})"
 
 
 class NoSocketError(ConnectionError):

@@ -81,8 +81,9 @@ def _device_profile(text: str) -> str:
     if text in ANY_PROFILE:
         return text
     is_path = "/" in text or text.endswith(".toml")
-    if not is_path and text not in available_profiles():
-        known = ", ".join(sorted(available_profiles())) or "none"
+    known_profiles = available_profiles()  # one scan of the profile directories
+    if not is_path and text not in known_profiles:
+        known = ", ".join(sorted(known_profiles)) or "none"
         raise argparse.ArgumentTypeError(
             f"{text[:80]!r}: no such device profile (known: {known}; generic or any: every gateway). For a "
             "gateway's own profile give the path of its file (NAME.toml: the bundle then names NAME) or add "

@@ -246,8 +246,8 @@ class MqttUpstream:
                     await self._teardown()
                     self._state = "disconnected"
                     delay = reconnects.failed()
-                    self.last_error = (f"broker {self.config.host}:{self.config.port} "
-                                       + connect_failure(exc, self.config.tls is not None))
+                    self.last_error = connect_failure(exc, self.config.host, self.config.port,
+                                                      self.config.tls is not None)
                     log.warning("upstream %s; retrying in %.1f s", self.last_error, delay)
                     await self._pause(delay)
                     continue

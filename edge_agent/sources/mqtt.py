@@ -239,8 +239,8 @@ class MqttSource(Source):
             except (OSError, ConfigError, asyncio.TimeoutError) as exc:  # ConnectRefusedError is an OSError
                 self._teardown()
                 delay = reconnects.failed()
-                self.stats.last_error = f"broker {self.config.host}:{self.config.port} " + connect_failure(
-                    exc, self.config.tls)
+                self.stats.last_error = connect_failure(exc, self.config.host, self.config.port,
+                                                        self.config.tls)
                 self._unreachable_log.warning("source %s: %s; retrying in %.1f s", self.name,
                                               self.stats.last_error, delay)
                 await asyncio.sleep(delay)
