@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from trainer.data.csv_reader import SEGMENT_SUFFIX
+
 MAX_UNITS_PLOTTED = 8
 TOP_ALERTS = 5
-_SEGMENT = re.compile(r"#\d+$")  # CSV files cut at long gaps become series `stem#0`, `stem#1`, ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TimeAxis:
 
     def panel(self, name: str) -> str:
         """The panel a series is drawn in: its file for CSV segments, else the series itself."""
-        return _SEGMENT.sub("", name) if self.series_word == "file" else name
+        return SEGMENT_SUFFIX.sub("", name) if self.series_word == "file" else name
 
     def short(self, name: str) -> str:
         """A series as plots name it: a C-MAPSS unit by its number (`FD001/test/17` -> `17`); any other by

@@ -287,10 +287,14 @@ def test_segments_of_a_renamed_file_and_a_file_named_like_a_segment(tmp_path: Pa
     other = write(tmp_path / "b", rows([0, 1, 2]), "pump.csv")
     names = [[s.name for s in segments] for segments in read_csv_files([gappy, other], OPTIONS)]
     assert names == [["a/pump#0", "a/pump#1"], ["b/pump"]]
-    clash = write(tmp_path, rows([0, 1, 2]), "pump#1.csv")
+    # a file named like a segment keeps its extension: it neither clashes with pump.csv's segments nor
+    # shares their report panel (the report groups `name#i` under `name`)
+    named_like_segment = write(tmp_path, rows([0, 1, 2]), "pump#1.csv")
     plain = write(tmp_path, rows([0, 1, 2, 3, 10, 11, 12]), "pump.csv")
-    with pytest.raises(CsvFormatError, match=r"series name 'pump#1' is also the name of a segment of"):
-        read_csv_files([plain, clash], OPTIONS)
+    names = [[s.name for s in segments] for segments in read_csv_files([plain, named_like_segment], OPTIONS)]
+    assert names == [["pump#0", "pump#1"], ["pump#1.csv"]]
+    assert series_names([tmp_path / "a/pump#2.csv", tmp_path / "b/pump#2", tmp_path / "pump#x.csv"]) == [
+        "a/pump#2.csv", "b/pump#2.", "pump#x"]
 
 
 def test_a_recording_knows_the_file_line_of_each_row(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,8 @@ from trainer.data.series import Series
 log = logging.getLogger(__name__)
 
 MISSING = {"", "nan", "na", "n/a", "null", "none"}
+# A file cut at long gaps becomes series `name#0`, `name#1`, ...; a series name ending so is one of those.
+SEGMENT_SUFFIX = re.compile(r"#\d+$")
 STEP_TOLERANCE = 0.5  # a spacing over 1.5 sample periods means missing samples
 
 
@@ -416,7 +419,8 @@ def read_recording(path: str | Path, options: CsvOptions, name: str | None = Non
 def series_names(paths: Sequence[str | Path]) -> list[str]:
     """A unique series name per file: its stem, or, for files whose stems collide, the path relative to
     their common folder without the extension, '/'-separated (`day1/compressor`; with the extension when
-    that still collides). A file listed twice is an error: it would be read, split and counted twice."""
+    that still collides). A name that would end like a segment's (`pump#2`) keeps the file's extension
+    (`pump#2.csv`). A file listed twice is an error: it would be read, split and counted twice."""
     # abspath: normalises `..` without following symlinks (resolve() would name files by their link targets)
     absolute = [Path(os.path.abspath(p)) for p in paths]  # noqa: PTH100
     seen: dict[Path, str | Path] = {}
@@ -435,7 +439,9 @@ def series_names(paths: Sequence[str | Path]) -> list[str]:
         unique = len(set(stripped)) == len(stripped)
         for i, short, whole in zip(group, stripped, relative, strict=True):
             names[i] = short if unique else whole.as_posix()
-    return names
+    # `pump#2.csv` keeps its extension, so its name cannot pass for a segment of `pump.csv` (SEGMENT_SUFFIX)
+    return [f"{name}{absolute[i].suffix or '.'}" if SEGMENT_SUFFIX.search(name) else name
+            for i, name in enumerate(names)]
 
 
 def read_recordings(paths: Sequence[str | Path], options: CsvOptions) -> list[CsvRecording]:
@@ -448,15 +454,8 @@ def read_recordings(paths: Sequence[str | Path], options: CsvOptions) -> list[Cs
     if renamed:
         log.info("files with the same name in different folders are named by their path: %s",
                  ", ".join(renamed))
-    recordings = [read_recording(path, options, name) for path, name in zip(paths, names, strict=True)]
-    owner: dict[str, Path] = {}
-    for recording in recordings:
-        for segment in recording.segments:
-            if segment.name in owner:  # `run.csv` cut by a gap into run#0, run#1 and a file `run#1.csv`
-                raise CsvFormatError(f"{recording.path}: its series name {segment.name!r} is also the name "
-                                     f"of a segment of {owner[segment.name]}; rename one of the files")
-            owner[segment.name] = recording.path
-    return recordings
+    # the names are unique and none ends like a segment's, so segment names are unique too
+    return [read_recording(path, options, name) for path, name in zip(paths, names, strict=True)]
 
 
 def read_csv_files(paths: Sequence[str | Path], options: CsvOptions) -> list[list[Series]]:
