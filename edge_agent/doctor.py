@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import grp
 import json
 import logging
 import os
 import platform
-import socket
 import stat
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_agent.brokercheck import BrokerAnswer, BrokerTarget, login_check, probe_brokers
 from edge_agent.configtools import ConfigError, add_config_argument
 from edge_agent.profiles import DeviceProfile, load_profile
 
@@ -68,7 +67,7 @@ class Requirements:
     active_bundle: str | None = None  # "name version" of the installed active bundle
     bundle_file: Path | None = None  # [bundle] path, used when nothing is installed
     upstream_protocol: str | None = None  # [mqtt] protocol; None: no upstream (console sink)
-    brokers: tuple[tuple[str, str, int], ...] = ()  # (what, host, port): [mqtt] and MQTT sources
+    brokers: tuple[BrokerTarget, ...] = ()  # [mqtt] and MQTT sources, with how the agent logs in
 
 
 @dataclass
@@ -140,47 +139,9 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def tcp_reach(host: str, port: int, timeout_s: float = 3.0) -> str | None:
-    """None when a TCP connection to `host:port` opens within `timeout_s`, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except socket.gaierror as exc:
-        return f"cannot resolve {host}: {exc.strerror or exc}"
-    except TimeoutError:
-        return f"no answer in {timeout_s:g} s"
-    except OSError as exc:
-        return str(exc.strerror or exc)
-
-
-REACH_DEADLINE_S = 5.0  # all broker probes together: a resolver that hangs must not hang the doctor
-
-
-def probe_brokers(targets: Sequence[tuple[str, int]], reach: Callable[[str, int], str | None],
-                  deadline_s: float = REACH_DEADLINE_S) -> dict[tuple[str, int], str | None]:
-    """`reach` for each distinct (host, port), all at once in daemon threads, waiting at most `deadline_s`
-    in all (`socket.create_connection` cannot time-limit name resolution); a probe still running then
-    reads as no answer."""
-    results: dict[tuple[str, int], str | None] = {}
-    unique = list(dict.fromkeys(targets))
-
-    def probe(target: tuple[str, int]) -> None:
-        results[target] = reach(*target)
-
-    threads = [threading.Thread(target=probe, args=(t,), daemon=True, name=f"doctor-probe-{t[0]}:{t[1]}")
-               for t in unique]
-    for thread in threads:
-        thread.start()
-    end = time.monotonic() + deadline_s
-    for thread in threads:
-        thread.join(max(0.0, end - time.monotonic()))
-    answered = dict(results)
-    return {t: answered.get(t, f"no answer in {deadline_s:g} s") for t in unique}
-
-
 def diagnose(req: Requirements, machine: Machine,
              access: Callable[[str, int], bool] = os.access,
-             reach: Callable[[str, int], str | None] = tcp_reach) -> list[Finding]:
+             reach: Callable[[BrokerTarget], BrokerAnswer] = login_check) -> list[Finding]:
     """Every finding for these requirements on this machine (pure given `machine`, `access` and
     `reach`)."""
     profile = req.profile
@@ -266,17 +227,16 @@ def diagnose(req: Requirements, machine: Machine,
                     'set protocol = "5" in [mqtt]: refused alerts are then kept and reported'))
     elif req.upstream_protocol is not None:
         add(Finding("ok", "upstream", f"MQTT {req.upstream_protocol}: refused alerts are detected"))
-    probes = probe_brokers([(host, port) for _what, host, port in req.brokers], reach)
-    for what, host, port in req.brokers:
+    probes = probe_brokers(req.brokers, reach)
+    for target in req.brokers:
         # a warning, not a failure: the agent starts without its brokers and keeps retrying (alerts wait in
-        # the outbox), but an address that never works is worth knowing before the first alert
-        why = probes[(host, port)]
-        if why is None:
-            add(Finding("ok", what, f"broker {host}:{port} accepts connections"))
+        # the outbox), but a broker that never takes the agent is worth knowing before the first alert
+        answer = probes[target]
+        if answer.ok:
+            add(Finding("ok", target.what, f"{target.where} {answer.message}"))
         else:
-            add(Finding("warn", what, f"broker {host}:{port} not reachable: {why}",
-                        f"check host and port in the config, DNS (`getent hosts {host}`), the network and "
-                        "the broker; the agent keeps retrying meanwhile"))
+            add(Finding("warn", target.what, f"{target.where} {answer.message}",
+                        f"{answer.fix}; the agent keeps retrying meanwhile"))
     return found
 
 
@@ -378,9 +338,18 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
         path = getattr(source.settings, "path", None)
         if isinstance(path, Path):
             files.append((f"source {source.name} file", path))
-    brokers = [("upstream broker", config.mqtt.host, config.mqtt.port)] if config.mqtt is not None else []
-    brokers += [(f"source {source.name} broker", source.settings.host, source.settings.port)
-                for source in config.sources.values() if source.kind == "mqtt"]
+    brokers = []
+    if config.mqtt is not None:
+        from edge_agent.sinks.mqtt import upstream_client_id, upstream_login
+        brokers.append(BrokerTarget("upstream broker", config.mqtt.host, config.mqtt.port,
+                                    upstream_client_id(config.mqtt, config.identity), config.mqtt.protocol,
+                                    functools.partial(upstream_login, config.mqtt)))
+    for source in config.sources.values():
+        if source.kind == "mqtt":
+            settings = source.settings
+            brokers.append(BrokerTarget(f"source {source.name} broker", settings.host, settings.port,
+                                        settings.client_id, "3.1.1",
+                                        functools.partial(settings.login, source.name)))
     min_ort = active = None
     with contextlib.suppress(Exception):  # a broken store is reported by `bundle list`, not here
         installed = BundleStore(config.state_dir).active()

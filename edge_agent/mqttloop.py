@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -173,6 +175,35 @@ class BufferedClient(mqtt.Client):
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
         return handled
+
+
+@dataclass(frozen=True)
+class Login:
+    """How a client authenticates to its broker: an optional username and password (read from its file by
+    whoever builds this; never logged), and TLS (`tls`; without `ca` the system's CAs verify the broker)
+    with an optional client certificate. Both of the agent's MQTT clients and `edge-agent doctor`'s login
+    probe apply it the same way."""
+
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def apply(self, client: mqtt.Client) -> None:
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=str(self.ca) if self.ca else None,
+                           certfile=str(self.cert) if self.cert else None,
+                           keyfile=str(self.key) if self.key else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+
+
+def password_text(text: str) -> str:
+    """A password file's content as the password: without its line ending (other whitespace is kept)."""
+    return text.rstrip("\r\n")
 
 
 class ConnectRefusedError(ConnectionError):

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import ssl
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -37,10 +36,12 @@ from edge_agent.logtools import RateLimitedLog
 from edge_agent.mqttloop import (
     BufferedClient,
     ConnectRefusedError,
+    Login,
     LoopIO,
     close_connection,
     connect_failure,
     connect_on_loop,
+    password_text,
     settle_connack,
 )
 from edge_agent.sinks.payload import alert_topic, status_payload
@@ -154,6 +155,16 @@ class MqttUpstreamConfig:
 def upstream_client_id(config: MqttUpstreamConfig, identity: GatewayIdentity) -> str:
     """The upstream connection's client id: `client_id`, else `edge-agent-<gateway id>`."""
     return config.client_id or f"edge-agent-{identity.gateway_id}"
+
+
+def upstream_login(config: MqttUpstreamConfig) -> Login:
+    """The `[mqtt]` login, its password read from `password_file` now (a `ConfigError` when it cannot be)."""
+    password = None
+    if config.username is not None and config.password_file is not None:
+        password = password_text(read_secret(config.password_file, "mqtt -> password_file"))
+    tls = config.tls
+    return Login(config.username, password, tls is not None, tls.ca if tls else None,
+                 tls.cert if tls else None, tls.key if tls else None)
 
 
 def _template(section: Section, key: str, default: str, fields: dict[str, str]) -> str:
@@ -303,16 +314,7 @@ class MqttUpstream:
                                 client_id=upstream_client_id(cfg, self.identity),
                                 protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                                 clean_session=None if v5 else True, reconnect_on_failure=False)
-        if cfg.username is not None:
-            password = None
-            if cfg.password_file is not None:
-                password = read_secret(cfg.password_file, "mqtt -> password_file").rstrip("\r\n")
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            client.tls_set(ca_certs=str(cfg.tls.ca) if cfg.tls.ca else None,
-                           certfile=str(cfg.tls.cert) if cfg.tls.cert else None,
-                           keyfile=str(cfg.tls.key) if cfg.tls.key else None,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        upstream_login(cfg).apply(client)
         client.will_set(self.status_topic, status_payload(self.identity, "offline"), qos=1, retain=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.on_connect = self._on_connect

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,10 +36,12 @@ from edge_agent.logtools import RateLimitedLog
 from edge_agent.mqttloop import (
     BufferedClient,
     ConnectRefusedError,
+    Login,
     LoopIO,
     close_connection,
     connect_failure,
     connect_on_loop,
+    password_text,
     settle_connack,
 )
 from edge_agent.sources.base import (
@@ -103,6 +104,19 @@ class MqttSourceConfig:
     timestamp_field: str | None = None
     timestamp_format: str = "unix_s"
     queue_size: int = 1000
+
+    def login(self, name: str) -> Login:
+        """This source's login, the password read from `password_file` and the TLS files located now (a
+        `ConfigError` naming the key when one cannot be)."""
+        password = None
+        if self.username is not None and self.password_file is not None:
+            password = password_text(read_secret(self.password_file, f"sources -> {name} -> password_file"))
+
+        def located(secret: Path | SecretRef | None) -> Path | None:
+            return None if secret is None else secret_path(secret)
+
+        return Login(self.username, password, self.tls or self.tls_ca is not None, located(self.tls_ca),
+                     located(self.tls_cert), located(self.tls_key))
 
     @classmethod
     def from_section(cls, section: Section, base_dir: Path) -> MqttSourceConfig:
@@ -209,17 +223,7 @@ class MqttSource(Source):
         cfg = self.config
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                 reconnect_on_failure=False)
-        if cfg.username is not None:
-            password = None
-            if cfg.password_file is not None:
-                password = read_secret(cfg.password_file,
-                                       f"sources -> {self.name} -> password_file").strip()
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls or cfg.tls_ca is not None:  # no `ca`: the system's CAs verify the broker
-            client.tls_set(ca_certs=str(secret_path(cfg.tls_ca)) if cfg.tls_ca else None,
-                           certfile=str(secret_path(cfg.tls_cert)) if cfg.tls_cert else None,
-                           keyfile=str(secret_path(cfg.tls_key)) if cfg.tls_key else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+        cfg.login(self.name).apply(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message  # what `read_publishes` leaves to paho (QoS 2, properties)

@@ -12,6 +12,7 @@ import pytest
 from edge_agent.doctor import run_doctor
 from tests.support.broker import MosquittoBroker
 from tests.support.bundles import make_keypair
+from tests.support.pki import tls_broker
 from tests.support.serial_ports import PtyPair
 
 pytestmark = pytest.mark.integration
@@ -78,9 +79,11 @@ def test_doctor_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_doctor_tries_each_broker(tmp_path: Path, pty_pair: PtyPair, mqtt_broker: MosquittoBroker,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                  capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A broker that answers is OK; one that does not (wrong port, a name that does not resolve) is a
     warning: the agent starts without it and keeps retrying, but the operator should know."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     make_keypair(tmp_path / "keys")
     (tmp_path / "state").mkdir()
     (tmp_path / "seed.bundle").write_bytes(b"")
@@ -99,10 +102,23 @@ port = {closed_port}
 payload = "json"
 fields = ["level"]
 topics = {{"plant/t" = "t"}}
+[sources.cell]
+type = "mqtt"
+host = "127.0.0.1"
+port = {mqtt_broker.port}
+username = "cell"
+password_file = "credential:cell-mqtt"
+payload = "json"
+fields = ["level"]
+topics = {{"cell/t" = "u"}}
 """)
     assert run_doctor(argparse.Namespace(config=config, json=False)) == 0  # warnings do not block
     out = capsys.readouterr().out
-    assert re.search(rf"OK +upstream broker +broker 127\.0\.0\.1:{mqtt_broker.port} accepts connections", out)
+    # a systemd credential outside the unit: the port is checked, the login is not tried, and it says why
+    assert re.search(rf"WARN +source cell broker +broker 127\.0\.0\.1:{mqtt_broker.port} accepts "
+                     r"connections; the login was not tried: .*CREDENTIALS_DIRECTORY is not set", out), out
+    assert re.search(rf"OK +upstream broker +broker 127\.0\.0\.1:{mqtt_broker.port} accepts the agent's "
+                     r"login \(MQTT 3\.1\.1, no TLS, no username\)", out)
     assert re.search(rf"WARN +source plant broker +broker 127\.0\.0\.1:{closed_port} not reachable: "
                      "Connection refused", out)
     assert "the agent keeps retrying meanwhile" in out
@@ -111,3 +127,59 @@ topics = {{"plant/t" = "t"}}
     assert run_doctor(argparse.Namespace(config=config, json=False)) == 0
     assert re.search(r"WARN +upstream broker +broker broker\.invalid:\d+ not reachable: cannot resolve "
                      r"broker\.invalid", capsys.readouterr().out)
+
+
+def test_doctor_logs_in_as_the_agent_would(tmp_path: Path, pty_pair: PtyPair,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The broker check is a real MQTT login with the config's username, password file and TLS files: a
+    wrong password, a missing client certificate and a plain connection to the TLS port are each named,
+    where a TCP check would have said "accepts connections" to all of them."""
+    make_keypair(tmp_path / "keys")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "seed.bundle").write_bytes(b"")
+    pki = tls_broker(tmp_path / "broker")
+    try:
+        (tmp_path / "password").write_text(f"{pki.password}\n")
+        (tmp_path / "wrong").write_text("not-the-password\n")
+        base = _config(tmp_path, pty_pair.device).read_text()
+
+        def doctor(mqtt_table: str) -> str:
+            config = tmp_path / "agent.toml"
+            config.write_text(base + f"""
+[mqtt]
+host = "localhost"
+port = {pki.broker.port}
+protocol = "5"
+{mqtt_table}""")
+            assert run_doctor(argparse.Namespace(config=config, json=False)) == 0  # warnings do not block
+            return capsys.readouterr().out
+
+        tls = f"""[mqtt.tls]
+ca = "{pki.ca}"
+cert = "{pki.cert}"
+key = "{pki.key}"
+"""
+        where = rf"upstream broker +broker localhost:{pki.broker.port}"
+        out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n' + tls)
+        assert re.search(rf"OK +{where} accepts the agent's login \(MQTT 5, TLS, user 'gw-7'\)", out)
+
+        out = doctor(f'username = "{pki.username}"\npassword_file = "wrong"\n' + tls)
+        assert re.search(rf"WARN +{where} refused the login: .*\(user 'gw-7', client id "
+                         r"'edge-agent-gw1-doctor'\)", out), out
+        assert "check username and password_file" in out
+        assert "not-the-password" not in out
+        assert pki.password not in out
+
+        no_certificate = tls.replace(f'cert = "{pki.cert}"\nkey = "{pki.key}"\n', "")
+        out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n' + no_certificate)
+        # TLS 1.3: the broker checks the client certificate after the handshake and closes; TLS 1.2 fails it
+        assert re.search(rf"WARN +{where} (closed the connection without answering the login|not reachable: "
+                         "TLS handshake failed)", out), out
+        assert "client certificate (tls cert/key)" in out
+
+        out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n')  # no TLS
+        assert re.search(rf"WARN +{where} (closed the connection without answering the login|not reachable)",
+                         out), out
+        assert "TLS on this port" in out or "TLS is not configured" in out
+    finally:
+        pki.broker.stop()

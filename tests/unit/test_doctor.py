@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.doctor import Machine, Requirements, diagnose, probe_brokers, report, version_tuple
+from edge_agent.brokercheck import BrokerAnswer, BrokerTarget, probe_brokers
+from edge_agent.doctor import Machine, Requirements, diagnose, report, version_tuple
 from edge_agent.profiles import load_profile
 
 
@@ -129,21 +130,25 @@ def test_brokers_are_probed_once_each_and_together_within_a_deadline() -> None:
     calls: list[tuple[str, int]] = []
     release = threading.Event()
 
-    def reach(host: str, port: int) -> str | None:
-        calls.append((host, port))
-        if host == "hangs.example":
+    def reach(target: BrokerTarget) -> BrokerAnswer:
+        calls.append((target.host, target.port))
+        if target.host == "hangs.example":
             release.wait(10)
-            return None
-        return None if port == 1883 else "Connection refused"
+            return BrokerAnswer(True, "accepts connections")
+        return BrokerAnswer(target.port == 1883, "accepts connections" if target.port == 1883 else
+                            "not reachable: Connection refused")
 
+    a, b, hangs = (BrokerTarget("upstream broker", "a", 1883), BrokerTarget("source s broker", "b", 8883),
+                   BrokerTarget("source h broker", "hangs.example", 1883))
     try:
-        found = probe_brokers([("a", 1883), ("a", 1883), ("b", 8883), ("hangs.example", 1883)], reach,
-                              deadline_s=0.5)
+        found = probe_brokers([a, a, b, hangs], reach, deadline_s=0.5)
     finally:
         release.set()  # only now: the hanging probe was still running when the answer came
     assert sorted(calls) == [("a", 1883), ("b", 8883), ("hangs.example", 1883)]
-    assert found == {("a", 1883): None, ("b", 8883): "Connection refused",
-                     ("hangs.example", 1883): "no answer in 0.5 s"}
+    assert [(answer.ok, answer.message) for answer in found.values()] == [
+        (True, "accepts connections"), (False, "not reachable: Connection refused"),
+        (False, "not reachable: no answer in 0.5 s")]
+    assert "`getent hosts hangs.example`" in found[hangs].fix
 
 
 def test_little_free_space_on_the_state_dir_is_a_warning(state_dir: Path) -> None:
