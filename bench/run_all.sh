@@ -26,6 +26,11 @@ stamp "export fp32 vs int8 (FD001 run)"
 $PY bench/export_bench.py --run "$WORK/fd001/run" > "$OUT/export_fd001.json"
 stamp "agent throughput, latency, CPU and memory"
 $PY bench/agent_bench.py --out "$OUT/agent_bench.json" > /dev/null
+stamp "agent latency with the state directory in RAM (tmpfs: no disk)"
+TMPDIR=/dev/shm $PY bench/agent_bench.py --only latency --phase spread --out "$OUT/agent_bench_tmpfs.json" > /dev/null
+stamp "agent latency, traced (where an alert's time goes)"
+$PY bench/agent_bench.py --only latency --phase spread --duration 60 --trace \
+    --out "$OUT/agent_trace_spread.json" > /dev/null
 stamp "inference: a batch split over parallel session runs"
 $PY bench/inference_bench.py --out "$OUT/inference_bench.json" > /dev/null
 stamp "SQLite cost per transaction by synchronous level"

@@ -127,7 +127,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (ConfigError, BundleError) as exc:
         print(f"edge-agent: invalid config: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.config}: OK ({len(config.sources)} sources, {len(config.assets)} assets)")
+    sources, assets = len(config.sources), len(config.assets)
+    print(f"{args.config}: OK ({sources} source{'s' * (sources != 1)}, {assets} asset{'s' * (assets != 1)})")
     return 0
 
 

@@ -112,6 +112,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.run_dir import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # onnxruntime's quantisation tools log their internal steps at INFO ("Performing symbolic shape
+    # inference..."): nothing the user acts on
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     try:
         result = export_run(args.run, args.out, precision=args.precision, sign_key=args.sign_key,
                             name=args.name, version=args.version, model_name=args.model_name,

@@ -60,7 +60,8 @@ ALERT_FILTER = "demo-plant/pumps/line-1/+/anomaly/alert"
 
 
 def step(message: str) -> None:
-    print(f"\n\033[1m==> {message}\033[0m", flush=True)
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")  # no escape codes in a log
+    print(f"\n{bold}==> {message}{plain}", flush=True)
 
 
 def run(cmd: list[str], **kwargs: object) -> None:
@@ -340,6 +341,7 @@ def summarise(truth: list[dict], alerts: list[dict], grace_s: float) -> dict:
             a["asset"] == r.asset and r.start_ts <= window_end_ts(a) <= r.end_ts + grace_s for r in results
         )
     ]
+    closed = {a["episode_id"] for a in alerts if a["state"] == "close"}
     return {
         "faults_injected": len(results),
         "faults_detected": sum(r.detected for r in results),
@@ -357,6 +359,12 @@ def summarise(truth: list[dict], alerts: list[dict], grace_s: float) -> dict:
                 "root_cause_right": r.root_cause_right,
             }
             for r in results
+        ],
+        # episodes whose close had not come when the run ended (their fault, or its effect, still on)
+        "episodes_open_at_end": [
+            {"asset": a["asset"], "episode_id": a["episode_id"], "opened_window_end": a["window"]["end"]}
+            for a in opens
+            if a["episode_id"] not in closed
         ],
     }
 
@@ -376,6 +384,10 @@ def print_summary(summary: dict) -> None:
         f"false alert episodes: {summary['false_alert_episodes']}, "
         f"top root-cause channel right: {summary['root_cause_top1_right']}/{summary['faults_detected']}"
     )
+    still_open = summary["episodes_open_at_end"]
+    if still_open:
+        print(f"   still open when the run ended (no close alert yet): "
+              f"{', '.join(e['asset'] for e in still_open)}")
 
 
 # ---------------------------------------------------------------------------------------------------------

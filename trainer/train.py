@@ -1,7 +1,8 @@
 """The training loop (`fit_vae`) and checkpoints.
 
 CPU-friendly: AdamW, cosine LR schedule, early stopping on validation loss (best weights restored), gradient
-clipping, seeded everything, a plain-stderr progress line with live losses. Checkpoints hold only tensors and
+clipping, seeded everything, a plain-stderr progress line with live losses (redrawn in place on a terminal;
+one line per epoch into a log file or pipe). Checkpoints hold only tensors and
 JSON-able primitives so they load with `torch.load(weights_only=True)`.
 """
 
@@ -87,6 +88,7 @@ def fit_vae(
     best_state: dict[str, torch.Tensor] = {}
     best_val, stale, started = math.inf, 0, time.monotonic()
     out = stream or sys.stderr
+    live = out.isatty()  # a terminal: the progress line is redrawn in place with \r as batches go by
     for epoch in range(train_config.epochs):
         beta = beta_at(epoch, model_config.beta, model_config.kl_warmup_epochs)
         model.train()
@@ -102,7 +104,7 @@ def fit_vae(
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimiser.step()
             sums += (loss.item(), rec.item(), kl.item())
-            if progress and (b % 20 == 0 or b == n_batches - 1):
+            if progress and live and (b % 20 == 0 or b == n_batches - 1):
                 out.write(
                     f"\repoch {epoch + 1}/{train_config.epochs} [{b + 1}/{n_batches}] "
                     f"loss {sums[0] / (b + 1):.3f} recon {sums[1] / (b + 1):.3f} kl {sums[2] / (b + 1):.3f}"
@@ -117,6 +119,9 @@ def fit_vae(
         history.learning_rate.append(schedule.get_last_lr()[0])
         schedule.step()
         if progress:
+            if not live:  # a log file or pipe: one line per epoch instead of a line redrawn with \r
+                out.write(f"epoch {epoch + 1}/{train_config.epochs} loss {history.train_loss[-1]:.3f} "
+                          f"recon {history.train_recon[-1]:.3f} kl {history.train_kl[-1]:.3f}")
             out.write(f"  val {val_loss:.3f} (beta {beta:.3g})\n")
             out.flush()
         # During KL warm-up the loss scale changes with beta, so only compare once beta is at full weight.

@@ -30,7 +30,7 @@ def test_check_config_exit_codes(tmp_path: Path, state_dir: Path, capsys: pytest
     config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
                           {"pump-3": serial_asset()})
     assert main(["check-config", "--config", str(config)]) == 0
-    assert "OK (1 sources, 1 assets)" in capsys.readouterr().out
+    assert "OK (1 source, 1 asset)" in capsys.readouterr().out
     # the bundle's model has channels flow + pressure: an asset mapping only one is refused
     text = config.read_text()
     config.write_text(text.replace('pressure = "pressure"', ""))
@@ -61,7 +61,7 @@ def test_check_config_without_any_bundle_fails_like_run(tmp_path: Path, state_di
     assert f"bundle -> path: no bundle installed in {state_dir / 'bundles' / 'active'}" in err
     assert "`edge-agent bundle install FILE --config CONFIG` installs one" in err
     assert main(["check-config", "--no-bundle", "--config", str(config)]) == 0
-    assert "OK (1 sources, 1 assets)" in capsys.readouterr().out
+    assert "OK (1 source, 1 asset)" in capsys.readouterr().out
 
 
 def test_check_config_reads_replay_recordings(tmp_path: Path, state_dir: Path,

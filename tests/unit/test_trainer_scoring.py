@@ -37,8 +37,12 @@ def trained() -> tuple[object, dict, np.ndarray]:
     scaled = scale_windows(scaler, windows.data, 4)
     stream = io.StringIO()
     vae, history = fit_vae(scaled[:400], scaled[400:], TINY, FAST, progress=True, stream=stream)
-    assert "epoch 1/6" in stream.getvalue()
-    assert "val" in stream.getvalue()
+    text = stream.getvalue()
+    assert "epoch 1/6" in text
+    assert "val" in text
+    # not a terminal (a log file): one line per epoch, nothing redrawn with \r
+    assert "\r" not in text
+    assert len(text.splitlines()) == len(history.val_loss)
     assert history.val_loss[-1] < history.val_loss[0]
     assert 0 <= history.best_epoch < len(history.val_loss)
     return vae, scaler.to_dict(), windows.data
@@ -177,3 +181,18 @@ def test_scorer_from_run_json_carries_the_detrend_channels(trained: tuple) -> No
         score_windows(centred, shifted).score, score_windows(centred, windows[:20]).score, rtol=1e-4
     )
     assert not np.allclose(score_windows(old, shifted).score, score_windows(old, windows[:20]).score)
+
+
+def test_the_progress_line_is_redrawn_in_place_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    series = make_series(2, 120, 4, seed=1)
+    scaled = scale_windows(StandardScaler.fit(np.concatenate([s.values for s in series])),
+                           make_windows(series, 24, 2).data, 4)
+    stream = Terminal()
+    _vae, history = fit_vae(scaled[:60], scaled[60:], TINY, FAST, progress=True, stream=stream)
+    text = stream.getvalue()
+    assert text.startswith("\repoch 1/6 [1/")
+    assert text.count("\n") == len(history.val_loss)  # each epoch's line ends once, with its val loss
