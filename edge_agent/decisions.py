@@ -3,6 +3,10 @@
 Per (asset, model):
 
 - **open**: `k` of the last `n` windows above the threshold (the manifest's `debounce`) open an episode.
+  A window in which one of the manifest's `flatline` channels did not change at all (a stuck sensor; the
+  bundle says no healthy window of that channel sat so still) counts as above whatever its score; an
+  episode it opens says `reason: flatline`, and the flat channels lead its root cause. `[decisions]
+  flatline = false` turns this off.
 - **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
   *rises*. A fall in severity is reported by the next periodic update (which reports the highest-scoring
   window since the previous message), so a score wandering around a level boundary does not flood SCADA.
@@ -86,13 +90,15 @@ class DecisionConfig:
     debounce_k: int | None = None
     debounce_n: int | None = None
     clear_windows: int | None = None
+    flatline: bool = True  # a window with a flat-lined channel (manifest `flatline`) counts as above
 
     @classmethod
     def from_section(cls, section: Section) -> DecisionConfig:
-        """Parse `update_interval_s` and an optional `[decisions.debounce]` table (`k`, `n`,
-        `clear_windows`) that overrides every model's manifest debounce."""
+        """Parse `update_interval_s`, `flatline` (default true) and an optional `[decisions.debounce]` table
+        (`k`, `n`, `clear_windows`) that overrides every model's manifest debounce."""
         update = section.number("update_interval_s", cls.update_interval_s, minimum=0.0,
                                 exclusive_minimum=True)
+        flatline = section.get("flatline", bool, cls.flatline)
         debounce = section.section("debounce", {})
         k = debounce.get("k", int, None)
         n = debounce.get("n", int, None)
@@ -104,7 +110,8 @@ class DecisionConfig:
                 raise ConfigError(debounce.key_path(key), "must be at least 1", value)
         if k is not None and n is not None and k > n:
             raise ConfigError(debounce.key_path("k"), f"must not exceed n ({n})", k)
-        return cls(update_interval_s=update, debounce_k=k, debounce_n=n, clear_windows=clear)
+        return cls(update_interval_s=update, debounce_k=k, debounce_n=n, clear_windows=clear,
+                   flatline=flatline)
 
     def debounce(self, model_debounce: Any) -> tuple[int, int, int]:
         """`(k, n, clear_windows)` for a model: these overrides, the model's manifest values where left out
@@ -199,15 +206,18 @@ class _Track:
     last_score: float | None = None
 
 
-def root_cause(channel_error: np.ndarray, channels: Sequence[str]) -> tuple[RootCauseEntry, ...]:
+def root_cause(channel_error: np.ndarray, channels: Sequence[str],
+               first: Sequence[str] = ()) -> tuple[RootCauseEntry, ...]:
     """Channels ranked by share of `channel_error` (shares sum to 1; ties keep channel order; all equal when
-    every channel reads 0)."""
+    every channel reads 0); the channels in `first` (flat-lined ones) lead, each group ranked by share."""
     errors = np.clip(np.asarray(channel_error, dtype=np.float64).reshape(-1), 0.0, None)
     total = float(errors.sum())
     shares = errors / total if total > 0 else np.full(errors.shape, 1.0 / max(len(errors), 1))
     order = np.argsort(-shares, kind="stable").tolist()  # stable: ties keep channel order
     values = shares.tolist()
     names = list(channels) if len(channels) == len(errors) else [f"ch{i}" for i in range(len(errors))]
+    if first:
+        order = [i for i in order if names[i] in first] + [i for i in order if names[i] not in first]
     return tuple(RootCauseEntry(names[i], round(values[i], 6)) for i in order)
 
 
@@ -225,12 +235,13 @@ def peak_time(scored: ScoredWindow) -> float:
     return window.start_ts + index * (window.end_ts - window.start_ts) / (time_error.size - 1)
 
 
-def _summary(scored: ScoredWindow, policy: ModelPolicy) -> _Summary:
-    """What an alert would report about this window; only built for windows an episode may report."""
+def _summary(scored: ScoredWindow, policy: ModelPolicy, flat: Sequence[str] = ()) -> _Summary:
+    """What an alert would report about this window; only built for windows an episode may report. Its
+    flat-lined channels `flat` lead the root cause."""
     window = scored.window
     return _Summary(scored.score, policy.severity_of(scored.score), window.start_ts, window.end_ts,
-                    peak_time(scored), root_cause(scored.channel_error, policy.channels), scored.threshold,
-                    scored.bundle_name, scored.bundle_version)
+                    peak_time(scored), root_cause(scored.channel_error, policy.channels, flat),
+                    scored.threshold, scored.bundle_name, scored.bundle_version)
 
 
 def _restored_summary(policy: ModelPolicy | None, row: dict[str, Any], threshold: float) -> _Summary:
@@ -350,15 +361,17 @@ class DecisionEngine:
                                                                                policy)
         if track.history.maxlen != policy.n:
             track.history = deque(track.history, maxlen=policy.n)
-        above = scored.score > scored.threshold
+        flat = scored.flat if self.config.flatline else ()
+        above = scored.score > scored.threshold or bool(flat)  # a flat-lined channel counts as above
         track.history.append(above)
         track.last_score = scored.score
         episode = track.episode
         if episode is None:
             if above and sum(track.history) >= policy.k:
-                return [self._open(track, scored, _summary(scored, policy), now)]
+                return [self._open(track, scored, _summary(scored, policy, flat), now,
+                                   "flatline" if flat else "debounce")]
             return []  # the common case: no root cause or peak time to compute
-        summary = _summary(scored, policy)
+        summary = _summary(scored, policy, flat)
         episode.last = summary
         episode.silent = False
         if above:
@@ -397,7 +410,8 @@ class DecisionEngine:
             episode.episode_best = summary
         episode.peak_score = max(episode.peak_score, summary.score)
 
-    def _open(self, track: _Track, scored: ScoredWindow, summary: _Summary, now: float) -> AlertEvent:
+    def _open(self, track: _Track, scored: ScoredWindow, summary: _Summary, now: float,
+              reason: str) -> AlertEvent:
         episode = _Episode(
             episode_id=new_id(now), asset=scored.window.asset, model=scored.window.model,
             bundle_name=scored.bundle_name, bundle_version=scored.bundle_version, start_ts=now,
@@ -405,9 +419,14 @@ class DecisionEngine:
         self._note_peak(episode, summary)
         episode.last = summary
         track.episode = episode
-        log.info("episode %s opened: %s/%s score %.4g > %.4g (%s)", episode.episode_id, episode.asset,
-                 episode.model, scored.score, scored.threshold, summary.severity)
-        return self._emit(episode, "open", summary, now, reason="debounce")
+        if reason == "flatline":
+            log.info("episode %s opened: %s/%s flat line on %s (score %.4g, threshold %.4g)",
+                     episode.episode_id, episode.asset, episode.model, ", ".join(scored.flat), scored.score,
+                     scored.threshold)
+        else:
+            log.info("episode %s opened: %s/%s score %.4g > %.4g (%s)", episode.episode_id, episode.asset,
+                     episode.model, scored.score, scored.threshold, summary.severity)
+        return self._emit(episode, "open", summary, now, reason=reason)
 
     def _emit(self, episode: _Episode, state: EpisodeState, summary: _Summary, now: float, *, reason: str,
               current: _Summary | None = None) -> AlertEvent:

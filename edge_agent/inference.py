@@ -191,6 +191,16 @@ class _Loaded:
     input_name: str
     output_names: tuple[str, str, str, str]  # score, channel_error, latent_mean, time_error
     shape: tuple[int, int]
+    flat_index: np.ndarray | None = None  # input indices of the manifest's `flatline` channels (None: none)
+
+    def flat_channels(self, data: np.ndarray) -> tuple[str, ...]:
+        """The `flatline` channels whose readings in window `data` [C, L] do not change at all."""
+        if self.flat_index is None:
+            return ()
+        values = data[self.flat_index]
+        still = np.flatnonzero(values.max(axis=1) == values.min(axis=1))
+        channels = self.spec.input.channels
+        return tuple(channels[self.flat_index[i]] for i in still) if len(still) else ()
 
 
 class InferenceEngine:
@@ -268,8 +278,10 @@ class InferenceEngine:
         missing = [n for n in names if n not in outputs]
         if missing:
             raise InferenceError(f"{where}: graph lacks outputs {missing} (outputs: {sorted(outputs)})")
+        flat = spec.flatline.channels if spec.flatline is not None else ()
         loaded = _Loaded(spec, session, spec.input.name, names,
-                         (len(spec.input.channels), spec.input.window_length))
+                         (len(spec.input.channels), spec.input.window_length),
+                         np.array([spec.input.channels.index(c) for c in flat]) if flat else None)
         warm = np.zeros((1, *loaded.shape), dtype=np.float32)
         try:
             session.run(list(names), {loaded.input_name: warm})
@@ -334,7 +346,8 @@ class InferenceEngine:
         slots: list[ScoredWindow | None] = [None] * len(windows)
         name, version = self.bundle_name, self.bundle_version
         for chunk, outputs in results:
-            spec = self._models[windows[chunk[0]].model].spec
+            loaded = self._models[windows[chunk[0]].model]
+            spec = loaded.spec
             threshold = float(spec.threshold.value)
             baseline = spec.score_baseline
             raws = outputs["score"].reshape(-1).tolist()
@@ -352,7 +365,8 @@ class InferenceEngine:
                 adjusted = (raw if baseline is None else
                             self.baselines.adjust(window.asset, window.model, version, baseline, raw))
                 slots[index] = ScoredWindow(window, adjusted, raw, threshold, channel_error[row],
-                                            latent_mean[row], time_error[row], name, version)
+                                            latent_mean[row], time_error[row], name, version,
+                                            loaded.flat_channels(window.data))
         return [item for item in slots if item is not None]
 
     def close(self) -> None:

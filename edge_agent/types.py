@@ -63,6 +63,8 @@ class ScoredWindow:
     time_error: np.ndarray  # [length]
     bundle_name: str
     bundle_version: str
+    # the manifest's `flatline` channels whose readings did not change at all in this window (stuck sensors)
+    flat: tuple[str, ...] = ()
 
     @property
     def is_above(self) -> bool:

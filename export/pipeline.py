@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bundle import BundleError, Manifest, default_severity, load_private_key, write_bundle
+from edge_agent.bundle import (
+    SCHEMA_VERSION,
+    BundleError,
+    Manifest,
+    default_severity,
+    flatline_reference,
+    load_private_key,
+    write_bundle,
+)
 from export.onnx_graph import (
     OPSET,
     OUTPUT_NAMES,
@@ -95,7 +103,7 @@ def export_run(run_dir: Path | str, out: Path | str, *, precision: str = "auto",
                              model_name=model_name or _safe_name(str(run.get("data_source") or "model")))
         ir_version = onnx_ir_version(chosen)
         manifest = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "name": name or _safe_name(inputs.run_dir.resolve().name),
             "version": version or datetime.now(timezone.utc).strftime("%Y.%m.%d-%H%M%S"),
             "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -227,10 +235,19 @@ def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m
                             "sample_latents": latents[pick].tolist(),
                             "sample_scores": cal_scores[pick].tolist()},
         "root_cause": {"channels": inputs.input_channels, "reading": ROOT_CAUSE_READING},
+        "flatline": flatline_reference(inputs.input_channels, _healthy_windows(inputs)),
         "reference": {"file": f"reference/{model_name}.npz", "sha256": None, "count": reference,
                       "rtol": rtol, "atol": atol},
         "metrics": metrics,
     }
+
+
+def _healthy_windows(inputs: RunInputs) -> np.ndarray:
+    """The run's normal raw windows: calibration (never trained on) and the sample of fit windows."""
+    parts = [inputs.calibration.windows]
+    if inputs.quant_calibration_source != "calibration.npz":  # the fallback would count them twice
+        parts.append(inputs.quant_calibration.windows)
+    return np.concatenate(parts)
 
 
 def _reference_io(sess: Any, cal: WindowData, evaluation: WindowData, eval_scores: np.ndarray,

@@ -283,6 +283,8 @@ class AlertSubscriber:
 
 def print_alert(alert: dict, topic: str = "") -> None:
     causes = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in alert["root_cause"]["channels"][:3])
+    if alert.get("reason") == "flatline":  # a stuck sensor: the first root-cause channel stopped changing
+        causes = f"FLAT LINE on {alert['root_cause']['channels'][0]['channel']}; {causes}"
     print(
         f"   ALERT {alert['state']:<6} {alert['asset']:<7} severity={alert['severity']:<8} "
         f"score={alert['score']:.3g} (threshold {alert['threshold']:.3g}) root cause: {causes}"
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--live-seconds", type=float, default=1200.0, help="simulated seconds of the live run"
     )
-    parser.add_argument("--speed", type=float, default=12.0, help="live run speed-up over real time")
+    parser.add_argument("--speed", type=float, default=20.0, help="live run speed-up over real time")
     parser.add_argument("--seed", type=int, default=7, help="seed of the live run's faults and noise")
     parser.add_argument(
         "--fault-kinds",

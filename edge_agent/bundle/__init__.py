@@ -17,9 +17,11 @@ from edge_agent.bundle.errors import (
 )
 from edge_agent.bundle.manifest import (
     SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     Compatibility,
     Debounce,
     DriftReference,
+    Flatline,
     InputSpec,
     Manifest,
     ModelSpec,
@@ -32,6 +34,7 @@ from edge_agent.bundle.manifest import (
     ThresholdSpec,
     TrainerInfo,
     default_severity,
+    flatline_reference,
 )
 from edge_agent.bundle.signing import (
     canonical_manifest_bytes,
@@ -46,6 +49,7 @@ from edge_agent.bundle.signing import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
     "Bundle",
     "BundleArchiveError",
     "BundleError",
@@ -55,6 +59,7 @@ __all__ = [
     "Compatibility",
     "Debounce",
     "DriftReference",
+    "Flatline",
     "InputSpec",
     "Manifest",
     "ModelSpec",
@@ -71,6 +76,7 @@ __all__ = [
     "UnsupportedSchemaError",
     "canonical_manifest_bytes",
     "default_severity",
+    "flatline_reference",
     "generate_keypair",
     "key_id",
     "load_private_key",

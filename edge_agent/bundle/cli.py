@@ -177,6 +177,13 @@ def describe_inputs(manifest: Any) -> list[str]:
         lines.append(f"  model {model.name}: {channels}; window {spec.window_length} samples every "
                      f"{spec.sample_period_s:g} s, scored every {spec.stride}; threshold "
                      f"{model.threshold.value:.6g}")
+        flat = model.flatline
+        if flat is None:
+            lines.append("    flat-line check: none (manifest schema 1)")
+        else:
+            checked = ", ".join(flat.channels) or "no channel"
+            lines.append(f"    flat-line check: {checked} (each changed within every one of "
+                         f"{flat.healthy_windows} healthy windows; a window without change alerts)")
     return lines
 
 

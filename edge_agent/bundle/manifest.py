@@ -1,4 +1,4 @@
-"""The bundle manifest: frozen dataclasses parsed strictly from `manifest.json` (schema version 1).
+"""The bundle manifest: frozen dataclasses parsed strictly from `manifest.json` (schema versions 1 and 2).
 
 This is the contract between the trainer/export side and the agent. Every key is known: an unknown
 key, a wrong type or an inconsistent value raises `BundleFormatError` naming the key path
@@ -20,7 +20,8 @@ import numpy as np
 from edge_agent.bundle.errors import BundleFormatError, UnsupportedSchemaError
 from edge_agent.configtools import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what export writes; version 2 adds each model's `flatline` (version 1 has none)
+SCHEMA_VERSIONS = (1, 2)  # what this code reads
 MODALITIES = ("timeseries", "image", "audio", "multimodal")
 SUPPORTED_MODALITIES = ("timeseries",)  # the others are reserved: their input variants come later
 PRECISIONS = ("fp32", "int8")
@@ -129,6 +130,17 @@ class RootCause:
 
 
 @dataclass(frozen=True)
+class Flatline:
+    """The input channels whose readings changed within every healthy window export looked at
+    (`healthy_windows` of them): a live window in which one of them does not change at all is a flat line
+    (a stuck or frozen sensor, or a value frozen upstream), which the agent treats as anomalous. Channels
+    that sat still in some healthy window (a setpoint, a coarse reading at steady state) are left out."""
+
+    channels: tuple[str, ...]
+    healthy_windows: int
+
+
+@dataclass(frozen=True)
 class ReferenceSpec:
     """Reference inputs and expected outputs (`.npz`) for the install-time smoke test."""
 
@@ -167,6 +179,7 @@ class ModelSpec:
     root_cause: RootCause
     reference: ReferenceSpec
     metrics: dict[str, float | int | str | bool | None]
+    flatline: Flatline | None = None  # schema version 2; None in a version 1 manifest (no flat-line check)
 
     def severity_for(self, score: float) -> str | None:
         """The highest severity level whose `min_score` is <= `score`; None below the lowest."""
@@ -199,6 +212,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (what `manifest.json` holds and what is signed)."""
         result: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        if self.schema_version == 1:  # version 1 has no `flatline` key
+            for model in result["models"]:
+                model.pop("flatline", None)
         return result
 
     @classmethod
@@ -234,6 +250,17 @@ def default_severity(threshold: float, quantiles: Mapping[str, float]) -> list[d
         critical = high + 2.0 * step
     return [{"level": "warning", "min_score": t}, {"level": "high", "min_score": high},
             {"level": "critical", "min_score": critical}]
+
+
+def flatline_reference(channels: list[str], windows: np.ndarray) -> dict[str, Any]:
+    """A manifest's `flatline` from healthy raw windows `[N, C, L]`: the channels whose readings change
+    within every one of them, so that a live window in which one does not change at all is a flat line (a
+    stuck or frozen sensor). A channel that sat still in any healthy window is left out, and with no
+    window at all, none (nothing to rest the claim on)."""
+    windows = np.asarray(windows)
+    keep = (np.ptp(windows, axis=2) > 0).all(axis=0) if len(windows) else np.zeros(len(channels), bool)
+    return {"channels": [c for c, k in zip(channels, keep, strict=True) if k],
+            "healthy_windows": len(windows)}
 
 
 def check_member_name(name: str) -> str | None:

@@ -18,11 +18,12 @@ from edge_agent.bundle.manifest import (
     MODALITIES,
     PRECISIONS,
     RESERVED_NAMES,
-    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     SUPPORTED_MODALITIES,
     Compatibility,
     Debounce,
     DriftReference,
+    Flatline,
     InputSpec,
     Manifest,
     ModelSpec,
@@ -95,10 +96,10 @@ def _json_object(section: Section, key: str) -> dict[str, Any]:
 
 def parse_manifest(data: Any) -> Manifest:
     top = Section(data)
-    version = top.raw("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise UnsupportedSchemaError(f"unsupported schema_version {version!r}: this code reads "
-                                     f"schema_version {SCHEMA_VERSION}")
+    schema = top.raw("schema_version")
+    if schema not in SCHEMA_VERSIONS or isinstance(schema, bool):
+        raise UnsupportedSchemaError(f"unsupported schema_version {schema!r}: this code reads "
+                                     f"schema_version {' and '.join(map(str, SCHEMA_VERSIONS))}")
     created_at = top.get("created_at", str)
     try:
         stamp = parse_iso8601(created_at)
@@ -124,19 +125,18 @@ def parse_manifest(data: Any) -> Manifest:
     raw_models = top.get("models", list)
     if not raw_models:
         raise ConfigError("models", "must list at least one model")
-    models = tuple(_parse_model(item, join("models", i), files) for i, item in enumerate(raw_models))
+    models = tuple(_parse_model(item, join("models", i), files, schema) for i, item in enumerate(raw_models))
     names = [m.name for m in models]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(join(join("models", i), "name"), "duplicate model name", name)
     bundle_name, version = _name(top, "name"), _name(top, "version", VERSION_RE, 64)
-    manifest = Manifest(SCHEMA_VERSION, bundle_name, version, created_at, trainer, compatibility, files,
-                        models)
+    manifest = Manifest(schema, bundle_name, version, created_at, trainer, compatibility, files, models)
     top.finish()
     return manifest
 
 
-def _parse_model(data: Any, path: str, files: Mapping[str, str]) -> ModelSpec:
+def _parse_model(data: Any, path: str, files: Mapping[str, str], schema: int) -> ModelSpec:
     s = Section(data, path)
     modality = s.choice("modality", MODALITIES)
     if modality not in SUPPORTED_MODALITIES:
@@ -162,9 +162,25 @@ def _parse_model(data: Any, path: str, files: Mapping[str, str]) -> ModelSpec:
         drift_reference=_parse_drift(_sub(s, "drift_reference")),
         root_cause=_parse_root_cause(_sub(s, "root_cause"), inp.channels),
         reference=_parse_reference(_sub(s, "reference"), files),
-        metrics=_parse_metrics(_sub(s, "metrics")))
+        metrics=_parse_metrics(_sub(s, "metrics")),
+        flatline=_parse_flatline(_sub(s, "flatline"), inp.channels) if schema >= 2 else None)
+    if schema < 2 and "flatline" in s:
+        raise ConfigError(s.key_path("flatline"), "needs schema_version 2 (this manifest says 1)")
     s.finish()
     return model
+
+
+def _parse_flatline(s: Section, channels: tuple[str, ...]) -> Flatline:
+    flatline = Flatline(s.str_list("channels"), s.integer("healthy_windows", minimum=0))
+    unknown = [c for c in flatline.channels if c not in channels]
+    if unknown:
+        raise ConfigError(s.key_path("channels"), f"names {unknown}, which are not input channels",
+                          list(flatline.channels))
+    if list(flatline.channels) != [c for c in channels if c in flatline.channels]:
+        raise ConfigError(s.key_path("channels"), "must list input channels once each, in input order",
+                          list(flatline.channels))
+    s.finish()
+    return flatline
 
 
 def _parse_input(s: Section) -> InputSpec:

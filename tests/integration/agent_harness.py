@@ -27,10 +27,13 @@ IDENTITY = {"site": "s1", "area": "a1", "line": "l1", "id": "gw1"}
 
 def make_bundle(tmp_path: Path, version: str = "1.0.0", **overrides: Any) -> tuple[Path, Path]:
     """A signed test bundle (model `pump`, channels flow/pressure, window 8, stride 4, 10 Hz) and its
-    trusted-keys directory. Debounce 1 of 1, close after 2 windows below, so tests stay short."""
+    trusted-keys directory. Debounce 1 of 1, close after 2 windows below, so tests stay short. No
+    `flatline` channels: `line`'s normal readings sit exactly at the means (score 0), which is a flat line;
+    the flat-line check has its own tests (pass `flatline=` to have it)."""
     keys = tmp_path / "keys"
     write_test_public_key(keys)
-    options: dict[str, Any] = {"debounce": {"k": 1, "n": 1, "clear_windows": 2}}
+    options: dict[str, Any] = {"debounce": {"k": 1, "n": 1, "clear_windows": 2},
+                               "flatline": {"channels": [], "healthy_windows": 0}}
     options.update(overrides)
     path = build_test_bundle(tmp_path / "bundles", channels=CHANNELS, window_length=8, stride=4,
                              sample_period_s=PERIOD, means=MEANS, stds=STDS, version=version, **options)

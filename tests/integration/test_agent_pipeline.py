@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from tests.integration.agent_harness import (
@@ -60,6 +61,42 @@ def test_serial_readings_to_alert_on_expected_topic(tmp_path: Path, mqtt_broker:
         assert alert["root_cause"]["channels"][0]["channel"] == "flow"  # the channel we pushed up
         assert alert["score"] > alert["threshold"]
         agent.wait(lambda: agent.counters().get("windows_scored", 0) >= 3, 10, "status shows scored windows")
+        assert agent.stop() == 0
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+        collector.close()
+
+
+def test_a_stuck_sensor_raises_a_flatline_alert(tmp_path: Path, mqtt_broker: MosquittoBroker,
+                                                pty_pair: PtyPair, state_dir: Path) -> None:
+    """Noisy readings, then flow frozen at a plausible value (its mean): the model scores the frozen
+    windows below the threshold, and the flat line opens an episode (`reason: flatline`, flow first) that
+    closes once flow moves again."""
+    bundle, keys = make_bundle(tmp_path, flatline={"channels": ["flow", "pressure"], "healthy_windows": 512})
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
+                          {"pump-3": serial_asset()},
+                          mqtt={"host": mqtt_broker.host, "port": mqtt_broker.port})
+    collector = MqttCollector(mqtt_broker.host, mqtt_broker.port, [ALERT_TOPIC])
+    agent = AgentProcess(config, state_dir)
+    rng = np.random.default_rng(4)
+    try:
+        agent.wait_ready()
+        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
+        t0 = time.time()
+        for i in range(48):  # 0-15 noisy, 16-31 flow frozen, 32-47 noisy again
+            flow = MEANS[0] if 16 <= i < 32 else MEANS[0] + 0.3 * STDS[0] * rng.standard_normal()
+            pressure = MEANS[1] + 0.3 * STDS[1] * rng.standard_normal()
+            pty_pair.write_line(f"{t0 + i * PERIOD:.3f},{flow:.4f},{pressure:.4f}")
+        opened, closed = (json.loads(m.payload) for m in collector.wait_for(2, timeout=15))
+        for alert in (opened, closed):
+            jsonschema.validate(alert, SCHEMA)
+        assert (opened["state"], opened["reason"]) == ("open", "flatline")
+        assert opened["root_cause"]["channels"][0]["channel"] == "flow"
+        assert opened["score"] < opened["threshold"]  # the model alone would not have alerted
+        assert (closed["state"], closed["reason"], closed["episode_id"]) == ("close", "cleared",
+                                                                            opened["episode_id"])
+        assert "flat line on flow" in agent.log_path.read_text()
         assert agent.stop() == 0
     finally:
         if agent.proc.poll() is None:

@@ -272,6 +272,8 @@ def test_install_rollback_list_remove_through_the_cli(tmp_path: Path, gateway: t
     # what the model reads, units included, for wiring the sensors: a wrong unit shows only as an anomaly
     assert re.search(r"model pump: pressure \[bar\], flow \[m3/h\], vibration \[mm/s\]; window 16 samples "
                      r"every [0-9.]+ s, scored every 8; threshold [0-9.e+-]+", out), out
+    assert ("    flat-line check: pressure, flow, vibration (each changed within every one of 512 healthy "
+            "windows; a window without change alerts)") in out
     assert main(["bundle", "list", "--config", str(config)]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in listing] == [["<", "1.0.0"], ["*", "1.1.0"]]
@@ -339,7 +341,7 @@ def test_unknown_schema_version_signed_by_a_trusted_key_is_refused(
 
     def newer_schema(members: list) -> None:
         manifest = json.loads(next(data for info, data in members if info.name == "manifest.json"))
-        manifest["schema_version"] = 2
+        manifest["schema_version"] = 3
         for i, (info, _data) in enumerate(members):
             new = {"manifest.json": json.dumps(manifest).encode(),
                    "signature": sign_manifest(manifest, keys.private_key)}.get(info.name)

@@ -27,25 +27,26 @@ def _load_demo():  # scripts/ is not a package: load the demo module from its fi
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
                     reason="mosquitto not installed (scripts/test.sh installs it)")
-def test_short_demo_detects_physical_faults_on_the_right_assets(tmp_path: Path) -> None:
+def test_short_demo_detects_faults_on_the_right_assets(tmp_path: Path) -> None:
     demo = _load_demo()
     summary_path = tmp_path / "summary.json"
     exit_code = demo.main([
         "--workdir", str(tmp_path / "demo"),
         "--train-hours", "3",
         "--epochs", "6",
-        "--live-seconds", "480",
+        "--live-seconds", "720",
         "--speed", "24",
         "--seed", "3",
-        "--fault-kinds", "cavitation,blocked_filter",
+        "--fault-kinds", "cavitation,blocked_filter,stuck_sensor",
         "--summary-json", str(summary_path),
     ])
     summary = json.loads(summary_path.read_text())
 
     assert exit_code == 0
     assert summary["agent_exit_code"] == 0
-    assert summary["faults_injected"] == 2
-    # Every injected fault raised an alert episode on its own asset, with the faulted channel on top.
+    assert summary["faults_injected"] == 3
+    # Every injected fault raised an alert episode on its own asset, with the faulted channel on top; the
+    # stuck sensor through the bundle's flat-line check.
     for fault in summary["faults"]:
         assert fault["detected"], fault
         assert fault["root_cause_right"], fault

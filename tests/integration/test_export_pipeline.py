@@ -121,6 +121,14 @@ def test_manifest_validates_and_threshold_is_recalibrated_on_ort_scores(exported
     assert model.severity[0].min_score == model.threshold.value
     assert len(model.drift_reference.sample_latents) == len(calibration)
     assert model.metrics["model_bytes"] == bundle.model_path("pump").stat().st_size
+    # schema 2: the flat-line list from the run's normal windows (calibration + the sample of fit windows)
+    assert manifest_json["schema_version"] == 2
+    sample = np.load(run_dir / "train_sample.npz")["windows"]
+    assert model.flatline is not None
+    assert model.flatline.healthy_windows == len(calibration) + len(sample)
+    moving = (np.ptp(np.concatenate([calibration, sample]), axis=2) > 0).all(axis=0)
+    assert model.flatline.channels == tuple(c for c, m in zip(model.input.channels, moving, strict=True) if m)
+    assert model.flatline.channels == ("ch_0", "ch_1", "ch_2")  # synthetic noise moves in every window
 
 
 def test_precision_decision_follows_the_guard(exported: ExportResult) -> None:

@@ -58,6 +58,26 @@ def test_scores_match_the_bundle_reference_outputs(tmp_path: Path) -> None:
     engine.close()
 
 
+def test_windows_name_their_flat_lined_channels(tmp_path: Path) -> None:
+    """The manifest's `flatline` channels whose readings did not change at all in a window; channels left
+    out of the list (here: vibration) are never named, and a version 1 bundle names none."""
+    bundle = load(tmp_path, flatline={"channels": ["pressure", "flow"], "healthy_windows": 512})
+    data = normal_windows(4, len(CHANNELS), LENGTH, seed=3)
+    data[1, 1, :] = 12.5  # flow frozen at one reading
+    data[2, :, :] = data[2, :, :1]  # every channel frozen
+    data[3, 0, :-1] = 7.0  # pressure frozen but for its last sample: still moving
+    engine = InferenceEngine(bundle, max_batch=8)
+    scored = asyncio.run(engine.score(windows_of(data)))
+    assert [s.flat for s in scored] == [(), ("flow",), ("pressure", "flow"), ()]
+    engine.close()
+    old = load(tmp_path / "v1", schema_version=1)
+    assert old.manifest.schema_version == 1
+    assert old.manifest.model("pump").flatline is None
+    engine = InferenceEngine(old, max_batch=8)
+    assert [s.flat for s in asyncio.run(engine.score(windows_of(data)))] == [(), (), (), ()]
+    engine.close()
+
+
 def test_batching_gives_the_same_scores_as_batch_one(tmp_path: Path) -> None:
     bundle = load(tmp_path)
     data = normal_windows(37, len(CHANNELS), LENGTH, seed=5)

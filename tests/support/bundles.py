@@ -34,7 +34,15 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.bundle import default_severity, generate_keypair, key_id, load_private_key, write_bundle
+from edge_agent.bundle import (
+    SCHEMA_VERSION,
+    default_severity,
+    flatline_reference,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    write_bundle,
+)
 
 OPSET = 17
 DEFAULT_CHANNELS = ("pressure", "flow", "vibration")
@@ -186,9 +194,11 @@ def build_test_bundle(out_dir: Path, channels: Sequence[str] = DEFAULT_CHANNELS,
             "reference": {"file": reference_arc, "sha256": None, "count": len(reference_windows),
                           "rtol": 1e-4, "atol": 1e-5},
             "metrics": {"roc_auc_fp32": None, "model_bytes": model_file.stat().st_size},
+            # as export makes it: the channels that change within every normal window (here all of them)
+            "flatline": flatline_reference(channels, normal),
         }
         manifest: dict[str, Any] = {
-            "schema_version": 1, "name": name, "version": version,
+            "schema_version": SCHEMA_VERSION, "name": name, "version": version,
             "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "trainer": {"version": "test", "git_commit": None},
             "compatibility": {"min_onnxruntime": "1.17.0", "opset": OPSET, "device_profiles": ["generic"]},
@@ -200,6 +210,8 @@ def build_test_bundle(out_dir: Path, channels: Sequence[str] = DEFAULT_CHANNELS,
                 manifest[key] = override
             else:
                 raise TypeError(f"build_test_bundle: unknown override {key!r}")
+        if manifest["schema_version"] == 1:  # version 1 has no flatline list
+            model.pop("flatline")
         key = TEST_SIGNING_KEY if sign_key is _DEFAULT_KEY else sign_key
         if isinstance(key, (str, Path)):
             key = load_private_key(key)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from edge_agent.bundle import BundleFormatError, Manifest, UnsupportedSchemaError, default_severity
@@ -141,10 +142,64 @@ def test_invalid_manifests_name_the_key_path(manifest_dict, validator, mutate: M
 
 def test_unknown_schema_version_is_its_own_error(manifest_dict, validator) -> None:
     data = copy.deepcopy(manifest_dict)
-    data["schema_version"] = 2
-    with pytest.raises(UnsupportedSchemaError, match="unsupported schema_version 2"):
+    data["schema_version"] = 3
+    with pytest.raises(UnsupportedSchemaError, match="unsupported schema_version 3: this code reads "
+                                                     "schema_version 1 and 2"):
         Manifest.from_dict(data)
     assert not validator.is_valid(data)
+
+
+def test_version_2_lists_the_flatline_channels_and_version_1_has_none(manifest_dict, validator) -> None:
+    """Export writes version 2 with `flatline`; a version 1 manifest (older bundles) is still read, without
+    a flat-line check, and round-trips without the key. Each version refuses the other's form."""
+    assert manifest_dict["schema_version"] == 2
+    flatline = Manifest.from_dict(manifest_dict).model("pump").flatline
+    assert flatline is not None
+    assert flatline.channels == ("pressure", "flow", "vibration")  # noise in every normal window
+    assert flatline.healthy_windows == 512
+
+    old = copy.deepcopy(manifest_dict)
+    old["schema_version"] = 1
+    del _model(old)["flatline"]
+    validator.validate(old)
+    parsed = Manifest.from_dict(old)
+    assert parsed.model("pump").flatline is None
+    assert parsed.to_dict() == old
+
+    mixed = copy.deepcopy(old)
+    _model(mixed)["flatline"] = _model(manifest_dict)["flatline"]
+    with pytest.raises(BundleFormatError,
+                       match=r"models -> 0 -> flatline: needs schema_version 2 \(this manifest says 1\)"):
+        Manifest.from_dict(mixed)
+    assert not validator.is_valid(mixed)
+    missing = copy.deepcopy(manifest_dict)
+    del _model(missing)["flatline"]
+    with pytest.raises(BundleFormatError, match=r"models -> 0 -> flatline"):
+        Manifest.from_dict(missing)
+    assert not validator.is_valid(missing)
+
+
+@pytest.mark.parametrize(("channels", "problem"), [
+    (["pressure", "torque"], r"names \['torque'\], which are not input channels"),
+    (["flow", "pressure"], "must list input channels once each, in input order"),
+    (["flow", "flow"], "must list input channels once each, in input order"),
+])
+def test_flatline_channels_must_be_input_channels_in_order(manifest_dict, channels, problem) -> None:
+    data = copy.deepcopy(manifest_dict)
+    _model(data)["flatline"]["channels"] = channels
+    with pytest.raises(BundleFormatError, match=r"models -> 0 -> flatline -> channels: " + problem):
+        Manifest.from_dict(data)
+
+
+def test_flatline_reference_leaves_out_channels_that_sat_still_in_a_healthy_window() -> None:
+    from edge_agent.bundle import flatline_reference
+
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(20, 3, 16))
+    windows[7, 1, :] = 4.0  # channel b held still for a whole window once (a setpoint, a slow reading)
+    windows[3, 2, :8] = 1.0  # c held still for half a window: still moving within it
+    assert flatline_reference(["a", "b", "c"], windows) == {"channels": ["a", "c"], "healthy_windows": 20}
+    assert flatline_reference(["a", "b", "c"], windows[:0]) == {"channels": [], "healthy_windows": 0}
 
 
 def test_null_baseline_and_per_asset_baseline(manifest_dict, validator) -> None:

@@ -33,7 +33,7 @@ class Feeder:
         self.now = 1_800_000_000.0
         self.version = "1.0.0"
 
-    def feed(self, score: float, hot_channel: int = 0) -> list:
+    def feed(self, score: float, hot_channel: int = 0, flat: tuple[str, ...] = ()) -> list:
         self.now += 1.0
         errors = np.full(3, 0.1, dtype=np.float32)
         errors[hot_channel] = 1.0
@@ -41,7 +41,7 @@ class Feeder:
         time_error[3] = 1.0
         window = Window(self.asset, "pump", self.now - 4, self.now, np.zeros((3, 5), np.float32))
         scored = ScoredWindow(window, score, score, 1.0, errors, np.zeros(2, np.float32), time_error,
-                              "pumps", self.version)
+                              "pumps", self.version, flat)
         return self.engine.process(scored, self.now)
 
 
@@ -362,3 +362,41 @@ def test_a_restored_episode_closes_with_its_kept_peak_window_unless_a_later_one_
     f.now = 1_800_000_030.0
     (close,) = [e for e in f.feed(1.5) + f.feed(0.5) + f.feed(0.5) if e.state == "close"]
     assert close.score == 1.5
+
+
+def test_a_flat_lined_channel_opens_keeps_and_closes_an_episode_whatever_the_score() -> None:
+    """A stuck sensor: its windows score below the threshold (a frozen plausible value reconstructs well),
+    but the flat line counts as above. The open says so and names the flat channel first; the episode
+    closes once the channel moves again (clear_windows windows)."""
+    f = Feeder(engine(k=2, n=3, clear=2))
+    assert f.feed(0.3, hot_channel=0, flat=("temp",)) == []  # 1 of 3
+    (opened,) = f.feed(0.3, hot_channel=0, flat=("temp",))
+    assert opened.state == "open"
+    assert opened.extra["reason"] == "flatline"
+    assert [entry.channel for entry in opened.root_cause] == ["temp", "flow", "pressure"]  # then by share
+    assert opened.score == pytest.approx(0.3)
+    assert opened.severity == "warning"  # the score's own level (the lowest)
+    assert f.feed(0.3, flat=("temp",)) == []  # still stuck: the episode stays open
+    assert f.feed(0.3) == []
+    (closed,) = f.feed(0.3)
+    assert (closed.state, closed.extra["reason"]) == ("close", "cleared")
+    assert closed.episode_id == opened.episode_id
+
+
+def test_an_episode_opened_by_the_score_says_debounce_even_with_a_flat_line_later() -> None:
+    f = Feeder(engine(k=1, n=1, clear=2))
+    (opened,) = f.feed(1.5)
+    assert opened.extra["reason"] == "debounce"
+    assert f.feed(0.3, flat=("temp",)) == []  # the flat line keeps it open
+    assert f.feed(0.3) == []
+    assert [e.state for e in f.feed(0.3)] == ["close"]
+
+
+def test_flatline_false_in_the_config_turns_the_check_off() -> None:
+    config = DecisionConfig.from_section(Section({"flatline": False}, "decisions"))
+    assert config.flatline is False
+    assert DecisionConfig.from_section(Section({}, "decisions")).flatline is True
+    f = Feeder(DecisionEngine(config, IDENTITY, None, manifest(k=1, n=1)))
+    assert f.feed(0.3, flat=("temp",)) == []
+    with pytest.raises(ConfigError, match="flatline"):
+        DecisionConfig.from_section(Section({"flatline": "yes"}, "decisions"))
