@@ -17,7 +17,11 @@ $PY -m trainer.cli benchmark cmapss --data-dir "$DATA/cmapss" --subset FD001 --o
 stamp "C-MAPSS FD002"
 $PY -m trainer.cli benchmark cmapss --data-dir "$DATA/cmapss" --subset FD002 --out "$WORK/fd002" > "$OUT/cmapss_fd002.json"
 stamp "SKAB"
-$PY -m trainer.cli benchmark skab --data-dir "$DATA/skab" --out "$WORK/skab" > "$OUT/skab.json"
+$PY -m trainer.cli benchmark skab --data-dir "$DATA/skab" --out "$WORK/skab" --export-runs "$WORK/skab_runs" \
+    > "$OUT/skab.json"
+stamp "flat-line check on the C-MAPSS and SKAB test windows"
+$PY bench/flatline_check.py --run "$WORK/fd001/run" "$WORK/fd002/run" "$WORK"/skab_runs/* \
+    --out "$OUT/flatline_check.json" > /dev/null
 stamp "SKAB score kinds (development files and anomaly-free run)"
 $PY bench/skab_score_kinds.py --data-dir "$DATA/skab" --out "$OUT/skab_score_kinds.json" > /dev/null
 stamp "SKAB error shares by channel (development files and anomaly-free run)"

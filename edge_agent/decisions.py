@@ -4,9 +4,9 @@ Per (asset, model):
 
 - **open**: `k` of the last `n` windows above the threshold (the manifest's `debounce`) open an episode.
   A window in which one of the manifest's `flatline` channels did not change at all (a stuck sensor; the
-  bundle says no healthy window of that channel sat so still) counts as above whatever its score; an
-  episode it opens says `reason: flatline`, and the flat channels lead its root cause. `[decisions]
-  flatline = false` turns this off.
+  bundle says that channel never held one value for over half a window in healthy data) counts as above
+  whatever its score; an episode it opens says `reason: flatline`, and the flat channels lead its root
+  cause. `[decisions] flatline = false` turns this off.
 - **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
   *rises*. A fall in severity is reported by the next periodic update (which reports the highest-scoring
   window since the previous message), so a score wandering around a level boundary does not flood SCADA.

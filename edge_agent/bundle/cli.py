@@ -182,8 +182,8 @@ def describe_inputs(manifest: Any) -> list[str]:
             lines.append("    flat-line check: none (manifest schema 1)")
         else:
             checked = ", ".join(flat.channels) or "no channel"
-            lines.append(f"    flat-line check: {checked} (each changed within every one of "
-                         f"{flat.healthy_windows} healthy windows; a window without change alerts)")
+            lines.append(f"    flat-line check: {checked} (none held one value for over half a window in "
+                         f"{flat.healthy_windows} healthy windows; a whole window without change alerts)")
     return lines
 
 

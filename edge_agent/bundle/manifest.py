@@ -131,10 +131,11 @@ class RootCause:
 
 @dataclass(frozen=True)
 class Flatline:
-    """The input channels whose readings changed within every healthy window export looked at
-    (`healthy_windows` of them): a live window in which one of them does not change at all is a flat line
-    (a stuck or frozen sensor, or a value frozen upstream), which the agent treats as anomalous. Channels
-    that sat still in some healthy window (a setpoint, a coarse reading at steady state) are left out."""
+    """The input channels that never held one value for more than half a window in the healthy windows
+    export looked at (`healthy_windows` of them; `flatline_reference`): a live window in which one of them
+    does not change at all is a flat line (a stuck or frozen sensor, or a value frozen upstream), which the
+    agent treats as anomalous. Channels that sit still longer (a setpoint, a coarse slow reading, a discrete
+    setting) are left out."""
 
     channels: tuple[str, ...]
     healthy_windows: int
@@ -253,12 +254,25 @@ def default_severity(threshold: float, quantiles: Mapping[str, float]) -> list[d
 
 
 def flatline_reference(channels: list[str], windows: np.ndarray) -> dict[str, Any]:
-    """A manifest's `flatline` from healthy raw windows `[N, C, L]`: the channels whose readings change
-    within every one of them, so that a live window in which one does not change at all is a flat line (a
-    stuck or frozen sensor). A channel that sat still in any healthy window is left out, and with no
-    window at all, none (nothing to rest the claim on)."""
+    """A manifest's `flatline` from healthy raw windows `[N, C, L]` (`healthy_windows`: how many distinct
+    ones): the channels that never held one value for more than half a window (L // 2 samples in a row) in
+    any of them, so that a live window in which one does not change at all (L samples) is at least twice the
+    longest stillness healthy data showed: a flat line, a stuck or frozen sensor. Channels that sit still
+    longer (a setpoint, a slow coarse reading, a discrete setting such as C-MAPSS FD002's `op_setting_3`,
+    which takes two values and held one for 45 of 50 cycles) are left out; with no window at all, every
+    channel is (nothing to rest the claim on)."""
     windows = np.asarray(windows)
-    keep = (np.ptp(windows, axis=2) > 0).all(axis=0) if len(windows) else np.zeros(len(channels), bool)
+    if not len(windows):
+        return {"channels": [], "healthy_windows": 0}
+    # distinct windows only: a run's calibration set may also be in its sample of fit windows (SKAB runs)
+    windows = np.unique(windows.reshape(len(windows), -1), axis=0).reshape(-1, *windows.shape[1:])
+    still = np.diff(windows, axis=2) == 0  # [N, C, L-1]: sample t+1 repeats sample t
+    run = np.zeros(still.shape[:2], dtype=np.int64)
+    longest = np.zeros(still.shape[:2], dtype=np.int64)
+    for step in range(still.shape[2]):
+        run = np.where(still[:, :, step], run + 1, 0)
+        np.maximum(longest, run, out=longest)
+    keep = (longest.max(axis=0) + 1) <= windows.shape[2] // 2  # samples holding one value, at most L // 2
     return {"channels": [c for c, k in zip(channels, keep, strict=True) if k],
             "healthy_windows": len(windows)}
 

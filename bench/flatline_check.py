@@ -1,0 +1,59 @@
+"""How often the flat-line check would fire on real test data: for each run directory (`edge-trainer fit`,
+`benchmark cmapss --out DIR` -> DIR/run, `benchmark skab --export-runs DIR` -> DIR/<file>), the `flatline`
+list export would write (`edge_agent.bundle.flatline_reference` on the run's calibration windows and its
+sample of fit windows), and how many of the run's evaluation (test) windows have a listed channel that does
+not change at all, split by label. On data without stuck sensors every such window is a false alert.
+
+    .venv/bin/python bench/flatline_check.py --run RUN_DIR [RUN_DIR ...] [--out F]
+
+Prints JSON: per run and in total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import flatline_reference
+
+
+def check_run(run_dir: Path) -> dict[str, Any]:
+    run = json.loads((run_dir / "run.json").read_text())
+    channels = list(run["input_channels"])
+    healthy = [np.load(run_dir / "calibration.npz")["windows"]]
+    if (run_dir / "train_sample.npz").is_file():
+        healthy.append(np.load(run_dir / "train_sample.npz")["windows"])
+    reference = flatline_reference(channels, np.concatenate(healthy))
+    evaluation = np.load(run_dir / "evaluation.npz")
+    windows = evaluation["windows"]
+    labels = evaluation["labels"] if "labels" in evaluation.files else np.zeros(len(windows), np.int8)
+    index = [channels.index(c) for c in reference["channels"]]
+    flat = (np.ptp(windows[:, index, :], axis=2) == 0).any(axis=1) if index else np.zeros(len(windows), bool)
+    return {"run": str(run_dir), "channels": channels, "checked": reference["channels"],
+            "healthy_windows": reference["healthy_windows"], "test_windows": len(windows),
+            "test_windows_normal": int((labels == 0).sum()), "flat_normal": int((flat & (labels == 0)).sum()),
+            "flat_anomalous": int((flat & (labels == 1)).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, nargs="+", required=True, help="run directories")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    runs = [check_run(path) for path in args.run]
+    total = {key: sum(r[key] for r in runs) for key in ("test_windows", "test_windows_normal", "flat_normal",
+                                                          "flat_anomalous")}
+    result = {"runs": runs, "total": total}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
