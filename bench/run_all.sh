@@ -39,6 +39,8 @@ stamp "inference: a batch split over parallel session runs"
 $PY bench/inference_bench.py --out "$OUT/inference_bench.json" > /dev/null
 stamp "SQLite cost per transaction by synchronous level"
 $PY bench/storage_sync_timing.py --out "$OUT/storage_sync.json" > /dev/null
+stamp "start-up quick_check of a 200,000-window database (cold runs only as root)"
+$PY bench/storage_quick_check.py --out "$OUT/storage_quick_check.json" > /dev/null
 stamp "decision engine and status file timings"
 $PY bench/micro_timings.py --out "$OUT/micro_timings.json" > /dev/null
 stamp "demo (simulator faults, detection, root cause)"
