@@ -8,4 +8,5 @@ cd "$REPO_ROOT"
 # mosquitto carries the live run; without it the demo replays files and prints alerts on the console.
 ensure_apt_packages ca-certificates mosquitto || echo "==> mosquitto unavailable: console mode" >&2
 ensure_venv "trainer"
+export EDGE_DEMO_SETUP_S="$SECONDS"  # the set-up's seconds (bash counts from the start of this script)
 exec python scripts/demo.py "$@"
