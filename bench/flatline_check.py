@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import emit
 from edge_agent.bundle import flatline_reference
 
 
@@ -47,12 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [check_run(path) for path in args.run]
     total = {key: sum(r[key] for r in runs) for key in ("test_windows", "test_windows_normal", "flat_normal",
                                                           "flat_anomalous")}
-    result = {"runs": runs, "total": total}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit({"runs": runs, "total": total}, args.out)
 
 
 if __name__ == "__main__":

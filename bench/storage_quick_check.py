@@ -14,10 +14,10 @@ Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sqlite3
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import emit
 from edge_agent.storage import RetentionConfig, Store
 from edge_agent.storage.connection import _check
 from edge_agent.types import ScoredWindow, Window
@@ -107,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "cold_note": None if cold or not args.cold else "page cache not dropped (needs root and "
                                                             f"a writable {DROP_CACHES})",
         }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":
