@@ -5,8 +5,8 @@ Per (asset, model):
 - **open**: `k` of the last `n` windows above the threshold (the manifest's `debounce`) open an episode.
   A window in which one of the manifest's `flatline` channels did not change at all (a stuck sensor; the
   bundle says that channel never held one value for over half a window in healthy data) counts as above
-  whatever its score; an episode it opens says `reason: flatline`, and the flat channels lead its root
-  cause. `[decisions] flatline = false` turns this off.
+  whatever its score; an episode it opens says `reason: flatline`, and every message reporting such a
+  window names the flat channels (`root_cause.flat`). `[decisions] flatline = false` turns this off.
 - **update**: at most every `update_interval_s` while the episode lasts, and at once when the severity
   *rises*. A fall in severity is reported by the next periodic update (which reports the highest-scoring
   window since the previous message), so a score wandering around a level boundary does not flood SCADA.
@@ -176,6 +176,7 @@ class _Summary:
     threshold: float
     bundle_name: str
     bundle_version: str
+    flat: tuple[str, ...] = ()  # the window's flat-lined channels (alert `root_cause.flat`)
 
 
 @dataclass
@@ -206,18 +207,15 @@ class _Track:
     last_score: float | None = None
 
 
-def root_cause(channel_error: np.ndarray, channels: Sequence[str],
-               first: Sequence[str] = ()) -> tuple[RootCauseEntry, ...]:
+def root_cause(channel_error: np.ndarray, channels: Sequence[str]) -> tuple[RootCauseEntry, ...]:
     """Channels ranked by share of `channel_error` (shares sum to 1; ties keep channel order; all equal when
-    every channel reads 0); the channels in `first` (flat-lined ones) lead, each group ranked by share."""
+    every channel reads 0)."""
     errors = np.clip(np.asarray(channel_error, dtype=np.float64).reshape(-1), 0.0, None)
     total = float(errors.sum())
     shares = errors / total if total > 0 else np.full(errors.shape, 1.0 / max(len(errors), 1))
     order = np.argsort(-shares, kind="stable").tolist()  # stable: ties keep channel order
     values = shares.tolist()
     names = list(channels) if len(channels) == len(errors) else [f"ch{i}" for i in range(len(errors))]
-    if first:
-        order = [i for i in order if names[i] in first] + [i for i in order if names[i] not in first]
     return tuple(RootCauseEntry(names[i], round(values[i], 6)) for i in order)
 
 
@@ -236,12 +234,12 @@ def peak_time(scored: ScoredWindow) -> float:
 
 
 def _summary(scored: ScoredWindow, policy: ModelPolicy, flat: Sequence[str] = ()) -> _Summary:
-    """What an alert would report about this window; only built for windows an episode may report. Its
-    flat-lined channels `flat` lead the root cause."""
+    """What an alert would report about this window (with its flat-lined channels `flat`, when the check is
+    on); only built for windows an episode may report."""
     window = scored.window
     return _Summary(scored.score, policy.severity_of(scored.score), window.start_ts, window.end_ts,
-                    peak_time(scored), root_cause(scored.channel_error, policy.channels, flat),
-                    scored.threshold, scored.bundle_name, scored.bundle_version)
+                    peak_time(scored), root_cause(scored.channel_error, policy.channels), scored.threshold,
+                    scored.bundle_name, scored.bundle_version, tuple(flat))
 
 
 def _restored_summary(policy: ModelPolicy | None, row: dict[str, Any], threshold: float) -> _Summary:
@@ -274,7 +272,8 @@ def _summary_record(summary: _Summary) -> dict[str, Any]:
             "end_ts": summary.end_ts, "peak_ts": summary.peak_ts,
             "root_cause": [[entry.channel, entry.share] for entry in summary.root_cause],
             "threshold": summary.threshold if math.isfinite(summary.threshold) else None,
-            "bundle_name": summary.bundle_name, "bundle_version": summary.bundle_version}
+            "bundle_name": summary.bundle_name, "bundle_version": summary.bundle_version,
+            "flat": list(summary.flat)}
 
 
 def _summary_from_record(record: Any, policy: ModelPolicy | None) -> _Summary | None:
@@ -291,7 +290,7 @@ def _summary_from_record(record: Any, policy: ModelPolicy | None) -> _Summary | 
             float(record["start_ts"]), float(record["end_ts"]), float(record["peak_ts"]),
             tuple(RootCauseEntry(str(channel), float(share)) for channel, share in record["root_cause"]),
             float(threshold) if threshold is not None else float("nan"), str(record["bundle_name"]),
-            str(record["bundle_version"]))
+            str(record["bundle_version"]), tuple(str(channel) for channel in record.get("flat", ())))
     except (KeyError, TypeError, ValueError):
         log.warning("the kept peak window of a restored episode cannot be read (%.200r): its close reports "
                     "the best window since the restart", record)
@@ -447,7 +446,8 @@ class DecisionEngine:
             episode_start_ts=episode.start_ts, asset=episode.asset, model=episode.model,
             bundle_name=summary.bundle_name, bundle_version=summary.bundle_version, score=summary.score,
             threshold=summary.threshold, severity=summary.severity, window_start_ts=summary.start_ts,
-            window_end_ts=summary.end_ts, peak_ts=summary.peak_ts, root_cause=summary.root_cause, extra=extra)
+            window_end_ts=summary.end_ts, peak_ts=summary.peak_ts, root_cause=summary.root_cause, extra=extra,
+            flat=summary.flat)
 
     def silent(self, asset: str, now: float) -> list[AlertEvent]:
         """The asset's windows stopped (`agentstate` "silent"): an `update` with `reason: no_data` for each

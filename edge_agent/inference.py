@@ -12,12 +12,13 @@ concurrent runs of one session, and on small models that parallelises a batch be
 Per-asset score baseline (manifest `score_baseline = {kind: per_asset_initial, windows: N, statistic:
 median}`): adjusted score = raw - median(raw scores of the asset's first N windows); the threshold applies
 to the adjusted score. Until N windows were seen the median of those seen so far is used (so the first
-windows of a new asset score about 0 and cannot alert). The N raw scores and the baseline are stored in the
-`baselines` table per (asset, model, bundle version), so a restart does not re-baseline an asset whose
-condition may have degraded meanwhile; a new bundle version (a new score scale) starts a new baseline, but
-only once the asset is healthy: on a hot swap an asset with an open episode keeps its previous fixed
-baseline (`BaselineTracker.carry_over`) until the episode closes (`release`), so the fault is neither
-closed by a fresh ~0 baseline nor absorbed into it.
+windows of a new asset score about 0 and cannot alert by their score; a window with a flat-lined channel
+still alerts, and is left out of the N, since a stuck sensor is not the asset's healthy state). The N raw
+scores and the baseline are stored in the `baselines` table per (asset, model, bundle version), so a
+restart does not re-baseline an asset whose condition may have degraded meanwhile; a new bundle version (a
+new score scale) starts a new baseline, but only once the asset is healthy: on a hot swap an asset with an
+open episode keeps its previous fixed baseline (`BaselineTracker.carry_over`) until the episode closes
+(`release`), so the fault is neither closed by a fresh ~0 baseline nor absorbed into it.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ class BaselineTracker:
             log.info("%s/%s healthy again: starting the new bundle's score baseline", *key)
 
     def adjust(self, asset: str, model: str, bundle_version: str, spec: ScoreBaseline | None,
-               raw: float) -> float:
-        """The score to compare with the threshold for this raw score."""
+               raw: float, *, collect: bool = True) -> float:
+        """The score to compare with the threshold for this raw score. `collect=False` (a window with a
+        flat-lined channel: a stuck sensor, not the asset's healthy state) keeps the raw score out of a
+        baseline still being collected."""
         if spec is None:
             return raw
         carried = self._carried.get((asset, model))
@@ -154,6 +157,8 @@ class BaselineTracker:
             if not state.persisted:
                 self._persist(key, state)
             return raw - state.baseline
+        if not collect:
+            return raw - float(np.median(state.raw_scores)) if state.raw_scores else 0.0
         state.raw_scores.append(raw)
         median = float(np.median(state.raw_scores))
         if len(state.raw_scores) >= spec.windows:
@@ -193,14 +198,24 @@ class _Loaded:
     shape: tuple[int, int]
     flat_index: np.ndarray | None = None  # input indices of the manifest's `flatline` channels (None: none)
 
-    def flat_channels(self, data: np.ndarray) -> tuple[str, ...]:
-        """The `flatline` channels whose readings in window `data` [C, L] do not change at all."""
+    def flat_mask(self, batch: np.ndarray) -> np.ndarray | None:
+        """`[B, K]`: whether the k-th `flatline` channel's readings do not change at all within each window
+        of `batch` `[B, C, L]` (None: the manifest lists no channel)."""
         if self.flat_index is None:
-            return ()
-        values = data[self.flat_index]
-        still = np.flatnonzero(values.max(axis=1) == values.min(axis=1))
+            return None
+        values = batch[:, self.flat_index, :]
+        still: np.ndarray = values.max(axis=2) == values.min(axis=2)
+        return still
+
+    def flat_channels(self, mask: np.ndarray | None, count: int) -> list[tuple[str, ...]]:
+        """Per window of a batch of `count`, the names of its flat-lined channels from `flat_mask`."""
+        flats: list[tuple[str, ...]] = [()] * count
+        if mask is None or self.flat_index is None:
+            return flats
         channels = self.spec.input.channels
-        return tuple(channels[self.flat_index[i]] for i in still) if len(still) else ()
+        for row in np.flatnonzero(mask.any(axis=1)).tolist():
+            flats[row] = tuple(channels[self.flat_index[i]] for i in np.flatnonzero(mask[row]))
+        return flats
 
 
 class InferenceEngine:
@@ -294,7 +309,11 @@ class InferenceEngine:
         """Synchronous `session.run` of one stacked batch; outputs keyed score/channel_error/...."""
         loaded = self._loaded(model)
         values = loaded.session.run(list(loaded.output_names), {loaded.input_name: batch})
-        return dict(zip(("score", "channel_error", "latent_mean", "time_error"), values, strict=True))
+        outputs = dict(zip(("score", "channel_error", "latent_mean", "time_error"), values, strict=True))
+        flat = loaded.flat_mask(batch)  # the flat-line check, on the stacked batch and off the event loop
+        if flat is not None:
+            outputs["flat"] = flat
+        return outputs
 
     def _batch(self, windows: Sequence[Window], chunk: Sequence[int], loaded: _Loaded) -> np.ndarray:
         for index in chunk:
@@ -353,6 +372,7 @@ class InferenceEngine:
             raws = outputs["score"].reshape(-1).tolist()
             channel_error, latent_mean, time_error = (outputs["channel_error"], outputs["latent_mean"],
                                                       outputs["time_error"])
+            flats = loaded.flat_channels(outputs.get("flat"), len(chunk))
             all_finite = bool(np.isfinite(outputs["score"]).all())
             for row, index in enumerate(chunk):
                 window = windows[index]
@@ -362,11 +382,12 @@ class InferenceEngine:
                     log.warning("non-finite score for asset %s, model %s (window %.3f-%.3f); dropped",
                                 window.asset, window.model, window.start_ts, window.end_ts)
                     continue
+                flat = flats[row]
                 adjusted = (raw if baseline is None else
-                            self.baselines.adjust(window.asset, window.model, version, baseline, raw))
+                            self.baselines.adjust(window.asset, window.model, version, baseline, raw,
+                                                  collect=not flat))
                 slots[index] = ScoredWindow(window, adjusted, raw, threshold, channel_error[row],
-                                            latent_mean[row], time_error[row], name, version,
-                                            loaded.flat_channels(window.data))
+                                            latent_mean[row], time_error[row], name, version, flat)
         return [item for item in slots if item is not None]
 
     def close(self) -> None:

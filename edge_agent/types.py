@@ -98,3 +98,4 @@ class AlertEvent:
     peak_ts: float
     root_cause: tuple[RootCauseEntry, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    flat: tuple[str, ...] = ()  # the reported window's flat-lined channels (a stuck sensor), if any

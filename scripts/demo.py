@@ -283,8 +283,9 @@ class AlertSubscriber:
 
 def print_alert(alert: dict, topic: str = "") -> None:
     causes = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in alert["root_cause"]["channels"][:3])
-    if alert.get("reason") == "flatline":  # a stuck sensor: the first root-cause channel stopped changing
-        causes = f"FLAT LINE on {alert['root_cause']['channels'][0]['channel']}; {causes}"
+    flat = alert["root_cause"].get("flat")
+    if flat:  # a stuck sensor: these channels did not change over the window
+        causes = f"FLAT LINE on {', '.join(flat)}; {causes}"
     print(
         f"   ALERT {alert['state']:<6} {alert['asset']:<7} severity={alert['severity']:<8} "
         f"score={alert['score']:.3g} (threshold {alert['threshold']:.3g}) root cause: {causes}"
@@ -332,7 +333,9 @@ def summarise(truth: list[dict], alerts: list[dict], grace_s: float) -> dict:
             if alert["asset"] == result.asset and result.start_ts <= end_ts <= result.end_ts + grace_s:
                 result.detected = True
                 result.delay_s = round(end_ts - result.start_ts, 1)
-                result.top_channel = alert["root_cause"]["channels"][0]["channel"]
+                # a flat-lined (stuck) channel is the cause when there is one; else the largest share
+                flat = alert["root_cause"].get("flat") or []
+                result.top_channel = flat[0] if flat else alert["root_cause"]["channels"][0]["channel"]
                 matched.add(alert["episode_id"])
                 break
     false_alerts = [

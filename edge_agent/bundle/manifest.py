@@ -264,17 +264,20 @@ def flatline_reference(channels: list[str], windows: np.ndarray) -> dict[str, An
     windows = np.asarray(windows)
     if not len(windows):
         return {"channels": [], "healthy_windows": 0}
-    # distinct windows only: a run's calibration set may also be in its sample of fit windows (SKAB runs)
-    windows = np.unique(windows.reshape(len(windows), -1), axis=0).reshape(-1, *windows.shape[1:])
-    still = np.diff(windows, axis=2) == 0  # [N, C, L-1]: sample t+1 repeats sample t
-    run = np.zeros(still.shape[:2], dtype=np.int64)
-    longest = np.zeros(still.shape[:2], dtype=np.int64)
-    for step in range(still.shape[2]):
-        run = np.where(still[:, :, step], run + 1, 0)
-        np.maximum(longest, run, out=longest)
-    keep = (longest.max(axis=0) + 1) <= windows.shape[2] // 2  # samples holding one value, at most L // 2
-    return {"channels": [c for c, k in zip(channels, keep, strict=True) if k],
-            "healthy_windows": len(windows)}
+    count, _, length = windows.shape
+    # distinct windows, counted by hash (a copy of each would double the memory): a run's calibration set
+    # may also be in its sample of fit windows (SKAB runs)
+    distinct = len({hash(row.tobytes()) for row in windows.reshape(count, -1)})
+    keep = []
+    for channel in range(windows.shape[1]):  # one channel at a time: memory of one [N, L] slice
+        still = np.diff(windows[:, channel, :], axis=1) == 0  # sample t+1 repeats sample t
+        run = np.zeros(count, dtype=np.int32)
+        longest = np.zeros(count, dtype=np.int32)
+        for step in range(length - 1):
+            run = np.where(still[:, step], run + 1, 0)
+            np.maximum(longest, run, out=longest)
+        keep.append(int(longest.max()) + 1 <= length // 2)  # samples holding one value, at most L // 2
+    return {"channels": [c for c, k in zip(channels, keep, strict=True) if k], "healthy_windows": distinct}
 
 
 def check_member_name(name: str) -> str | None:

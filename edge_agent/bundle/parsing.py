@@ -131,7 +131,7 @@ def parse_manifest(data: Any) -> Manifest:
         if name in names[:i]:
             raise ConfigError(join(join("models", i), "name"), "duplicate model name", name)
     bundle_name, version = _name(top, "name"), _name(top, "version", VERSION_RE, 64)
-    manifest = Manifest(schema, bundle_name, version, created_at, trainer, compatibility, files, models)
+    manifest = Manifest(int(schema), bundle_name, version, created_at, trainer, compatibility, files, models)
     top.finish()
     return manifest
 

@@ -54,6 +54,8 @@ def alert_document(event: AlertEvent, identity: GatewayIdentity) -> dict[str, An
             "peak_time": rfc3339(event.peak_ts),
         },
     }
+    if event.flat:  # only when the reported window had a flat-lined channel (docs/alerts.md)
+        doc["root_cause"]["flat"] = list(event.flat)
     if "peak_score" in event.extra:
         doc["peak_score"] = float(event.extra["peak_score"])
     return doc

@@ -71,8 +71,8 @@ def test_serial_readings_to_alert_on_expected_topic(tmp_path: Path, mqtt_broker:
 def test_a_stuck_sensor_raises_a_flatline_alert(tmp_path: Path, mqtt_broker: MosquittoBroker,
                                                 pty_pair: PtyPair, state_dir: Path) -> None:
     """Noisy readings, then flow frozen at a plausible value (its mean): the model scores the frozen
-    windows below the threshold, and the flat line opens an episode (`reason: flatline`, flow first) that
-    closes once flow moves again."""
+    windows below the threshold, and the flat line opens an episode (`reason: flatline`, `root_cause.flat`
+    naming flow) that closes once flow moves again."""
     bundle, keys = make_bundle(tmp_path, flatline={"channels": ["flow", "pressure"], "healthy_windows": 512})
     config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source(pty_pair.device)},
                           {"pump-3": serial_asset()},
@@ -92,7 +92,7 @@ def test_a_stuck_sensor_raises_a_flatline_alert(tmp_path: Path, mqtt_broker: Mos
         for alert in (opened, closed):
             jsonschema.validate(alert, SCHEMA)
         assert (opened["state"], opened["reason"]) == ("open", "flatline")
-        assert opened["root_cause"]["channels"][0]["channel"] == "flow"
+        assert opened["root_cause"]["flat"] == ["flow"]
         assert opened["score"] < opened["threshold"]  # the model alone would not have alerted
         assert (closed["state"], closed["reason"], closed["episode_id"]) == ("close", "cleared",
                                                                             opened["episode_id"])

@@ -187,6 +187,25 @@ def test_score_baseline_is_applied_and_survives_restart(tmp_path: Path) -> None:
     store.close()
 
 
+def test_flat_lined_windows_stay_out_of_the_score_baseline(tmp_path: Path) -> None:
+    """A sensor stuck from the start is not the asset's healthy state: its windows alert (flat line) but
+    the baseline is made of the windows after it, as if they were the first."""
+    bundle, data, db = baseline_case(tmp_path)
+    store = Store.open(db)
+    engine = InferenceEngine(bundle, store=store)
+    stuck = data[:4].copy()
+    stuck[:, 1, :] = 12.5  # flow frozen in the asset's first four windows
+    flat = asyncio.run(engine.score(windows_of(stuck)))
+    assert [s.flat for s in flat] == [("flow",)] * 4
+    assert [s.score for s in flat] == [0.0] * 4  # no baseline collected yet
+    assert engine.baselines.baseline("pump-1", "pump", bundle.manifest.version) is None
+    healthy = asyncio.run(engine.score(windows_of(data[:4])))
+    expected = float(np.median([s.raw_score for s in healthy]))
+    assert engine.baselines.baseline("pump-1", "pump", bundle.manifest.version) == pytest.approx(expected)
+    engine.close()
+    store.close()
+
+
 def test_real_bundle_scores_drive_one_episode_with_the_faulty_channel_first(tmp_path: Path) -> None:
     from edge_agent.decisions import DecisionConfig, DecisionEngine
     from edge_agent.types import GatewayIdentity

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -56,6 +57,30 @@ def test_engine_events_render_schema_valid_payloads() -> None:
         jsonschema.validate(doc, ALERT_SCHEMA, format_checker=CHECKER)
         assert sum(c["share"] for c in doc["root_cause"]["channels"]) == pytest.approx(1.0)
     assert alert_document(events[0], IDENTITY)["time"] == "2027-01-15T08:00:00.250Z"
+
+
+def test_a_flat_lined_window_names_its_channels_in_root_cause_flat() -> None:
+    """`root_cause.flat` only when the reported window had flat-lined channels; `channels` stays ranked by
+    share; both validate against the published schema."""
+    manifest = {"name": "b", "models": [{"name": "m", "input": {"channels": ["a", "b"]},
+                                         "threshold": {"value": 1.0},
+                                         "severity": [{"level": "warning", "min_score": 1.0}],
+                                         "debounce": {"k": 1, "n": 1, "clear_windows": 1}}]}
+    engine = DecisionEngine(DecisionConfig(), IDENTITY, None, manifest)
+    events = []
+    for i, flat in enumerate([("b",), ()]):
+        window = Window("pump", "m", 100.0 + i, 104.5 + i, np.zeros((2, 3), np.float32))
+        scored = ScoredWindow(window, 0.2, 0.2, 1.0, np.array([0.9, 0.1]), np.zeros(2), np.zeros(3), "b", "1",
+                              flat)
+        events += engine.process(scored, 1_800_000_000.25 + i)
+    opened, closed = (alert_document(event, IDENTITY) for event in events)
+    for doc in (opened, closed):
+        jsonschema.validate(doc, ALERT_SCHEMA, format_checker=CHECKER)
+    assert opened["reason"] == "flatline"
+    assert opened["root_cause"]["flat"] == ["b"]
+    assert [c["channel"] for c in opened["root_cause"]["channels"]] == ["a", "b"]  # by share
+    assert closed["root_cause"]["flat"] == ["b"]  # the close reports the peak (the flat window)
+    assert "flat" not in alert_document(dataclasses.replace(events[0], flat=()), IDENTITY)["root_cause"]
 
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:

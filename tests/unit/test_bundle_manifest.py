@@ -204,3 +204,26 @@ def test_flatline_reference_leaves_out_channels_that_hold_still_for_over_half_a_
     assert flatline_reference(["a", "b", "c", "d", "e"], windows) == {"channels": ["a", "c"],
                                                                       "healthy_windows": 20}
     assert flatline_reference(["a", "b"], windows[:0, :2]) == {"channels": [], "healthy_windows": 0}
+
+
+def test_null_baseline_and_per_asset_baseline(manifest_dict, validator) -> None:
+    data = copy.deepcopy(manifest_dict)
+    _model(data)["score_baseline"] = {"kind": "per_asset_initial", "windows": 20, "statistic": "median"}
+    baseline = Manifest.from_dict(data).model("pump").score_baseline
+    assert baseline is not None
+    assert baseline.windows == 20
+    validator.validate(data)
+
+
+def test_test_bundle_overrides_replace_model_or_top_level_values(tmp_path: Path) -> None:
+    path = build_test_bundle(tmp_path, channels=["a", "b"], window_length=8, stride=4,
+                             debounce={"k": 1, "n": 1, "clear_windows": 2},
+                             created_at="2026-01-01T00:00:00Z")
+    with tarfile.open(path) as tar:
+        handle = tar.extractfile("manifest.json")
+        assert handle is not None
+        manifest = Manifest.from_dict(json.load(handle))
+    assert manifest.created_at == "2026-01-01T00:00:00Z"
+    assert manifest.model("pump").debounce.clear_windows == 2
+    with pytest.raises(TypeError, match="unknown override 'colour'"):
+        build_test_bundle(tmp_path / "other", colour="red")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -373,7 +374,8 @@ def test_a_flat_lined_channel_opens_keeps_and_closes_an_episode_whatever_the_sco
     (opened,) = f.feed(0.3, hot_channel=0, flat=("temp",))
     assert opened.state == "open"
     assert opened.extra["reason"] == "flatline"
-    assert [entry.channel for entry in opened.root_cause] == ["temp", "flow", "pressure"]  # then by share
+    assert [entry.channel for entry in opened.root_cause] == ["flow", "pressure", "temp"]  # by share
+    assert opened.flat == ("temp",)  # named apart (alert root_cause.flat)
     assert opened.score == pytest.approx(0.3)
     assert opened.severity == "warning"  # the score's own level (the lowest)
     assert f.feed(0.3, flat=("temp",)) == []  # still stuck: the episode stays open
@@ -381,6 +383,7 @@ def test_a_flat_lined_channel_opens_keeps_and_closes_an_episode_whatever_the_sco
     (closed,) = f.feed(0.3)
     assert (closed.state, closed.extra["reason"]) == ("close", "cleared")
     assert closed.episode_id == opened.episode_id
+    assert closed.flat == ("temp",)  # the close reports the peak window: the first flat one
 
 
 def test_an_episode_opened_by_the_score_says_debounce_even_with_a_flat_line_later() -> None:
@@ -400,3 +403,17 @@ def test_flatline_false_in_the_config_turns_the_check_off() -> None:
     assert f.feed(0.3, flat=("temp",)) == []
     with pytest.raises(ConfigError, match="flatline"):
         DecisionConfig.from_section(Section({"flatline": "yes"}, "decisions"))
+
+
+def test_the_kept_peak_window_keeps_its_flat_channels_across_a_restart() -> None:
+    from edge_agent.decisions import _Summary, _summary_from_record, _summary_record
+
+    summary = _Summary(0.3, "warning", 1.0, 2.0, 1.5, (), 1.0, "b", "1", ("temp",))
+    record = json.loads(json.dumps(_summary_record(summary)))  # as the episodes table keeps it
+    restored = _summary_from_record(record, None)
+    assert restored is not None
+    assert restored.flat == ("temp",)
+    del record["flat"]  # a row written before the check
+    old = _summary_from_record(record, None)
+    assert old is not None
+    assert old.flat == ()
