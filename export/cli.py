@@ -130,9 +130,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.model_name is None:
         log.warning("model name %r (the run's data source, the default): a gateway's assets name it as "
                     "model = %r; --model-name chooses another", model.name, model.name)
+    flat = model.flatline.channels if model.flatline is not None else ()
+    left_out = [c for c in model.input.channels if c not in flat]
+    if left_out:
+        log.info("flat-line check (a stuck sensor alerts): %s; left out, since in healthy data they held one "
+                 "value for over half a window: %s", ", ".join(flat) or "no channel", ", ".join(left_out))
     summary = {"bundle": str(result.path), "name": result.manifest.name, "version": result.manifest.version,
                "signed": args.sign_key is not None, "precision": model.precision,
                "reason": model.precision_decision.reason, "threshold": model.threshold.value,
-               "metrics": model.metrics}
+               "flatline": {"channels": list(flat), "left_out": left_out}, "metrics": model.metrics}
     print(json.dumps(summary, indent=2))
     return 0

@@ -338,6 +338,7 @@ def test_cli_keygen_and_export(run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "fp32"
     assert summary["reason"] == "fp32 requested"
+    assert summary["flatline"] == {"channels": ["ch_0", "ch_1", "ch_2"], "left_out": []}
     bundle = read_bundle(out, trusted_keys=tmp_path / "keys", extract_to=tmp_path / "x")
     assert (bundle.manifest.name, bundle.manifest.version) == ("cli", "2")
     assert _cli("export", "--run", str(run_dir), "--out", str(out)) == 1
