@@ -4,9 +4,12 @@ For every broker the config names (`[mqtt]` and each MQTT source) the doctor ope
 with that client's own settings (protocol, username, password file, TLS files) and reads the CONNACK, so a
 wrong password, a missing client certificate or a plain port where TLS is configured shows up before the
 first alert instead of as a retry loop in the journal. The probe's client id is the agent's with `-doctor`
-appended, so a running agent is not disconnected by it (a broker takes a second connection with the same
-client id as a takeover), and it sets no Last Will: it ends with a clean DISCONNECT. A broker whose ACL
-ties client ids to users may refuse the probe's id; the message says which id was tried.
+appended (`probe_client_id`: never one of the config's own ids on that broker), so a running agent is not
+disconnected by it (a broker takes a second connection with the same client id as a takeover), and it sets
+no Last Will: it ends with a clean DISCONNECT. A broker whose ACL ties client ids to users may refuse the
+probe's id; the message says which id was tried. The broker's ACL on topics is not checked at login (a
+broker applies it to each publish and subscribe), so a login the doctor calls accepted can still have its
+alerts refused (`protocol = "5"` reports such refusals, docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -37,7 +41,7 @@ class BrokerTarget:
     what: str  # "upstream broker", "source NAME broker"
     host: str
     port: int
-    client_id: str = ""  # the agent's own; the probe appends PROBE_SUFFIX ("" stays "": broker-assigned)
+    probe_id: str = ""  # the probe's client id (`probe_client_id`); "": one the broker assigns
     protocol: str = "3.1.1"  # "3.1.1" or "5"
     login: Callable[[], Login] | None = None
 
@@ -83,26 +87,46 @@ def unreachable_fix(host: str) -> str:
     return f"check host and port in the config, DNS (`getent hosts {host}`), the network and the broker"
 
 
-def _os_reason(exc: BaseException, host: str, timeout_s: float) -> str:
+def probe_client_id(agent_id: str, taken: set[str]) -> str:
+    """The probe's client id for a client whose id is `agent_id` ("" stays "": broker-assigned): `-doctor`
+    appended, and a number after it while that is one of the ids `taken` on the same broker (the config's
+    own clients), so the probe can never take over a running client's connection."""
+    if not agent_id:
+        return ""
+    candidate, number = f"{agent_id}{PROBE_SUFFIX}", 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{agent_id}{PROBE_SUFFIX}-{number}"
+    return candidate
+
+
+def _os_reason(exc: BaseException, host: str, timeout_s: float, tls: bool) -> str:
     if isinstance(exc, socket.gaierror):
-        return f"cannot resolve {host}: {exc.strerror or exc}"
+        return f"not reachable: cannot resolve {host}: {exc.strerror or exc}"
     if isinstance(exc, TimeoutError | socket.timeout):
-        return f"no answer in {timeout_s:g} s"
+        return f"no answer in {timeout_s:g} s" + (" (TCP connect or TLS handshake)" if tls else "")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = getattr(exc, "verify_message", None) or exc.reason or exc
+        return f"TLS handshake failed: the broker's certificate does not verify: {why}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionResetError):
+        return "reset the connection" + (" during the TLS handshake" if tls else "")
     if isinstance(exc, OSError):
-        return str(exc.strerror or exc)
+        return f"not reachable: {exc.strerror or exc}"
     return str(exc)
 
 
 def _unreachable(target: BrokerTarget, exc: BaseException, timeout_s: float, tls: bool) -> BrokerAnswer:
-    reason = _os_reason(exc, target.host, timeout_s)
     fix = unreachable_fix(target.host)
-    if isinstance(exc, ssl.SSLError | ConnectionResetError):
-        fix = ("TLS is configured: is this port the broker's TLS listener, does `ca` sign its certificate, "
-               "does it require a client certificate (tls cert/key)?" if tls
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        fix = (f"check that `ca` signs the broker's certificate and that the certificate names "
+               f"{target.host!r} (the host the config connects to)")
+    elif isinstance(exc, ssl.SSLError | ConnectionResetError):
+        fix = ("TLS is configured: is this port the broker's TLS listener, and does it require a client "
+               "certificate (tls cert/key)?" if tls
                else "TLS is not configured: is this port a TLS listener?")
-    return BrokerAnswer(False, f"not reachable: {reason}", fix)
+    return BrokerAnswer(False, _os_reason(exc, target.host, timeout_s, tls), fix)
 
 
 def tcp_reach(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> BrokerAnswer:
@@ -112,6 +136,15 @@ def tcp_reach(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> Broke
             return BrokerAnswer(True, "accepts connections")
     except OSError as exc:
         return _unreachable(target, exc, timeout_s, tls=False)
+
+
+def _refused(target: BrokerTarget, login: Login, reason: Any, who: str) -> BrokerAnswer:
+    user = f"user {login.username!r}" if login.username is not None else "no username"
+    fix = "check username and password_file, and whether the broker allows this user and client id"
+    if "protocol version" in str(reason).lower():
+        other = "3.1.1" if target.protocol == "5" else "5"
+        fix = f"the broker does not speak MQTT {target.protocol}: set protocol = \"{other}\" in [mqtt]"
+    return BrokerAnswer(False, f"refused the login: {reason} ({user}, {who})", fix)
 
 
 def login_check(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> BrokerAnswer:
@@ -129,10 +162,11 @@ def login_check(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> Bro
                             "the agent reads the password at each connect: make the file readable by the "
                             "service user (a systemd credential is there only under the unit)")
     v5 = target.protocol == "5"
-    client_id = f"{target.client_id}{PROBE_SUFFIX}" if target.client_id else ""
+    client_id = target.probe_id
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                          clean_session=None if v5 else True, reconnect_on_failure=False)
+    end = time.monotonic() + timeout_s  # one budget for TCP, TLS and the CONNACK
     client.connect_timeout = timeout_s
     answers: list[mqtt.ReasonCode] = []
     client.on_connect = lambda _client, _userdata, _flags, reason, _properties: answers.append(reason)
@@ -144,7 +178,6 @@ def login_check(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> Bro
     closed = False
     try:
         client.connect(target.host, target.port, keepalive=10)
-        end = time.monotonic() + timeout_s
         while not answers and time.monotonic() < end:
             if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
                 closed = True  # the broker closed the connection before answering
@@ -164,10 +197,7 @@ def login_check(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> Bro
         return BrokerAnswer(False, f"{why} ({who})", fix)
     reason = answers[0]
     if reason.is_failure:
-        user = f"user {login.username!r}" if login.username is not None else "no username"
-        return BrokerAnswer(False, f"refused the login: {reason} ({user}, {who})",
-                            "check username and password_file, and the broker's ACL for this user and "
-                            "client id")
+        return _refused(target, login, reason, who)
     parts = [f"MQTT {target.protocol}", "TLS" if login.tls else "no TLS",
              f"user {login.username!r}" if login.username is not None else "no username"]
     return BrokerAnswer(True, f"accepts the agent's login ({', '.join(parts)})")

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.brokercheck import BrokerAnswer, BrokerTarget, login_check, probe_brokers
+from edge_agent.brokercheck import BrokerAnswer, BrokerTarget, login_check, probe_brokers, probe_client_id
 from edge_agent.configtools import ConfigError, add_config_argument
+from edge_agent.mqttloop import Login
 from edge_agent.profiles import DeviceProfile, load_profile
 
 if TYPE_CHECKING:
@@ -338,18 +339,23 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
         path = getattr(source.settings, "path", None)
         if isinstance(path, Path):
             files.append((f"source {source.name} file", path))
-    brokers = []
+    # (what, host, port, the client's own id, protocol, login) of every MQTT client the agent runs
+    clients: list[tuple[str, str, int, str, str, Callable[[], Login]]] = []
     if config.mqtt is not None:
         from edge_agent.sinks.mqtt import upstream_client_id, upstream_login
-        brokers.append(BrokerTarget("upstream broker", config.mqtt.host, config.mqtt.port,
-                                    upstream_client_id(config.mqtt, config.identity), config.mqtt.protocol,
-                                    functools.partial(upstream_login, config.mqtt)))
+        clients.append(("upstream broker", config.mqtt.host, config.mqtt.port,
+                        upstream_client_id(config.mqtt, config.identity), config.mqtt.protocol,
+                        functools.partial(upstream_login, config.mqtt)))
     for source in config.sources.values():
         if source.kind == "mqtt":
             settings = source.settings
-            brokers.append(BrokerTarget(f"source {source.name} broker", settings.host, settings.port,
-                                        settings.client_id, "3.1.1",
-                                        functools.partial(settings.login, source.name)))
+            clients.append((f"source {source.name} broker", settings.host, settings.port, settings.client_id,
+                            "3.1.1", functools.partial(settings.login, source.name)))
+    taken: dict[tuple[str, int], set[str]] = {}
+    for _what, host, port, client_id, _protocol, _login in clients:
+        taken.setdefault((host, port), set()).add(client_id)
+    brokers = [BrokerTarget(what, host, port, probe_client_id(client_id, taken[(host, port)]), protocol,
+                            login) for what, host, port, client_id, protocol, login in clients]
     min_ort = active = None
     with contextlib.suppress(Exception):  # a broken store is reported by `bundle list`, not here
         installed = BundleStore(config.state_dir).active()

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,7 @@ class Login:
     probe apply it the same way."""
 
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca: Path | None = None
     cert: Path | None = None
@@ -202,8 +202,9 @@ class Login:
 
 
 def password_text(text: str) -> str:
-    """A password file's content as the password: without its line ending (other whitespace is kept)."""
-    return text.rstrip("\r\n")
+    """A password file's content as the password: without surrounding whitespace (the line ending, a space
+    an editor left), for `[mqtt]` and sources alike."""
+    return text.strip()
 
 
 class ConnectRefusedError(ConnectionError):

@@ -162,3 +162,61 @@ def test_little_free_space_on_the_state_dir_is_a_warning(state_dir: Path) -> Non
     assert plenty.level == "ok"
     real = _state_dir_finding(state_dir)  # this machine's filesystem, read with statvfs
     assert re.search(r"is writable,( but its filesystem has only)? \d+ MiB free", real.message)
+
+
+def test_the_probe_never_uses_a_client_id_the_config_uses_on_that_broker() -> None:
+    from edge_agent.brokercheck import probe_client_id
+
+    assert probe_client_id("edge-agent-gw1", {"edge-agent-gw1"}) == "edge-agent-gw1-doctor"
+    # a source "src-1" beside an upstream client that is itself called "src-1-doctor": no takeover
+    assert probe_client_id("src-1", {"src-1", "src-1-doctor"}) == "src-1-doctor-2"
+    assert probe_client_id("src-1", {"src-1", "src-1-doctor", "src-1-doctor-2"}) == "src-1-doctor-3"
+    assert probe_client_id("", {""}) == ""  # broker-assigned stays broker-assigned
+
+
+def test_a_broker_that_never_answers_the_login_is_named_within_one_budget() -> None:
+    """TCP accepted, CONNECT never answered: one budget covers the connect and the CONNACK wait."""
+    import socket
+    import time
+
+    from edge_agent.brokercheck import login_check
+    from edge_agent.mqttloop import Login
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        answer = login_check(BrokerTarget("upstream broker", "127.0.0.1", port, "gw-doctor", "5", Login),
+                             timeout_s=1.0)
+        elapsed = time.monotonic() - started
+    assert not answer.ok
+    assert answer.message == "did not answer the login in 1 s (client id 'gw-doctor')"
+    assert elapsed < 1.6
+
+
+def test_an_unsupported_mqtt_version_points_at_the_protocol_key() -> None:
+    from edge_agent.brokercheck import _refused
+    from edge_agent.mqttloop import Login
+
+    answer = _refused(BrokerTarget("upstream broker", "b", 1883, "gw-doctor", "5"), Login("gw", "pw"),
+                      "Unsupported protocol version", "client id 'gw-doctor'")
+    assert answer.message == ("refused the login: Unsupported protocol version (user 'gw', "
+                              "client id 'gw-doctor')")
+    assert answer.fix == 'the broker does not speak MQTT 5: set protocol = "3.1.1" in [mqtt]'
+    assert "pw" not in repr(Login("gw", "pw"))  # the password never shows in a repr
+
+
+def test_password_files_lose_surrounding_whitespace_for_both_clients(tmp_path: Path) -> None:
+    from edge_agent.configtools import Section
+    from edge_agent.sinks.mqtt import MqttUpstreamConfig, upstream_login
+    from edge_agent.sources.mqtt import MqttSourceConfig
+
+    (tmp_path / "pw").write_text("s3cret  \r\n")
+    sink = MqttUpstreamConfig.from_section(Section({"host": "b", "username": "gw", "password_file": "pw"},
+                                                   "mqtt"), tmp_path)
+    source = MqttSourceConfig.from_section(Section({"host": "b", "username": "gw", "password_file": "pw",
+                                                    "payload": "json", "fields": ["a"],
+                                                    "topics": {"t/#": "p"}}, "sources.s"), tmp_path)
+    assert upstream_login(sink).password == "s3cret"
+    assert source.login("s").password == "s3cret"
