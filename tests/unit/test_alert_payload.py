@@ -39,18 +39,24 @@ def test_doc_examples_validate() -> None:
     jsonschema.validate(offline, STATUS_SCHEMA, format_checker=CHECKER)
 
 
-def test_engine_events_render_schema_valid_payloads() -> None:
+def engine_events(windows: list[tuple[float, np.ndarray, tuple[str, ...]]]) -> list:
+    """The alert events of a 2-channel model (threshold 1, debounce 1 of 1, close after 1 below) fed
+    `(score, channel_error, flat channels)` windows one second apart."""
     manifest = {"name": "b", "models": [{"name": "m", "input": {"channels": ["a", "b"]},
                                          "threshold": {"value": 1.0},
                                          "severity": [{"level": "warning", "min_score": 1.0}],
                                          "debounce": {"k": 1, "n": 1, "clear_windows": 1}}]}
     engine = DecisionEngine(DecisionConfig(), IDENTITY, None, manifest)
     events = []
-    for i, score in enumerate([2.0, 0.5]):
+    for i, (score, errors, flat) in enumerate(windows):
         window = Window("pump", "m", 100.0 + i, 104.5 + i, np.zeros((2, 3), np.float32))
-        scored = ScoredWindow(window, score, score, 1.0, np.array([0.0, 0.0]), np.zeros(2), np.zeros(3),
-                              "b", "1")
+        scored = ScoredWindow(window, score, score, 1.0, errors, np.zeros(2), np.zeros(3), "b", "1", flat)
         events += engine.process(scored, 1_800_000_000.25 + i)
+    return events
+
+
+def test_engine_events_render_schema_valid_payloads() -> None:
+    events = engine_events([(score, np.array([0.0, 0.0]), ()) for score in (2.0, 0.5)])
     assert [e.state for e in events] == ["open", "close"]
     for event in events:
         doc = alert_document(event, IDENTITY)
@@ -62,17 +68,7 @@ def test_engine_events_render_schema_valid_payloads() -> None:
 def test_a_flat_lined_window_names_its_channels_in_root_cause_flat() -> None:
     """`root_cause.flat` only when the reported window had flat-lined channels; `channels` stays ranked by
     share; both validate against the published schema."""
-    manifest = {"name": "b", "models": [{"name": "m", "input": {"channels": ["a", "b"]},
-                                         "threshold": {"value": 1.0},
-                                         "severity": [{"level": "warning", "min_score": 1.0}],
-                                         "debounce": {"k": 1, "n": 1, "clear_windows": 1}}]}
-    engine = DecisionEngine(DecisionConfig(), IDENTITY, None, manifest)
-    events = []
-    for i, flat in enumerate([("b",), ()]):
-        window = Window("pump", "m", 100.0 + i, 104.5 + i, np.zeros((2, 3), np.float32))
-        scored = ScoredWindow(window, 0.2, 0.2, 1.0, np.array([0.9, 0.1]), np.zeros(2), np.zeros(3), "b", "1",
-                              flat)
-        events += engine.process(scored, 1_800_000_000.25 + i)
+    events = engine_events([(0.2, np.array([0.9, 0.1]), flat) for flat in (("b",), ())])
     opened, closed = (alert_document(event, IDENTITY) for event in events)
     for doc in (opened, closed):
         jsonschema.validate(doc, ALERT_SCHEMA, format_checker=CHECKER)
