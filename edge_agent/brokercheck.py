@@ -31,6 +31,7 @@ from edge_agent.mqttloop import Login
 REACH_DEADLINE_S = 5.0  # all broker probes together: a resolver that hangs must not hang the doctor
 PROBE_TIMEOUT_S = 3.0  # one probe: TCP (and TLS) connect, then the CONNACK
 PROBE_SUFFIX = "-doctor"
+UPSTREAM = "upstream broker"  # BrokerTarget.what of the `[mqtt]` client
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class BrokerTarget:
     @property
     def where(self) -> str:
         return f"broker {self.host}:{self.port}"
+
+    @property
+    def upstream(self) -> bool:
+        """The `[mqtt]` client (else a source)."""
+        return self.what == UPSTREAM
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ def _refused(target: BrokerTarget, login: Login, reason: Any, who: str) -> Broke
     fix = "check username and password_file, and whether the broker allows this user and client id"
     if "protocol version" in str(reason).lower():
         other = "3.1.1" if target.protocol == "5" else "5"
-        fix = f"the broker does not speak MQTT {target.protocol}: set protocol = \"{other}\" in [mqtt]"
+        fix = (f"the broker does not speak MQTT {target.protocol}: set protocol = \"{other}\" in [mqtt]"
+               if target.upstream else "the broker does not speak MQTT 3.1.1, which sources use")
     return BrokerAnswer(False, f"refused the login: {reason} ({user}, {who})", fix)
 
 
@@ -174,7 +181,8 @@ def login_check(target: BrokerTarget, timeout_s: float = PROBE_TIMEOUT_S) -> Bro
         login.apply(client)
     except (OSError, ssl.SSLError, ValueError) as exc:  # a CA, certificate or key file paho cannot load
         return BrokerAnswer(False, f"the TLS files cannot be loaded: {exc}",
-                            "check ca, cert and key in the config's tls table")
+                            "check ca, cert and key in " + ("[mqtt.tls]" if target.upstream
+                                                                  else "the source's tls table"))
     closed = False
     try:
         client.connect(target.host, target.port, keepalive=10)

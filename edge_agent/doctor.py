@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.brokercheck import BrokerAnswer, BrokerTarget, login_check, probe_brokers, probe_client_id
+from edge_agent.brokercheck import (
+    UPSTREAM,
+    BrokerAnswer,
+    BrokerTarget,
+    login_check,
+    probe_brokers,
+    probe_client_id,
+)
 from edge_agent.configtools import ConfigError, add_config_argument
 from edge_agent.mqttloop import Login
 from edge_agent.profiles import DeviceProfile, load_profile
@@ -343,7 +350,7 @@ def requirements_from_config(config: AgentConfig) -> Requirements:
     clients: list[tuple[str, str, int, str, str, Callable[[], Login]]] = []
     if config.mqtt is not None:
         from edge_agent.sinks.mqtt import upstream_client_id, upstream_login
-        clients.append(("upstream broker", config.mqtt.host, config.mqtt.port,
+        clients.append((UPSTREAM, config.mqtt.host, config.mqtt.port,
                         upstream_client_id(config.mqtt, config.identity), config.mqtt.protocol,
                         functools.partial(upstream_login, config.mqtt)))
     for source in config.sources.values():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from nothing: a virtualenv with the trainer, mosquitto when it can be installed, then the demo
 # (simulate -> train -> export a signed bundle -> bundle install -> run the agent live -> summary).
-# Extra arguments go to scripts/demo.py (e.g. `bash scripts/demo.sh --speed 20`).
+# Extra arguments go to scripts/demo.py (e.g. `bash scripts/demo.sh --speed 12`).
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$REPO_ROOT"
 

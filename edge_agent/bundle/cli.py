@@ -180,10 +180,16 @@ def describe_inputs(manifest: Any) -> list[str]:
         flat = model.flatline
         if flat is None:
             lines.append("    flat-line check: none (manifest schema 1)")
+        elif not flat.healthy_windows:
+            lines.append("    flat-line check: none (export had no healthy windows to check against)")
+        elif not flat.channels:
+            lines.append(f"    flat-line check: none (every channel held one value for over half a window "
+                         f"somewhere in {flat.healthy_windows} healthy windows)")
         else:
-            checked = ", ".join(flat.channels) or "no channel"
+            checked = ", ".join(flat.channels)
             lines.append(f"    flat-line check: {checked} (none held one value for over half a window in "
-                         f"{flat.healthy_windows} healthy windows; a whole window without change alerts)")
+                         f"{flat.healthy_windows} healthy windows; a whole window without change alerts, "
+                         "unless [decisions] flatline = false)")
     return lines
 
 

@@ -273,7 +273,8 @@ def test_install_rollback_list_remove_through_the_cli(tmp_path: Path, gateway: t
     assert re.search(r"model pump: pressure \[bar\], flow \[m3/h\], vibration \[mm/s\]; window 16 samples "
                      r"every [0-9.]+ s, scored every 8; threshold [0-9.e+-]+", out), out
     assert ("    flat-line check: pressure, flow, vibration (none held one value for over half a window in "
-            "512 healthy windows; a whole window without change alerts)") in out
+            "512 healthy windows; a whole window without change alerts, unless [decisions] flatline = "
+            "false)") in out
     assert main(["bundle", "list", "--config", str(config)]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in listing] == [["<", "1.0.0"], ["*", "1.1.0"]]

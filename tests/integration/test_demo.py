@@ -53,3 +53,32 @@ def test_short_demo_detects_faults_on_the_right_assets(tmp_path: Path) -> None:
     assert summary["false_alert_episodes"] == 0
     # The bundle really went through `bundle install` into the state directory.
     assert (tmp_path / "demo" / "state" / "bundles" / "active").is_symlink()
+
+
+def test_the_summary_takes_a_flat_lined_channel_as_the_cause_and_names_open_episodes() -> None:
+    """Pure summary logic on hand-made alerts: a stuck sensor's alert names the channel in
+    `root_cause.flat` (its share rank can put another first); an episode without a close is listed."""
+    demo = _load_demo()
+
+    def alert(state: str, episode: str, asset: str, end: str, channels: list[str],
+              flat: list[str] | None = None) -> dict:
+        root = {"channels": [{"channel": c, "share": 0.5} for c in channels], "peak_time": end}
+        if flat:
+            root["flat"] = flat
+        return {"state": state, "episode_id": episode, "asset": asset, "window": {"start": end, "end": end},
+                "root_cause": root}
+
+    truth = [{"asset": "pump-1", "kind": "stuck_sensor", "channels": ["flow"],
+              "start_ts": 1_767_312_000.0, "end_ts": 1_767_312_090.0},
+             {"asset": "pump-2", "kind": "cavitation", "channels": ["suction_pressure"],
+              "start_ts": 1_767_312_200.0, "end_ts": 1_767_312_300.0}]
+    alerts = [alert("open", "e1", "pump-1", "2026-01-02T00:00:41Z", ["vibration_rms", "flow"], ["flow"]),
+              alert("close", "e1", "pump-1", "2026-01-02T00:01:50Z", ["vibration_rms", "flow"], ["flow"]),
+              alert("open", "e2", "pump-2", "2026-01-02T00:03:30Z", ["suction_pressure"])]
+    summary = demo.summarise(truth, alerts, grace_s=60.0)
+    assert [(f["detected"], f["top_root_cause"], f["root_cause_right"]) for f in summary["faults"]] == [
+        (True, "flow", True), (True, "suction_pressure", True)]
+    assert summary["faults"][0]["detection_delay_s"] == 41.0
+    assert summary["episodes_open_at_end"] == [
+        {"asset": "pump-2", "episode_id": "e2", "opened_window_end": "2026-01-02T00:03:30Z"}]
+    assert summary["false_alert_episodes"] == 0

@@ -177,9 +177,55 @@ key = "{pki.key}"
                          "failed)", out), out
         assert "client certificate (tls cert/key)" in out
 
+        wrong_ca = tls.replace(f'ca = "{pki.ca}"', f'ca = "{pki.cert}"')  # a certificate, not the CA
+        out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n' + wrong_ca)
+        assert re.search(rf"WARN +{where} TLS handshake failed: the broker's certificate does not verify",
+                         out), out
+        assert ("check that `ca` signs the broker's certificate and that the certificate names "
+                "'localhost'") in out
+        (tmp_path / "garbage.pem").write_text("not a certificate\n")
+        garbage_ca = tls.replace(f'ca = "{pki.ca}"', f'ca = "{tmp_path / "garbage.pem"}"')
+        out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n' + garbage_ca)
+        assert re.search(rf"WARN +{where} the TLS files cannot be loaded", out), out
+        assert "check ca, cert and key in [mqtt.tls]" in out
+
         out = doctor(f'username = "{pki.username}"\npassword_file = "password"\n')  # no TLS
         assert re.search(rf"WARN +{where} (closed the connection without answering the login|reset the "
                          "connection)", out), out
         assert "TLS on this port" in out or "TLS is not configured" in out
     finally:
         pki.broker.stop()
+
+
+def test_the_probe_ids_never_take_a_configured_client_id(tmp_path: Path, pty_pair: PtyPair) -> None:
+    """A source `src-1` beside an upstream client called `src-1-doctor` on the same broker: the source's
+    probe must not log in as the running upstream client."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.doctor import requirements_from_config
+
+    config = _config(tmp_path, pty_pair.device)
+    config.write_text(config.read_text() + """
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+client_id = "src-1-doctor"
+[sources.plant]
+type = "mqtt"
+host = "127.0.0.1"
+port = 1883
+client_id = "src-1"
+payload = "json"
+fields = ["level"]
+topics = {"plant/t" = "t"}
+[sources.cell]
+type = "mqtt"
+host = "127.0.0.2"
+port = 1883
+client_id = "src-1-doctor"
+payload = "json"
+fields = ["level"]
+topics = {"cell/t" = "u"}
+""")
+    targets = {t.what: t.probe_id for t in requirements_from_config(AgentConfig.load(config)).brokers}
+    assert targets == {"upstream broker": "src-1-doctor-doctor", "source plant broker": "src-1-doctor-2",
+                       "source cell broker": "src-1-doctor-doctor"}  # another broker: no clash there

@@ -295,6 +295,8 @@ def test_segments_of_a_renamed_file_and_a_file_named_like_a_segment(tmp_path: Pa
     assert names == [["pump#0", "pump#1"], ["pump#1.csv"]]
     assert series_names([tmp_path / "a/pump#2.csv", tmp_path / "b/pump#2", tmp_path / "pump#x.csv"]) == [
         "a/pump#2.csv", "b/pump#2.", "pump#x"]
+    with pytest.raises(CsvFormatError, match=r"series name 'pump#2.csv' is also that of .*rename one"):
+        series_names([tmp_path / "pump#2.csv", tmp_path / "x/pump#2.csv.csv"])
 
 
 def test_a_recording_knows_the_file_line_of_each_row(tmp_path: Path) -> None:

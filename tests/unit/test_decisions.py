@@ -367,8 +367,8 @@ def test_a_restored_episode_closes_with_its_kept_peak_window_unless_a_later_one_
 
 def test_a_flat_lined_channel_opens_keeps_and_closes_an_episode_whatever_the_score() -> None:
     """A stuck sensor: its windows score below the threshold (a frozen plausible value reconstructs well),
-    but the flat line counts as above. The open says so and names the flat channel first; the episode
-    closes once the channel moves again (clear_windows windows)."""
+    but the flat line counts as above. The open says so and names the flat channel apart (the root cause
+    stays ranked by share); the episode closes once the channel moves again (clear_windows windows)."""
     f = Feeder(engine(k=2, n=3, clear=2))
     assert f.feed(0.3, hot_channel=0, flat=("temp",)) == []  # 1 of 3
     (opened,) = f.feed(0.3, hot_channel=0, flat=("temp",))

@@ -440,8 +440,15 @@ def series_names(paths: Sequence[str | Path]) -> list[str]:
         for i, short, whole in zip(group, stripped, relative, strict=True):
             names[i] = short if unique else whole.as_posix()
     # `pump#2.csv` keeps its extension, so its name cannot pass for a segment of `pump.csv` (SEGMENT_SUFFIX)
-    return [f"{name}{absolute[i].suffix or '.'}" if SEGMENT_SUFFIX.search(name) else name
-            for i, name in enumerate(names)]
+    names = [f"{name}{absolute[i].suffix or '.'}" if SEGMENT_SUFFIX.search(name) else name
+             for i, name in enumerate(names)]
+    seen_name: dict[str, str | Path] = {}
+    for given, name in zip(paths, names, strict=True):
+        if name in seen_name:  # only a file named like another's kept extension (`x/pump#2.csv.csv`)
+            raise CsvFormatError(f"{given}: its series name {name!r} is also that of {seen_name[name]}; "
+                                 "rename one of the files")
+        seen_name[name] = given
+    return names
 
 
 def read_recordings(paths: Sequence[str | Path], options: CsvOptions) -> list[CsvRecording]:
@@ -452,8 +459,8 @@ def read_recordings(paths: Sequence[str | Path], options: CsvOptions) -> list[Cs
     renamed = [f"{path} as {name}" for path, name in zip(paths, names, strict=True)
                if name != Path(path).stem]
     if renamed:
-        log.info("files with the same name in different folders are named by their path: %s",
-                 ", ".join(renamed))
+        log.info("files named by their path (same name in different folders) or with their extension (a "
+                 "name ending like a segment's, #N): %s", ", ".join(renamed))
     # the names are unique and none ends like a segment's, so segment names are unique too
     return [read_recording(path, options, name) for path, name in zip(paths, names, strict=True)]
 
