@@ -324,8 +324,10 @@ def format_status(status: dict[str, Any]) -> str:
                         if asset.get("silent") else ""))
     episodes = status.get("open_episodes")
     for episode in (e for e in (episodes if isinstance(episodes, list) else []) if isinstance(e, dict)):
+        flat = episode.get("flat")
+        still = f" (flat line on {', '.join(map(str, flat))})" if isinstance(flat, list) and flat else ""
         lines.append(f"open episode {episode.get('episode_id')}: {episode.get('asset')}/"
-                     f"{episode.get('model')} {episode.get('severity')}")
+                     f"{episode.get('model')} {episode.get('severity')}{still}")
     for name, entry in sorted(_table(status.get("sources")).items()):
         source = _table(entry)
         why = f" ({source['last_error']})" if source.get("state") == "disconnected" and source.get(

@@ -515,7 +515,9 @@ class DecisionEngine:
             out.append({"episode_id": episode.episode_id, "asset": asset, "model": model,
                         "severity": episode.severity, "start_ts": episode.start_ts,
                         "peak_score": episode.peak_score, "last_score": track.last_score,
-                        "windows_below": episode.below})
+                        "windows_below": episode.below,
+                        # the latest window's flat-lined channels: a stuck sensor still stuck
+                        "flat": list(episode.last.flat) if episode.last is not None else []})
         return out
 
     def asset_states(self) -> list[dict[str, Any]]:

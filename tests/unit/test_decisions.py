@@ -379,7 +379,9 @@ def test_a_flat_lined_channel_opens_keeps_and_closes_an_episode_whatever_the_sco
     assert opened.score == pytest.approx(0.3)
     assert opened.severity == "warning"  # the score's own level (the lowest)
     assert f.feed(0.3, flat=("temp",)) == []  # still stuck: the episode stays open
+    assert [e["flat"] for e in f.engine.open_episodes()] == [["temp"]]  # `edge-agent status` shows it
     assert f.feed(0.3) == []
+    assert [e["flat"] for e in f.engine.open_episodes()] == [[]]  # moving again, closing
     (closed,) = f.feed(0.3)
     assert (closed.state, closed.extra["reason"]) == ("close", "cleared")
     assert closed.episode_id == opened.episode_id
@@ -417,3 +419,12 @@ def test_the_kept_peak_window_keeps_its_flat_channels_across_a_restart() -> None
     old = _summary_from_record(record, None)
     assert old is not None
     assert old.flat == ()
+
+
+def test_status_names_a_stuck_sensor_in_an_open_episode() -> None:
+    from edge_agent.commands import format_status
+
+    f = Feeder(engine(k=1, n=1, clear=2))
+    f.feed(0.3, flat=("temp",))
+    text = format_status({"running": True, "open_episodes": f.engine.open_episodes()})
+    assert "pump-1/pump warning (flat line on temp)" in text
