@@ -215,10 +215,22 @@ class AgentState:
                      "state": sink.state if sink is not None else None,
                      "last_error": getattr(sink, "last_error", None)},
             "outbox_backlog": backlog, "assets": assets, "open_episodes": episodes,
+            "flatline": self.flatline(supervisor),
             "storage": self.storage(supervisor), "reload_rejected": self.reload_rejected,
             "sources": {source.name: source.describe() for source in supervisor.sources},
             "counters": self.totals(supervisor),
         }
+
+    @staticmethod
+    def flatline(supervisor: Any) -> dict[str, Any] | None:
+        """The flat-line check: whether `[decisions] flatline` has it on, and per model of the active bundle
+        the channels it watches (None: a schema 1 bundle, no list)."""
+        decisions, bundle = supervisor.decisions, getattr(supervisor, "bundle", None)
+        if decisions is None or bundle is None:
+            return None
+        return {"enabled": bool(decisions.config.flatline),
+                "models": {model.name: list(model.flatline.channels) if model.flatline is not None else None
+                           for model in bundle.manifest.models}}
 
     def storage(self, supervisor: Any) -> dict[str, Any]:
         """The state database's faults in this process: running on a database in memory because the file

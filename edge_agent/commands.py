@@ -272,6 +272,16 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
+def _flatline_text(flatline: dict[str, Any]) -> str:
+    """`on (pump: flow, pressure)`, `off ([decisions] flatline = false)`, or why no channel is watched."""
+    if not flatline.get("enabled"):
+        return "off ([decisions] flatline = false)"
+    models = _table(flatline.get("models"))
+    parts = [f"{name}: {', '.join(map(str, channels)) or 'no channel'}" if isinstance(channels, list)
+             else f"{name}: none (manifest schema 1)" for name, channels in models.items()]
+    return f"on ({'; '.join(parts)})" if parts else "on"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable status (parts of a status file that are not what the agent writes are left out).
     Connection states of an agent that is not running are what they were when it last wrote its status."""
@@ -295,6 +305,9 @@ def format_status(status: dict[str, Any]) -> str:
                      "its previous config, and a restart with the file as it is fails")
     bundle = _table(status.get("bundle"))
     lines.append(f"bundle: {bundle.get('name', '-')} {bundle.get('version', '')}".rstrip())
+    flatline = _table(status.get("flatline"))
+    if flatline:
+        lines.append(f"flat-line check: {_flatline_text(flatline)}")
     sink = _table(status.get("sink"))
     kind, state = sink.get("kind"), sink.get("state")
     shown = f"{SINK_NAMES.get(kind, kind) if kind else '-'}{f' {state}{then}' if state else ''}"

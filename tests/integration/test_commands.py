@@ -109,9 +109,11 @@ def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_d
         assert status["sources"]["line1"]["state"] == "connected"
         assert status["outbox_backlog"] == 0
         assert status["open_episodes"] == []
+        assert status["flatline"] == {"enabled": True, "models": {"pump": []}}  # the harness bundle's list
         assert main(["status", "--config", str(config)]) == 0
         text = capsys.readouterr().out
         assert "agent: running" in text
+        assert "flat-line check: on (pump: no channel)" in text
         assert "upstream: console " in text  # not the class name (status.json keeps "ConsoleSink")
         assert re.search(r"asset pump-3: model pump score [0-9.e+-]+ / [0-9.e+-]{1,10} state normal", text)
         assert "source line1 (serial): connected, received" in text

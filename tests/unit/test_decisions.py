@@ -428,3 +428,18 @@ def test_status_names_a_stuck_sensor_in_an_open_episode() -> None:
     f.feed(0.3, flat=("temp",))
     text = format_status({"running": True, "open_episodes": f.engine.open_episodes()})
     assert "pump-1/pump warning (flat line on temp)" in text
+
+
+def test_status_says_whether_the_flat_line_check_is_on_and_what_it_watches() -> None:
+    from edge_agent.commands import format_status
+
+    def line(flatline: dict) -> str:
+        text = format_status({"running": True, "flatline": flatline})
+        return next(part for part in text.splitlines() if part.startswith("flat-line check:"))
+
+    assert line({"enabled": True, "models": {"pump": ["flow", "pressure"], "fan": []}}) == (
+        "flat-line check: on (pump: flow, pressure; fan: no channel)")
+    assert line({"enabled": True, "models": {"pump": None}}) == (
+        "flat-line check: on (pump: none (manifest schema 1))")
+    assert line({"enabled": False, "models": {"pump": ["flow"]}}) == (
+        "flat-line check: off ([decisions] flatline = false)")
