@@ -12,7 +12,7 @@ Prints JSON: per run and in total.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,16 @@ from edge_agent.bundle import flatline_reference
 
 
 def check_run(run_dir: Path) -> dict[str, Any]:
-    run = json.loads((run_dir / "run.json").read_text())
-    channels = list(run["input_channels"])
-    healthy = [np.load(run_dir / "calibration.npz")["windows"]]
-    if (run_dir / "train_sample.npz").is_file():
-        healthy.append(np.load(run_dir / "train_sample.npz")["windows"])
-    reference = flatline_reference(channels, np.concatenate(healthy))
-    evaluation = np.load(run_dir / "evaluation.npz")
-    windows = evaluation["windows"]
-    labels = evaluation["labels"] if "labels" in evaluation.files else np.zeros(len(windows), np.int8)
+    from export.pipeline import healthy_windows
+    from export.run_dir import load_run
+
+    # as export reads it, so the list is the one export writes (its int8-guard warnings are not this bench's)
+    logging.getLogger("export.run_dir").setLevel(logging.ERROR)
+    inputs = load_run(run_dir)
+    channels = inputs.input_channels
+    reference = flatline_reference(channels, healthy_windows(inputs))
+    windows = inputs.evaluation.windows
+    labels = inputs.evaluation.labels if inputs.evaluation.labels is not None else np.zeros(len(windows), int)
     index = [channels.index(c) for c in reference["channels"]]
     flat = (np.ptp(windows[:, index, :], axis=2) == 0).any(axis=1) if index else np.zeros(len(windows), bool)
     return {"run": str(run_dir), "channels": channels, "checked": reference["channels"],

@@ -225,7 +225,7 @@ class AgentState:
     def flatline(supervisor: Any) -> dict[str, Any] | None:
         """The flat-line check: whether `[decisions] flatline` has it on, and per model of the active bundle
         the channels it watches (None: a schema 1 bundle, no list)."""
-        decisions, bundle = supervisor.decisions, getattr(supervisor, "bundle", None)
+        decisions, bundle = supervisor.decisions, supervisor.bundle
         if decisions is None or bundle is None:
             return None
         return {"enabled": bool(decisions.config.flatline),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import errno
 import logging
 import shutil
 import sqlite3
@@ -24,7 +23,7 @@ from edge_agent.logtools import RateLimitedLog
 from edge_agent.sinks.console import ConsoleSink
 from edge_agent.sinks.mqtt import MqttUpstream
 from edge_agent.sinks.payload import alert_payload
-from edge_agent.storage import StorageError, Store
+from edge_agent.storage import FULL_OR_READ_ONLY_ERRNOS, StorageError, Store
 from edge_agent.types import AlertEvent, GatewayIdentity
 from edge_agent.windows import Windower, specs_for
 
@@ -86,7 +85,7 @@ def load_bundle(config: AgentConfig, extract_root: Path) -> Bundle:
             shutil.rmtree(target, ignore_errors=True)
         if isinstance(exc, SigningKeyError):  # the configured keys, not the bundle: name the key
             raise ConfigError("bundle -> trusted_keys", str(exc), str(keys), config.source) from exc
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if isinstance(exc, OSError) and exc.errno in FULL_OR_READ_ONLY_ERRNOS:
             # a full or read-only state disk outside systemd (whose RuntimeDirectory= puts this in RAM)
             raise OSError(exc.errno, f"cannot extract the bundle to {extract_root}: {exc.strerror}; free "
                           "space there, or set $RUNTIME_DIRECTORY to a directory in RAM (the systemd unit's "

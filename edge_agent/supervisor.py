@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import gc
 import logging
@@ -58,7 +57,7 @@ from edge_agent.pipeline import (
 )
 from edge_agent.sources import Source, build_source
 from edge_agent.sources.base import FairDropQueue
-from edge_agent.storage import StorageError, Store, WindowRecorder
+from edge_agent.storage import FULL_OR_READ_ONLY_ERRNOS, StorageError, Store, WindowRecorder
 from edge_agent.systemd import Notifier
 from edge_agent.types import AlertEvent, Reading, ScoredWindow, Window
 from edge_agent.windows import Windower
@@ -101,9 +100,6 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
-_READ_ONLY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the state disk cannot take a new file
-
-
 def _write_pid_file(path: Path) -> None:
     """The pid file `status` and `bundle install` read. A full or read-only disk does not stop the start (the
     state database then runs in memory, docs/storage.md "Faults"): logged, and without the file `bundle
@@ -111,7 +107,7 @@ def _write_pid_file(path: Path) -> None:
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as exc:
-        if exc.errno not in _READ_ONLY_ERRNOS:
+        if exc.errno not in FULL_OR_READ_ONLY_ERRNOS:
             raise
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)  # a truncated file names no process (a read-only one stays)
@@ -165,7 +161,7 @@ def _open_lock(path: Path, create: bool) -> int | None:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        if exc.errno not in _READ_ONLY_ERRNOS:
+        if exc.errno not in FULL_OR_READ_ONLY_ERRNOS:
             raise
     log.warning("cannot create the instance lock file %s (a read-only or full disk): locking it read-only, "
                 "or the state directory alone", path)

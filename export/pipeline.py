@@ -235,19 +235,18 @@ def _model_entry(inputs: RunInputs, chosen: Path, decision: PrecisionDecision, m
                             "sample_latents": latents[pick].tolist(),
                             "sample_scores": cal_scores[pick].tolist()},
         "root_cause": {"channels": inputs.input_channels, "reading": ROOT_CAUSE_READING},
-        "flatline": flatline_reference(inputs.input_channels, _healthy_windows(inputs)),
+        "flatline": flatline_reference(inputs.input_channels, healthy_windows(inputs)),
         "reference": {"file": f"reference/{model_name}.npz", "sha256": None, "count": reference,
                       "rtol": rtol, "atol": atol},
         "metrics": metrics,
     }
 
 
-def _healthy_windows(inputs: RunInputs) -> np.ndarray:
-    """The run's normal raw windows: calibration (never trained on) and the sample of fit windows."""
-    parts = [inputs.calibration.windows]
-    if inputs.quant_calibration_source != "calibration.npz":  # the fallback would count them twice
-        parts.append(inputs.quant_calibration.windows)
-    return np.concatenate(parts)
+def healthy_windows(inputs: RunInputs) -> np.ndarray:
+    """The run's normal raw windows the flat-line list rests on: calibration (never trained on) and the
+    sample of fit windows (the calibration set again for older runs: `flatline_reference` counts each
+    window once)."""
+    return np.concatenate([inputs.calibration.windows, inputs.quant_calibration.windows])
 
 
 def _reference_io(sess: Any, cal: WindowData, evaluation: WindowData, eval_scores: np.ndarray,

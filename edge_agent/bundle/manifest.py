@@ -259,8 +259,8 @@ def flatline_reference(channels: list[str], windows: np.ndarray) -> dict[str, An
     any of them, so that a live window in which one does not change at all (L samples) is at least twice the
     longest stillness healthy data showed: a flat line, a stuck or frozen sensor. Channels that sit still
     longer (a setpoint, a slow coarse reading, a discrete setting such as C-MAPSS FD002's `op_setting_3`,
-    which takes two values and held one for 45 of 50 cycles) are left out; with no window at all, every
-    channel is (nothing to rest the claim on)."""
+    which takes two values and held one for 45 of 50 cycles) are left out; with no window at all, so is
+    every channel (nothing to rest the claim on)."""
     windows = np.asarray(windows)
     if not len(windows):
         return {"channels": [], "healthy_windows": 0}

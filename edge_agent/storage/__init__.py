@@ -23,6 +23,7 @@ from edge_agent.storage.connection import BUSY_TIMEOUT_S
 from edge_agent.storage.faults import (
     DISK_FAULTS,
     FAULT_LOG_INTERVAL_S,
+    FULL_OR_READ_ONLY_ERRNOS,
     SQLITE_CORRUPT,
     SQLITE_FULL,
     SQLITE_IOERR,
@@ -52,6 +53,7 @@ __all__ = [
     "DISK_FAULTS",
     "FAULT_LOG_INTERVAL_S",
     "FREE_FRACTION",
+    "FULL_OR_READ_ONLY_ERRNOS",
     "LOCK_RETRY_PAUSE_S",
     "LOCK_SLICE_S",
     "LOOP_BUSY_TIMEOUT_S",

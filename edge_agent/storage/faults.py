@@ -13,7 +13,9 @@ import sqlite3
 from pathlib import Path
 
 FAULT_LOG_INTERVAL_S = 60.0  # a disk fault that goes on is logged at most this often, with the count so far
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+# the state disk cannot take new data: full, over quota, or mounted read-only
+FULL_OR_READ_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_DISK_ERRNOS = FULL_OR_READ_ONLY_ERRNOS | {errno.EIO}
 # Primary SQLite result codes meaning the disk or the file is the problem, not the agent's code: the ring
 # buffer and retention log them and go on (detection must not stop), `Store.open` moves a corrupt file aside.
 SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 8, 10, 11, 13, 26
