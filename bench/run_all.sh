@@ -26,6 +26,8 @@ stamp "SKAB score kinds (development files and anomaly-free run)"
 $PY bench/skab_score_kinds.py --data-dir "$DATA/skab" --out "$OUT/skab_score_kinds.json" > /dev/null
 stamp "SKAB error shares by channel (development files and anomaly-free run)"
 $PY bench/skab_error_shares.py --data-dir "$DATA/skab" --out "$OUT/skab_error_shares.json" > /dev/null
+stamp "SKAB row rules and run length (development files and anomaly-free run)"
+$PY bench/skab_row_rules.py --data-dir "$DATA/skab" --out "$OUT/skab_row_rules.json" > /dev/null
 stamp "export fp32 vs int8 (FD001 run)"
 $PY bench/export_bench.py --run "$WORK/fd001/run" > "$OUT/export_fd001.json"
 stamp "agent throughput, latency, CPU and memory"

@@ -1,11 +1,13 @@
-"""What the SKAB development tools share (`skab_score_kinds.py`, `skab_error_shares.py`): the benchmark config
-with its development split, and a seed set on it."""
+"""What the SKAB development tools share (`skab_score_kinds.py`, `skab_error_shares.py`, `skab_row_rules.py`):
+the benchmark config with its development split, a seed set on it, and the means over seeds."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 from pathlib import Path
+from typing import Any
 
 from trainer.benchmarks.skab_options import SkabOptions, parse_options
 from trainer.config import TrainerConfig, load_config
@@ -23,3 +25,15 @@ def dev_setup(parser: argparse.ArgumentParser, config_path: Path) -> tuple[Train
 
 def with_seed(config: TrainerConfig, seed: int) -> TrainerConfig:
     return dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
+
+
+def seed_means(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per variant, the means over seeds of the chosen setting's development F1, FAR and MAR and of its
+    anomaly-free FAR; `runs` maps each seed to `{variant: {"chosen_on_dev", "anomaly_free_far_pct"}}`."""
+    names = list(next(iter(runs.values())))
+    return {name: {
+        key: round(statistics.mean(run[name]["chosen_on_dev"][key] for run in runs.values()), 4)
+        for key in ("f1", "far_pct", "mar_pct")} | {
+        "anomaly_free_far_pct": round(statistics.mean(run[name]["anomaly_free_far_pct"]
+                                                      for run in runs.values()), 2)}
+        for name in names}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit  # noqa: E402
-from bench.skab_dev import dev_setup, with_seed  # noqa: E402
+from bench.skab_dev import dev_setup, seed_means, with_seed  # noqa: E402
 from trainer.benchmarks.skab import anomaly_free_parts, development_series, select_vae_setting  # noqa: E402
 from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file, validation_mask  # noqa: E402
 from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions  # noqa: E402
@@ -93,14 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         runs[str(seed)] = one_seed(args.data_dir, with_seed(base, seed), options)
         print(f"seed {seed} done", file=sys.stderr)
-    means = {kind: {
-        key: round(statistics.mean(run[kind]["chosen_on_dev"][key] for run in runs.values()), 4)
-        for key in ("f1", "far_pct", "mar_pct")} | {
-        "anomaly_free_far_pct": round(statistics.mean(run[kind]["anomaly_free_far_pct"]
-                                                      for run in runs.values()), 2)}
-        for kind in KINDS}
     report = {"config": str(args.config), "dev_files": list(options.dev_files), "seeds": runs,
-              "mean_over_seeds": means}
+              "mean_over_seeds": seed_means(runs)}
     return emit(report, args.out)
 
 
