@@ -1,4 +1,4 @@
-"""Two more label-free ways to cut the SKAB VAE's false alarms, judged where the benchmark may judge settings:
+"""Label-free ways to cut the SKAB VAE's false alarms (row rules, run length), judged where the benchmark may
 the development files (`[data.skab] dev_files`) and the anomaly-free run, never the held-out files
 (docs/benchmarks-skab.md, "Row rules and run length").
 
@@ -28,7 +28,6 @@ over seeds.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,11 +40,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.report import emit  # noqa: E402
-from bench.skab_dev import dev_setup, seed_means, with_seed  # noqa: E402
+from bench.skab_dev import seeds_main  # noqa: E402
 from trainer.benchmarks.skab import anomaly_free_parts, development_series  # noqa: E402
 from trainer.benchmarks.skab_file import FileResult, rescore_vae, run_file  # noqa: E402
-from trainer.benchmarks.skab_options import DEFAULT_CONFIG, SkabOptions  # noqa: E402
+from trainer.benchmarks.skab_options import SkabOptions  # noqa: E402
 from trainer.benchmarks.skab_scoring import channel_indices, model_windows, threshold_spec  # noqa: E402
 from trainer.benchmarks.skab_select import Candidate, choose  # noqa: E402
 from trainer.config import TrainerConfig  # noqa: E402
@@ -191,20 +189,7 @@ def one_seed(data_dir: Path, config: TrainerConfig, options: SkabOptions) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="the SKAB folder (holding data/)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args(argv)
-    base, options = dev_setup(parser, args.config)
-    runs = {}
-    for seed in args.seeds:
-        runs[str(seed)] = one_seed(args.data_dir, with_seed(base, seed), options)
-        print(f"seed {seed} done", file=sys.stderr)
-    report = {"config": str(args.config), "dev_files": list(options.dev_files), "seeds": runs,
-              "mean_over_seeds": seed_means(runs)}
-    return emit(report, args.out)
+    return seeds_main(argv, __doc__, one_seed)
 
 
 if __name__ == "__main__":
