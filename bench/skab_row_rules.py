@@ -1,6 +1,6 @@
-"""Label-free ways to cut the SKAB VAE's false alarms (row rules, run length), judged where the benchmark may
-the development files (`[data.skab] dev_files`) and the anomaly-free run, never the held-out files
-(docs/benchmarks-skab.md, "Row rules and run length").
+"""Label-free ways to cut the SKAB VAE's false alarms (row rules, run length), judged where the benchmark
+may judge settings: the development files (`[data.skab] dev_files`) and the anomaly-free run, never the
+held-out files (docs/benchmarks-skab.md, "Row rules and run length").
 
     python bench/skab_row_rules.py --data-dir ../shared/data/skab [--config CFG] [--seeds 0 1 2] [--out F]
 
