@@ -142,14 +142,15 @@ def _synthetic(config: DataConfig) -> Splits:
 
 
 def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
-    """A user's CSV files (`trainer.data.csv_reader`). Series (files, or segments between long gaps) without
-    any label 1 are normal. With normal series from three or more files, whole files go to fit / validation /
+    """A user's CSV files (`trainer.data.csv_reader`). Files without any label 1 are normal; a file with a
+    label 1 anywhere is labelled, all its segments (those between long gaps) with it: its healthy rows are
+    scored, never fitted on. With normal data from three or more files, whole files go to fit / validation /
     calibration (a file's segments stay together: segments cut by a few dropouts are not independent
     recordings, and counting them as such could leave a short tail segment to fit on); with fewer, each
     normal series is cut in time into contiguous blocks by the same fractions (`[data] split` forces
-    either). Series holding anomalies: with two or more, every other one goes to validation (score choice)
-    and the rest to test; a single one goes to test. Without any, the test set is the calibration series
-    (scores and FAR only, no ROC-AUC)."""
+    either). Labelled files: with two or more, every other one goes to validation (score choice) and the
+    rest to test, each whole, so one fault event is never both chosen on and tested on; a single one goes
+    to test. Without any, the test set is the calibration series (scores and FAR only, no ROC-AUC)."""
     from trainer.data.csv_reader import CsvOptions, read_recordings
 
     assert config.generic is not None
@@ -162,17 +163,17 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
     def anomalous(series: Series) -> bool:
         return series.labels is not None and bool(np.any(series.labels))
 
-    labelled = [s for segments in files for s in segments if anomalous(s)]
-    # each file's normal segments, for files that have any
-    by_file = [group for segments in files
-               if (group := [_zero_labels(s) for s in segments if not anomalous(s)])]
+    labelled_files = [segments for segments in files if any(anomalous(s) for s in segments)]
+    by_file = [[_zero_labels(s) for s in segments] for segments in files
+               if not any(anomalous(s) for s in segments)]
     normal = [s for group in by_file for s in group]
     if not normal:
+        labelled = [s for segments in labelled_files for s in segments]
         rows = sum(len(s) for s in labelled)
         ones = sum(int(np.sum(s.labels)) for s in labelled if s.labels is not None)
         raise ValueError(
-            f"CSV data: every series holds rows labelled 1 in label_column {options.label_column!r} "
-            f"({ones} of {rows} rows, {100 * ones / rows:.0f} %); training needs normal series (all labels "
+            f"CSV data: every file holds rows labelled 1 in label_column {options.label_column!r} "
+            f"({ones} of {rows} rows, {100 * ones / rows:.0f} %); training needs normal files (all labels "
             "0). "
             f"Is {options.label_column!r} the anomaly label (1 = anomalous)? If so, add healthy recordings "
             "with a label column of 0; if not, set data -> csv -> label_column to the column that marks "
@@ -192,8 +193,11 @@ def _csv(config: DataConfig, sample_period_s: float | None = None) -> Splits:
             fit.append(item.slice(0, cut_val))
             val.append(item.slice(cut_val, cut_cal))
             calibration.append(item.slice(cut_cal))
-    val_anomalous = labelled[0::2] if len(labelled) > 1 else []
-    test = [s for s in labelled if all(s is not v for v in val_anomalous)] or calibration
+    # with two or more labelled files, the 1st, 3rd, ... validate, each file whole
+    to_val = [len(labelled_files) > 1 and i % 2 == 0 for i in range(len(labelled_files))]
+    val_anomalous = [s for segments, v in zip(labelled_files, to_val, strict=True) if v for s in segments]
+    test = [s for segments, v in zip(labelled_files, to_val, strict=True) if not v for s in segments]
+    test = test or calibration
     return Splits(fit=fit, val=val, calibration=calibration, val_labelled=val + val_anomalous, test=test,
                   origin=CsvRows(recordings))
 

@@ -104,9 +104,29 @@ def test_files_with_the_same_name_in_different_folders_stay_apart_in_the_splits(
 
 def test_every_file_labelled_names_the_label_column(tmp_path: Path) -> None:
     paths = [write_csv(tmp_path / f"run{i}.csv", 200, anomaly=True, seed=i) for i in range(2)]
-    with pytest.raises(ValueError, match=r"every series holds rows labelled 1 in label_column 'label' "
+    with pytest.raises(ValueError, match=r"every file holds rows labelled 1 in label_column 'label' "
                                          r"\(40 of 400 rows, 10 %\).*Is 'label' the anomaly label"):
         splits_for(tmp_path, paths)
+
+
+def test_a_labelled_files_segments_are_all_scored_and_kept_together(tmp_path: Path) -> None:
+    """A fault recording cut by a dropout: its healthy segment before the fault is not fitted on, and its two
+    segments are not split between validation (score choice, int8 guard) and test: one fault event would be
+    both chosen on and tested on."""
+    healthy = [write_csv(tmp_path / f"healthy{i}.csv", 600, seed=i) for i in range(3)]
+    # 400 rows, a dropout at row 100, the fault at rows 200-219: segments fault#0 (normal) and fault#1
+    fault = write_csv(tmp_path / "fault.csv", 400, dropouts=(100,), anomaly=True, seed=7)
+    other = write_csv(tmp_path / "other.csv", 400, anomaly=True, seed=8)
+    for paths, val_names, test_names in (
+            ([*healthy, fault], set(), {"fault#0", "fault#1"}),
+            ([*healthy, fault, other], {"fault#0", "fault#1"}, {"other"}),
+            ([*healthy, other, fault], {"other"}, {"fault#0", "fault#1"})):
+        for seed in range(3):
+            splits = splits_for(tmp_path, paths, seed=seed)
+            fitted = {s.name for part in (splits.fit, splits.val, splits.calibration) for s in part}
+            assert fitted == {"healthy0", "healthy1", "healthy2"}
+            assert {s.name for s in splits.val_labelled} - fitted == val_names
+            assert {s.name for s in splits.test} == test_names
 
 
 def test_a_period_a_thousand_times_the_windows_hints_at_milliseconds(tmp_path: Path) -> None:
