@@ -8,6 +8,7 @@ or a wrong type is reported the same way everywhere:
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -116,9 +117,19 @@ class Section:
     def finish(self) -> None:
         unknown = [key for key in self.data if key not in self._seen]
         if unknown:
-            key = unknown[0]
-            raise ConfigError(self.key_path(key), "unknown key" + (
-                f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""), self.data[key])
+            raise unknown_key_error(self, unknown, sorted(self._seen))
+
+
+def unknown_key_error(section: Section, unknown: list[str], known: Iterable[str],
+                      list_known: bool = False) -> ConfigError:
+    """The error for `unknown` keys in `section`: names the first, with the closest of the `known` ones
+    (`did you mean ...?`; with `list_known`, all of them when none is close), and the others."""
+    key, known = unknown[0], list(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = (f" (did you mean {close[0]}?)" if close
+            else f" (the keys are {', '.join(known)})" if list_known and known else "")
+    also = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    return ConfigError(section.key_path(key), "unknown key" + hint + also, section.data[key])
 
 
 def check_type(value: Any, kind: type[T], path: str) -> T:
@@ -151,10 +162,15 @@ def _describe(value: Any) -> str:
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
 
 
+def default_config_path() -> Path:
+    """What `--config` means when it is left out: `$EDGE_AGENT_CONFIG`, else /etc/edge-agent/agent.toml."""
+    return Path(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH))
+
+
 def add_config_argument(parser: Any) -> None:
     """`--config PATH` for every `edge-agent` command that reads the agent config, with one default for all:
     `$EDGE_AGENT_CONFIG`, else /etc/edge-agent/agent.toml (the packaged path; the systemd unit passes it)."""
-    default = Path(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH))
+    default = default_config_path()
     parser.add_argument("--config", type=Path, default=default,
                         help=f"agent config file (default: $EDGE_AGENT_CONFIG, else {DEFAULT_CONFIG_PATH}; "
                         f"here {default})")

@@ -268,6 +268,43 @@ METHODS: dict[str, _Method] = {
 }
 
 
+def pot_excesses(n: int, init_quantile: float) -> int:
+    """How many of `n` distinct scores lie above their `init_quantile` quantile (`_pot`'s initial threshold);
+    ties can only make it fewer."""
+    return int(np.count_nonzero(np.arange(n) > np.quantile(np.arange(n), init_quantile)))
+
+
+def scores_needed(method: str, target_far: float, params: Mapping[str, Any]) -> int:
+    """The fewest scores `calibrate(scores, method, target_far, **params)` can work with, from the method
+    and its parameters alone (for distinct scores; ties in real ones can still make a method refuse), so
+    that a training run finds out before its epochs."""
+    if method == "percentile":
+        q = float(params.get("q", 1.0 - target_far))
+        return max(MIN_SCORES, math.ceil(1.0 / (1.0 - q) - 1e-9))
+    if method == "gev":
+        return max(MIN_SCORES, MIN_BLOCKS * int(params.get("block_size", 50)))
+    if method == "pot":
+        level = float(params.get("init_quantile", 0.98))
+
+        def enough(n: int) -> bool:
+            n_t = pot_excesses(n, level)
+            return n_t >= MIN_EXCESSES and target_far * n / n_t < 1.0
+
+        low, high = MIN_SCORES, max(MIN_SCORES, math.ceil(MIN_EXCESSES / (1.0 - level)) + 2)
+        while not enough(high):  # target_far not beyond init_quantile: more scores do not help for long
+            if high > 100 * MIN_EXCESSES / (1.0 - level):
+                raise CalibrationError(
+                    f"method 'pot': target_far {target_far:g} is not beyond the initial quantile {level:g}; "
+                    "raise init_quantile or use 'percentile'"
+                )
+            high *= 2
+        while low < high:  # enough() grows with n: the smallest n that is enough
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if not enough(middle) else (low, middle)
+        return low
+    return MIN_SCORES
+
+
 def calibrate(
     scores: Sequence[float] | np.ndarray, method: str = "pot", target_far: float = 1e-3, **params: Any
 ) -> ThresholdSpec:

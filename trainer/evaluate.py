@@ -192,7 +192,7 @@ def build_figures(
             names, time, score, labels, threshold, axis=axis
         )),
         "Score histograms: normal vs anomalous": histogram_figure(labels, score, threshold),
-        "Per-channel contributions of the top alerts": png(contribution_plot(
+        "Per-channel contributions of the top-scoring windows": png(contribution_plot(
             output.channel_error[:, :n_model], run["channels"], score, names, time, axis=axis
         )),
         "Training curves": training_figure(run["history"]),

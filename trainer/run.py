@@ -42,7 +42,7 @@ import numpy as np
 
 import trainer
 from edge_agent.configtools import ConfigError
-from trainer.calibration import MIN_SCORES, calibrate, score_quantiles
+from trainer.calibration import MIN_SCORES, CalibrationError, calibrate, score_quantiles, scores_needed
 from trainer.config import TrainerConfig, config_to_toml
 from trainer.data.series import informative_channels
 from trainer.data.windows import (
@@ -143,15 +143,12 @@ def prepare(config: TrainerConfig) -> PreparedData:
     check_calibration_windows(prepared, config)
     warn_missed_labels(prepared.test, "test windows", splits.origin.file)
     warn_missed_labels(prepared.val_labelled, "validation windows", splits.origin.file)
-    log.info(
-        "windows: fit %d, val %d, calibration %d, val (labelled) %d, test %d; channels: %s",
-        len(fit),
-        len(prepared.val),
-        len(prepared.calibration),
-        len(prepared.val_labelled),
-        len(prepared.test),
-        ", ".join(channels),
-    )
+    if splits.test is splits.calibration:  # no labelled data (`trainer.datasets`)
+        labelled = "no labelled data: the test set is the calibration windows"
+    else:
+        labelled = f"val (labelled) {len(prepared.val_labelled)}, test {len(prepared.test)}"
+    log.info("windows: fit %d, val %d, calibration %d, %s; channels: %s", len(fit), len(prepared.val),
+             len(prepared.calibration), labelled, ", ".join(channels))
     return prepared
 
 
@@ -161,15 +158,43 @@ def check_calibration_windows(prepared: PreparedData, config: TrainerConfig) -> 
     count = len(prepared.calibration)
     if count >= MIN_SCORES:
         return
-    part = prepared.splits.calibration
     raise ConfigError(
         "windows -> stride",
-        f"need at least {MIN_SCORES} scores to calibrate, got {count}: {count} calibration window(s) of "
-        f"{config.windows.length} samples, one every {config.windows.stride} rows, from {len(part)} series "
-        f"({sum(len(s) for s in part)} rows); use a smaller windows -> stride, a larger data -> "
+        f"need at least {MIN_SCORES} scores to calibrate, got {count}: "
+        f"{_calibration_windows(prepared, config)}; use a smaller windows -> stride, a larger data -> "
         "calibration_fraction, or more normal data (found before training)",
         config.windows.stride,
     )
+
+
+def check_calibration_method(prepared: PreparedData, config: TrainerConfig) -> None:
+    """The configured calibration method may need more scores than `MIN_SCORES` (`scores_needed`: 452 for
+    the default 'pot', whose tail fit needs 10 scores above the 98 % quantile, 100 for 'percentile' at a
+    1 % target): a `ConfigError` before training, not a calibration error after the epochs."""
+    count, c = len(prepared.calibration), config.calibration
+    try:
+        needed = scores_needed(c.method, c.target_far, c.params)
+    except CalibrationError as exc:
+        raise ConfigError("calibration -> target_far", f"{exc} (found before training)",
+                          c.target_far) from None
+    if count >= needed:
+        return
+    other = ""
+    if c.method not in ("mad", "sigma"):
+        other = f"; or method = \"mad\" or \"sigma\", which need {MIN_SCORES}"
+    raise ConfigError(
+        "calibration -> method",
+        f"method {c.method!r} needs at least {needed} calibration scores with these settings, got {count}: "
+        f"{_calibration_windows(prepared, config)}; use a smaller windows -> stride, a larger data -> "
+        f"calibration_fraction, or more normal data{other} (found before training)",
+        c.method,
+    )
+
+
+def _calibration_windows(prepared: PreparedData, config: TrainerConfig) -> str:
+    part = prepared.splits.calibration
+    return (f"{len(prepared.calibration)} calibration window(s) of {config.windows.length} samples, one "
+            f"every {config.windows.stride} rows, from {len(part)} series ({sum(len(s) for s in part)} rows)")
 
 
 def adjusted_scores(score: np.ndarray, series: np.ndarray, baseline: dict[str, Any] | None) -> np.ndarray:
@@ -214,6 +239,7 @@ def fit_run(
     try:  # data and config problems surface before any training, and before RUN_DIR is made
         data = prepared or prepare(config)
         units = _channel_units(config.data.units, data.input_channels, data.splits.fit[0].channels)
+        check_calibration_method(data, config)
     except ConfigError as exc:
         if config.source_path and not exc.source:
             raise exc.with_source(config.source_path) from exc

@@ -380,14 +380,31 @@ def test_fit_keeps_an_existing_run_and_leaves_no_half_run(
     assert main(["fit", "--config", str(config), "--out", str(run_dir), "--quiet", "--overwrite"]) == 0
     assert json.loads((run_dir / "run.json").read_text())["threshold"]["value"] > 0
     capsys.readouterr()
-    # POT needs 10 exceedances of its initial quantile; 90 calibration windows give 2. That shows only
-    # after training: the error names the section, and the directory fit made is removed again
+    # POT needs 10 exceedances of its initial quantile: 90 calibration windows cannot give them, which is
+    # found before training (`scores_needed`), and no directory is made
     config.write_text(SYNTHETIC.replace('method = "percentile"', 'method = "pot"'))
     fresh = tmp_path / "fresh"
     assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"{config}: calibration: method 'pot': only 2 score(s) exceed" in err
-    assert "(90 calibration windows from 2 series)" in err
+    assert (f"{config}: calibration -> method: method 'pot' needs at least 452 calibration scores with "
+            "these settings, got 90: 90 calibration window(s) of 24 samples, one every 4 rows, from 2 "
+            "series") in err
+    assert 'or method = "mad" or "sigma", which need 10 (found before training)' in err
+    assert not fresh.exists()
+    # Enough windows, but all alike: the recording's calibration block is a stopped machine (every value
+    # constant), so every calibration window scores the same and POT finds none above its initial quantile.
+    # That shows only after training: the error names the section, and the directory fit made is removed
+    values = np.random.default_rng(0).normal(size=(4000, 3))
+    values[-700:] = [0.5, -0.2, 1.0]
+    _write_csv(tmp_path / "stopped.csv", values, np.zeros(4000))
+    windows = SYNTHETIC.split("[windows]", 1)[1].replace("stride = 4", "stride = 1").replace(
+        'method = "percentile"', 'method = "pot"').replace("target_far = 0.02", "target_far = 0.01")
+    stopped = _csv_config(tmp_path, [str(tmp_path / "stopped.csv")], label=False,
+                          data='split = "time"\ncalibration_fraction = 0.15\n', windows=windows)
+    assert main(["fit", "--config", str(stopped), "--out", str(fresh), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{stopped}: calibration: method 'pot': only 0 score(s) exceed" in err
+    assert "(577 calibration windows from 1 series)" in err
     assert not fresh.exists()
     config.write_text(SYNTHETIC.replace("target_far = 0.02", "target_far = 1.0"))
     assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2

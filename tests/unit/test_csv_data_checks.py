@@ -74,9 +74,13 @@ def test_clean_load_unload_data_has_no_extreme_values(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     """A machine loaded 40 % of the time has its loaded current ~75 robust sigmas (median/MAD) from the
     median: that must not read as extreme."""
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     prepare(load_config(config_for(tmp_path, healthy_files(tmp_path))))
     assert "extreme value" not in caplog.text
+    # and the log says what a run without labelled files tests on, and speaks of no operating regimes
+    assert "no labelled data: the test set is the calibration windows" in caplog.text
+    assert "val (labelled)" not in caplog.text
+    assert "channels constant in the training data, dropped: none" in caplog.text
 
 
 def test_constant_and_two_state_channels_have_no_extreme_values() -> None:

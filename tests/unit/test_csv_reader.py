@@ -96,6 +96,9 @@ def test_gap_inside_an_anomaly_stays_anomalous(tmp_path: Path) -> None:
     [
         (["time,flow,fault", "0,1,0"], r"line 1: missing column\(s\) \['temp'\]"),
         (["time,flow,temp,fault", "0,1,2,0", "1,12;5,2,0"], r"line 3, column 'flow': not a number: '12;5'"),
+        (["time,flow,temp,fault", '0,"12,5",2,0'],  # a ;-separated file's decimal comma, quoted here
+         (r"line 2, column 'flow': not a number: '12,5' \(a decimal comma\? write numbers with a decimal "
+          r"point, e.g. '12.5'\)")),
         (["time,flow,temp,fault", "0,1,2,0", "1,1,2,yes"], r"line 3, column 'fault': expected a 0/1 label"),
         (["time,flow,temp,fault", "5,1,2,0", "4,1,2,0"], r"line 3, column 'time': timestamp '4' does not"),
         (["time,flow,temp,fault", "yesterday,1,2,0"], r"line 2, column 'time': not a timestamp"),

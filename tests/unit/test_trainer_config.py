@@ -48,13 +48,15 @@ def test_minimal_config_gets_defaults() -> None:
 @pytest.mark.parametrize(
     ("patch", "path", "message"),
     [
-        ({"model": {"latent_dimm": 3}}, "model -> latent_dimm", "unknown key"),
+        ({"model": {"latent_dimm": 3}}, "model -> latent_dimm", r"unknown key \(did you mean latent_dim\?\)"),
+        ({"training": {"patiance": 5}}, "training -> patiance", r"unknown key \(did you mean patience\?\)"),
+        ({"window": {"length": 10}}, "window", r"unknown key \(did you mean windows\?\)"),
         ({"training": {"epochs": "ten"}}, "training -> epochs", "expected an integer"),
         ({"training": {"epochs": 0}}, "training -> epochs", "must be at least 1"),
         ({"data": {"source": "parquet"}}, "data -> source", "must be one of"),
         ({"evaluation": {"score": "magic"}}, "evaluation -> score", "must be one of"),
         ({"model": {"hidden": [16, -1]}}, "model -> hidden -> 1", "expected a positive integer"),
-        ({"surprise": {}}, "surprise", "unknown key"),
+        ({"surprise": {}}, "surprise", r"unknown key \(value"),  # nothing close: no guess
         ({"data": {"units": {"flow": 3}}}, "data -> units -> flow", "expected a string"),
         ({"data": {"val_fraction": 0.5, "calibration_fraction": 0.5}}, "data -> calibration_fraction",
          "with val_fraction 0.5 leaves under 20 % of the normal data to fit on"),

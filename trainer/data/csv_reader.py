@@ -31,7 +31,6 @@ Anything else that is not a number (``12,5``, ``ok``) is an error naming the fil
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.compat import parse_iso8601
-from edge_agent.configtools import ConfigError, Section
+from edge_agent.configtools import ConfigError, Section, unknown_key_error
 from edge_agent.sources.lineformats import MAX_TIMESTAMP_S, SECONDS_AS_MS, TIMESTAMP_FORMATS
 from trainer.data.series import Series
 
@@ -88,10 +87,7 @@ class CsvOptions:
         known = [f.name for f in fields(cls)]
         unknown = [key for key in section if key not in known]
         if unknown:
-            close = difflib.get_close_matches(unknown[0], known, n=1)
-            raise ConfigError(section.key_path(unknown[0]), "unknown key" + (
-                f" (did you mean {close[0]}?)" if close else f" (the keys are {', '.join(known)})") + (
-                f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""), raw[unknown[0]])
+            raise unknown_key_error(section, unknown, known, list_known=True)
         options = cls(
             timestamp_column=section.get("timestamp_column", str),
             channels=section.str_list("channels"),
@@ -173,7 +169,11 @@ def _parse_value(text: str, path: Path, line: int, column: str) -> float:
     try:
         value = float(text)
     except ValueError as exc:
-        raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a number: {text!r}") from exc
+        hint = ""
+        if re.fullmatch(r"\s*[-+]?\d*,\d+\s*", text):
+            hint = (" (a decimal comma? write numbers with a decimal point, e.g. "
+                    f"{text.strip().replace(',', '.')!r})")
+        raise CsvFormatError(f"{path}: line {line}, column {column!r}: not a number: {text!r}{hint}") from exc
     if not abs(value) <= FLOAT32_MAX:  # inf, or a value the float32 model inputs cannot hold
         raise CsvFormatError(f"{path}: line {line}, column {column!r}: value {text!r} is out of range "
                              "(a glitch or sentinel value? mark missing samples empty or NaN)")

@@ -90,8 +90,8 @@ def informative_channels(
             keep[channel] |= counts.max() < max_dominant_share * len(block)
     channels = [c for c, k in zip(series[0].channels, keep, strict=True) if k]
     dropped = [c for c, k in zip(series[0].channels, keep, strict=True) if not k]
-    log.info("channels constant in the training data (within every operating regime), dropped: %s",
-             ", ".join(dropped) or "none")
+    log.info("channels constant in the training data%s, dropped: %s",
+             " (within every operating regime)" if regimes is not None else "", ", ".join(dropped) or "none")
     if not channels:
         raise ValueError("every channel is constant in the training data: nothing to learn from")
     return channels
