@@ -282,18 +282,31 @@ def _flatline_text(flatline: dict[str, Any]) -> str:
     return f"on ({'; '.join(parts)})" if parts else "on"
 
 
+def _stopped_as_of(updated: Any) -> str:
+    """When an agent that is not running last wrote its status, as local time and age."""
+    if not isinstance(updated, int | float):
+        return ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(updated))
+    return f"; the states below are as of {stamp} ({time.time() - updated:.0f} s ago), when it last ran"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable status (parts of a status file that are not what the agent writes are left out).
-    Connection states of an agent that is not running are what they were when it last wrote its status."""
+    Asset and connection states of an agent that is not running are what they were when it last wrote its
+    status; its assets are not called silent, since nothing has scored them since it stopped."""
     lines = []
-    then = "" if status.get("running") else " (when it last ran)"
+    running_now = bool(status.get("running"))
+    then = "" if running_now else " (when it last ran)"
     if "error" in status:
         lines.append(status["error"])
     if "database_error" in status:
         lines.append(f"state database unreadable: {status['database_error']}")
     updated = status.get("updated_at")
-    age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
-    running = "running" if status.get("running") else "not running"
+    if running_now:
+        age = f", updated {time.time() - updated:.0f} s ago" if isinstance(updated, int | float) else ""
+    else:
+        age = _stopped_as_of(updated)
+    running = "running" if running_now else "not running"
     if status.get("starting"):
         running, age = "starting", " (no status written yet by this start)"
     lines.append(f"agent: {running}{age}")
@@ -329,12 +342,13 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{storage.get('last_fault')}")
     for name, entry in sorted(_table(status.get("assets")).items()):
         asset = _table(entry)
+        # a stopped agent's silence verdict is from its last status, and no window was due since it stopped
+        silent = (f"; SILENT: no window scored for {_age(asset.get('last_window_age_s'))}"
+                  if running_now and asset.get("silent") else "")
         lines.append(f"asset {name}: model {asset.get('model')} score {_number(asset.get('last_score'))} / "
                      f"{_number(asset.get('threshold'))} "
-                     f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''} "
-                     f"stale windows {asset.get('stale_windows', 0)}"
-                     + (f"; SILENT: no window scored for {_age(asset.get('last_window_age_s'))}"
-                        if asset.get("silent") else ""))
+                     f"state {asset.get('state')}{' ' + asset['severity'] if asset.get('severity') else ''}"
+                     f"{then} stale windows {asset.get('stale_windows', 0)}{silent}")
     episodes = status.get("open_episodes")
     for episode in (e for e in (episodes if isinstance(episodes, list) else []) if isinstance(e, dict)):
         flat = episode.get("flat")

@@ -6,7 +6,9 @@
     edge-agent bundle rollback [VERSION] --config ... default: the version active before the current one
     edge-agent bundle remove VERSION --config ...     never the active one
 
-Exit codes: 0 done; 1 a check or store operation failed (nothing changed); 2 the config is invalid.
+Exit codes: 0 done; 1 a check or store operation failed (nothing changed); 2 the config is invalid or cannot
+be read (without `--config`, where the default file does not exist, the error says what the action reads from
+a config and to pass `--config`).
 
 After activating, `install` and `rollback` SIGHUP a running agent and wait (`--wait`) until it reports the new
 version. If it does not (it refused the bundle, or hangs), the previously active bundle is restored
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,18 @@ from edge_agent.bundle.install import (
     wait_for_agent,
 )
 from edge_agent.bundle.store import BundleStore
-from edge_agent.configtools import ConfigError, add_config_argument
+from edge_agent.configtools import ConfigError, add_config_argument, default_config_path
+
+# What each action reads the agent config for (said when `--config` is left out and the default is missing)
+CONFIG_USES = {
+    "install": "checks the bundle against its [bundle] trusted_keys (the signing keys), device_profile and "
+               "assets, and installs it under its state_dir",
+    "verify": "checks the bundle against its [bundle] trusted_keys (the signing keys), device_profile and "
+              "assets",
+    "list": "lists the bundles installed under its state_dir",
+    "rollback": "activates a bundle installed under its state_dir",
+    "remove": "removes a bundle installed under its state_dir",
+}
 
 
 def register(subparsers: Any) -> None:
@@ -88,7 +102,24 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _missing_default_config(args: argparse.Namespace) -> str | None:
+    """Why a command run without `--config` cannot go on when the default file does not exist, and what to
+    pass (a plain "cannot read config file" does not say that `--config` was left out); None otherwise."""
+    path = args.config
+    if path != default_config_path() or path.exists():
+        return None
+    origin = ("from $EDGE_AGENT_CONFIG" if os.environ.get("EDGE_AGENT_CONFIG")
+              else "the default when neither --config nor $EDGE_AGENT_CONFIG is given")
+    return (f"no agent config at {path} ({origin}): `edge-agent bundle {args.bundle_command}` reads the "
+            f"gateway's agent config and {CONFIG_USES[args.bundle_command]}: pass --config PATH, or point "
+            "$EDGE_AGENT_CONFIG at the file")
+
+
 def _run(args: argparse.Namespace, action: Any) -> int:
+    missing = _missing_default_config(args)
+    if missing:
+        print(f"config error: {missing}", file=sys.stderr)
+        return 2
     try:
         settings = _settings(args)
     except ConfigError as exc:

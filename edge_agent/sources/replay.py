@@ -1,18 +1,21 @@
 """Replay a CSV file at real or accelerated speed, for commissioning and tests.
 
-The file has a header. Timestamps come from `timestamp_field` (else one row every `sample_period_s`). With
-`rebase = true` (the default) the first row is played at the current time and the others keep their spacing,
-so alerts carry today's timestamps. `speed = 2.0` plays twice as fast; `speed = 0` as fast as the pipeline
-takes it. At the end of the file the source finishes (or starts again with `loop = true`).
+The file has a header; `delimiter` separates the cells (default `,`; SKAB's files use `;`). Timestamps
+come from `timestamp_field` (else one row every `sample_period_s`). With `rebase = true` (the default) the
+first row is played at the current time and the others keep their spacing, so alerts carry today's
+timestamps. `speed = 2.0` plays twice as fast; `speed = 0` as fast as the pipeline takes it. At the end of
+the file the source finishes (or starts again with `loop = true`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ from edge_agent.types import Reading
 log = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 32
+# Tried when the configured delimiter does not give the header the columns the config names (the trainer's
+# CSV reader tries the same ones, trainer/data/csv_reader.py).
+OTHER_DELIMITERS = (";", "\t", ",", "|")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class ReplayConfig:
 
     path: Path
     fields: dict[str, str]
+    delimiter: str = ","
     timestamp_field: str | None = None
     timestamp_format: str = "unix_s"
     sample_period_s: float = 1.0
@@ -51,6 +58,10 @@ class ReplayConfig:
     def from_section(cls, section: Section, base_dir: Path) -> ReplayConfig:
         raw_path = Path(section.get("path", str))
         path = raw_path if raw_path.is_absolute() else base_dir / raw_path
+        delimiter = section.get("delimiter", str, ",")
+        if len(delimiter) != 1 or delimiter in '\r\n"':
+            raise ConfigError(section.key_path("delimiter"), "must be a single character, not a line break "
+                              "or the quote character '\"'", delimiter)
         timestamp_field = section.optional("timestamp_field", str)
         if "fields" in section:
             raw = section.raw("fields")
@@ -61,12 +72,17 @@ class ReplayConfig:
                 fields = {key: table.get(key, str) for key in list(table.keys())}
                 table.finish()
         else:
-            fields = field_map([c for c in read_header(path, section.key_path("path"))
-                                if c != timestamp_field])
+            header = read_header(path, section.key_path("path"), delimiter)
+            if len(header) == 1:  # every cell of each row would go into one field that is never a number
+                hint = delimiter_hint(path, delimiter, section.key_path("delimiter"))
+                if hint:
+                    raise ConfigError(section.key_path("path"), f"the header is one column, "
+                                      f"{header[0]!r}{hint}", str(path))
+            fields = field_map([c for c in header if c != timestamp_field])
         if not fields:
             raise ConfigError(section.key_path("fields"), "must name at least one field")
         return cls(
-            path=path, fields=fields, timestamp_field=timestamp_field,
+            path=path, fields=fields, delimiter=delimiter, timestamp_field=timestamp_field,
             timestamp_format=section.choice("timestamp_format", TIMESTAMP_FORMATS, "unix_s"),
             sample_period_s=section.number("sample_period_s", 1.0, minimum=0, exclusive_minimum=True),
             speed=section.number("speed", 1.0, minimum=0),
@@ -80,27 +96,46 @@ class ReplayConfig:
     def check_file(self, key_path: str) -> None:
         """The file can be read and has every column the config names (`check-config` runs this; loading
         the config reads the header only when `fields` is left out)."""
-        header = read_header(self.path, join(key_path, "path"))
+        header = read_header(self.path, join(key_path, "path"), self.delimiter)
+        delimiter_key = join(key_path, "delimiter")
         if self.timestamp_field is not None and self.timestamp_field not in header:
+            hint = delimiter_hint(self.path, self.delimiter, delimiter_key, [self.timestamp_field])
             raise ConfigError(join(key_path, "timestamp_field"),
-                              f"no such column in {self.path} (columns: {', '.join(header)})",
+                              f"no such column in {self.path} (columns: {', '.join(header)}){hint}",
                               self.timestamp_field)
         missing = [column for column in self.fields.values() if column not in header]
         if missing:
+            hint = delimiter_hint(self.path, self.delimiter, delimiter_key, missing)
             raise ConfigError(join(key_path, "fields"),
-                              f"column(s) not in {self.path} (columns: {', '.join(header)})", missing)
+                              f"column(s) not in {self.path} (columns: {', '.join(header)}){hint}", missing)
 
 
-def read_header(path: Path, key_path: str) -> list[str]:
+def read_header(path: Path, key_path: str, delimiter: str = ",") -> list[str]:
     """The column names of a replay file (a clear config error when it is missing or empty)."""
     try:
         with path.open(newline="") as handle:
-            header = next(csv.reader(handle), None)
+            header = next(csv.reader(handle, delimiter=delimiter), None)
     except OSError as exc:
         raise ConfigError(key_path, f"cannot read replay file: {exc.strerror}", str(path)) from exc
     if not header:
         raise ConfigError(key_path, "replay file is empty (a header row is required)", str(path))
     return [name.strip().lstrip("\ufeff") for name in header]
+
+
+def delimiter_hint(path: Path, delimiter: str, delimiter_key: str, wanted: Sequence[str] = ()) -> str:
+    """Which delimiter to set when another common one splits the header into several columns, `wanted`
+    among them (worded as the trainer's CSV reader words it); empty when none does."""
+    for other in OTHER_DELIMITERS:
+        if other == delimiter:
+            continue
+        try:
+            columns = read_header(path, "", other)
+        except ConfigError:
+            return ""
+        if len(columns) > 1 and all(column in columns for column in wanted):
+            return (f" (the file looks {other!r}-separated, not {delimiter!r}-separated; set {delimiter_key} "
+                    f"= {json.dumps(other)})")
+    return ""
 
 
 class ReplaySource(Source):
@@ -134,17 +169,19 @@ class ReplaySource(Source):
     async def _play_once(self, wall0: float, offset: float) -> float | None:
         """Play the file once; returns the last row's time relative to the start of the replay."""
         cfg = self.config
-        header = read_header(cfg.path, f"sources -> {self.name} -> path")
+        key_path = f"sources -> {self.name}"
+        header = read_header(cfg.path, join(key_path, "path"), cfg.delimiter)
         missing = [key for key in cfg.fields.values() if key not in header]
         if cfg.timestamp_field is not None and cfg.timestamp_field not in header:
             missing.append(cfg.timestamp_field)
         if missing:
-            raise ConfigError(f"sources -> {self.name} -> fields",
-                              f"columns {', '.join(missing)} are not in {cfg.path}")
+            hint = delimiter_hint(cfg.path, cfg.delimiter, join(key_path, "delimiter"), missing)
+            raise ConfigError(join(key_path, "fields"),
+                              f"columns {', '.join(missing)} are not in {cfg.path}{hint}")
         first_ts: float | None = None
         rel: float | None = None
         with cfg.path.open(newline="") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, delimiter=cfg.delimiter)
             next(reader)
             for row_no, row in enumerate(reader, start=2):
                 if not row:

@@ -295,6 +295,38 @@ def test_install_rollback_list_remove_through_the_cli(tmp_path: Path, gateway: t
     assert "the active bundle and the running agent are untouched" in err
 
 
+def test_verify_without_config_where_the_default_file_is_missing_says_what_to_pass(
+        tmp_path: Path, gateway: tuple[Path, KeyPair], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`bundle verify FILE` on a workstation, without `--config` and with no /etc/edge-agent/agent.toml: the
+    error says why verify reads a config and to pass `--config` (exit 2, as for an invalid config)."""
+    from edge_agent import configtools
+
+    config, keys = gateway
+    bundle = _bundle(tmp_path, keys, "1.0.0")
+    default = tmp_path / "etc" / "agent.toml"  # stands in for /etc/edge-agent/agent.toml, which is not there
+    monkeypatch.setattr(configtools, "DEFAULT_CONFIG_PATH", str(default))
+    monkeypatch.delenv("EDGE_AGENT_CONFIG", raising=False)
+    assert main(["bundle", "verify", str(bundle)]) == 2
+    assert capsys.readouterr().err == (
+        f"config error: no agent config at {default} (the default when neither --config nor "
+        "$EDGE_AGENT_CONFIG is given): `edge-agent bundle verify` reads the gateway's agent config and "
+        "checks the bundle against its [bundle] trusted_keys (the signing keys), device_profile and assets: "
+        "pass --config PATH, or point $EDGE_AGENT_CONFIG at the file\n")
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(tmp_path / "moved.toml"))
+    assert main(["bundle", "list"]) == 2
+    assert (f"config error: no agent config at {tmp_path / 'moved.toml'} (from $EDGE_AGENT_CONFIG): "
+            "`edge-agent bundle list` reads the gateway's agent config and lists the bundles installed under "
+            "its state_dir: pass --config PATH") in capsys.readouterr().err
+    # a missing file given with --config: the config error as for any command
+    assert main(["bundle", "verify", str(bundle), "--config", str(tmp_path / "typo.toml")]) == 2
+    assert capsys.readouterr().err == (f"config error: <top level>: cannot read config file: No such file or "
+                                       f"directory (value: '{tmp_path / 'typo.toml'}')\n")
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    assert main(["bundle", "verify", str(bundle)]) == 0
+    assert "pumps 1.0.0 passes every check (nothing was changed)" in capsys.readouterr().out
+
+
 def test_keep_last_n_versions(tmp_path: Path, gateway: tuple[Path, KeyPair]) -> None:
     config, keys = gateway
     settings = _settings(config)

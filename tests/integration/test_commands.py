@@ -87,6 +87,25 @@ def test_check_config_reads_replay_recordings(tmp_path: Path, state_dir: Path,
     assert main(["check-config", "--config", str(config)]) == 0
 
 
+def test_check_config_says_which_delimiter_a_replay_recording_needs(tmp_path: Path, state_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A ';'-separated recording (SKAB's format) under a replay source left at the default ',': check-config
+    names the `delimiter` to set, and passes once it is set."""
+    bundle, keys = make_bundle(tmp_path)
+    recording = tmp_path / "event3.csv"
+    recording.write_text("datetime;flow;pressure\n2020-03-09 10:14:33;1.5;2.5\n")
+    source = {"type": "replay", "path": str(recording), "fields": ["flow", "pressure"],
+              "timestamp_field": "datetime", "timestamp_format": "iso8601"}
+    config = write_config(tmp_path, state_dir, bundle, keys, {"rec": source}, {"pump-3": serial_asset("rec")})
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert (f"{config}: sources -> rec -> timestamp_field: no such column in {recording} (columns: "
+            "datetime;flow;pressure) (the file looks ';'-separated, not ','-separated; set sources -> rec -> "
+            "delimiter = \";\") (value: 'datetime')") in capsys.readouterr().err
+    config.write_text(config.read_text().replace('type = "replay"', 'type = "replay"\ndelimiter = ";"'))
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert "OK (1 source, 1 asset)" in capsys.readouterr().out
+
+
 def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_dir: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     bundle, keys = make_bundle(tmp_path)
@@ -198,6 +217,52 @@ def test_status_says_when_a_running_agent_cannot_write_its_status(tmp_path: Path
     status = json.loads(capsys.readouterr().out)
     assert status["running"] is False
     assert "stale" not in status
+
+
+def test_status_of_a_stopped_agent_shows_its_last_asset_states_and_calls_none_silent(
+        tmp_path: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped agent's status file keeps the verdicts of its last write, an asset's silence included:
+    `status` shows the states as of that time and flags no silence (nothing was due since it stopped); exit
+    0, as for any stopped agent. The same file of a running agent is flagged `SILENT`."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.supervisor import _hold_instance_lock
+
+    bundle, keys = make_bundle(tmp_path)
+    config = write_config(tmp_path, state_dir, bundle, keys, {"line1": serial_source("/dev/ttyUSB9")},
+                          {"pump-3": serial_asset()})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stopped = subprocess.Popen(["true"])
+    stopped.wait()
+    (state_dir / "agent.pid").write_text(f"{stopped.pid}\n")
+    written_at = time.time() - 120
+    asset = {"model": "pump", "last_score": 2.5, "threshold": 1.5, "state": "alert", "severity": "warning",
+             "stale_windows": 0, "last_window_age_s": 10.0, "silent": True}
+    written = {"pid": stopped.pid, "updated_at": written_at, "assets": {"pump-3": asset}}
+    (state_dir / "status.json").write_text(json.dumps(written))
+    assert main(["status", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(written_at))
+    assert re.fullmatch(rf"agent: not running; the states below are as of {stamp} \(\d+ s ago\), when it "
+                        "last ran", lines[0]), lines[0]
+    assert ("asset pump-3: model pump score 2.5 / 1.5 state alert warning (when it last ran) stale windows "
+            "0") in lines
+    assert not [line for line in lines if "SILENT" in line]
+    assert main(["status", "--json", "--config", str(config)]) == 0  # the file as written, with running
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] is False
+    assert status["assets"]["pump-3"]["silent"] is True
+    # a running agent (this process holds its lock) with a fresh status: its silent asset is flagged
+    lock = _hold_instance_lock(AgentConfig.load(config))
+    try:
+        (state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
+        (state_dir / "status.json").write_text(json.dumps({**written, "pid": os.getpid(),
+                                                           "updated_at": time.time()}))
+        assert main(["status", "--config", str(config)]) == 0
+        assert ("asset pump-3: model pump score 2.5 / 1.5 state alert warning stale windows 0; SILENT: no "
+                "window scored for 10 s") in capsys.readouterr().out.splitlines()
+    finally:
+        for fd in lock:
+            os.close(fd)
 
 
 def test_run_names_a_state_directory_it_cannot_write(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.configtools import Section
+from edge_agent.configtools import ConfigError, Section
 from edge_agent.sources.base import Source
 from edge_agent.sources.mqtt import MqttSource, MqttSourceConfig
 from edge_agent.sources.replay import ReplayConfig, ReplaySource
@@ -107,6 +107,95 @@ def test_replay_plays_file_with_rebased_time(tmp_path: Path) -> None:
     assert [r.values["flow"] for r in readings] == [1.0, 3.0, 9.0]
     assert [round(r.ts - readings[0].ts, 3) for r in readings] == [0.0, 0.5, 1.5]
     assert readings[0].ts > 1_000_000_000  # rebased to now
+
+
+def _replay(config: ReplayConfig) -> list[Reading]:
+    async def play() -> list[Reading]:
+        source = ReplaySource("rec", config)
+        async with source:
+            return [reading async for reading in source]
+
+    return asyncio.run(play())
+
+
+# A SKAB recording's header and rows (its files are ';'-separated), with a row that is dropped as invalid
+SKAB_ROWS = [["datetime", "Accelerometer1RMS", "Pressure", "Temperature", "changepoint"],
+             ["2020-03-09 10:14:33", "0.0273", "0.054711", "89.8333", "0"],
+             ["2020-03-09 10:14:34", "0.0277", "0.054711", "89.8333", "0"],
+             ["2020-03-09 10:14:35", "", "-0.273216", "89.8361", "0"],
+             ["2020-03-09 10:14:36", "0.0271", "-0.273216", "89.8361", "1"]]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_replay_with_another_delimiter_plays_the_readings_of_the_comma_separated_file(
+        tmp_path: Path, delimiter: str) -> None:
+    """The trainer reads SKAB's ';'-separated files with `[data.csv] delimiter`; the replay source reads the
+    same file with its `delimiter`, to exactly the readings of the file written with commas."""
+    (tmp_path / "comma.csv").write_text("\n".join(",".join(row) for row in SKAB_ROWS) + "\n")
+    (tmp_path / "other.csv").write_text("\n".join(delimiter.join(row) for row in SKAB_ROWS) + "\n")
+    common = {"timestamp_field": "datetime", "timestamp_format": "iso8601", "speed": 0.0, "rebase": False}
+    comma = ReplayConfig.from_section(Section({"path": "comma.csv", **common}), tmp_path)
+    other = ReplayConfig.from_section(Section({"path": "other.csv", "delimiter": delimiter, **common}),
+                                      tmp_path)
+    assert other.field_names() == comma.field_names() == ("Accelerometer1RMS", "Pressure", "Temperature",
+                                                          "changepoint")
+    other.check_file("sources -> rec")  # what check-config runs
+    expected = [(r.ts, r.values) for r in _replay(comma)]
+    assert len(expected) == 3  # the row with an empty cell is dropped
+    assert expected[0] == (1583748873.0, {"Accelerometer1RMS": 0.0273, "Pressure": 0.054711,
+                                          "Temperature": 89.8333, "changepoint": 0.0})
+    assert [(r.ts, r.values) for r in _replay(other)] == expected
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", "\n", '"'])
+def test_replay_delimiter_must_be_one_character_that_can_separate_cells(tmp_path: Path,
+                                                                        delimiter: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ReplayConfig.from_section(Section({"path": "rec.csv", "fields": ["flow"], "delimiter": delimiter},
+                                          "sources -> rec"), tmp_path)
+    assert str(info.value) == ("sources -> rec -> delimiter: must be a single character, not a line break "
+                               f"or the quote character '\"' (value: {delimiter!r})")
+
+
+def test_a_header_that_another_delimiter_splits_names_the_delimiter_to_set(tmp_path: Path) -> None:
+    """SKAB's file replayed with the default ',': its header is one column, so the timestamp field is not in
+    it; the error says the file looks ';'-separated and which key to set, as the trainer's reader does."""
+    path = tmp_path / "event3.csv"
+    path.write_text("\n".join(";".join(row) for row in SKAB_ROWS) + "\n")
+    header = ";".join(SKAB_ROWS[0])
+    hint = ("(the file looks ';'-separated, not ','-separated; set sources -> rec -> delimiter = \";\")")
+    config = ReplayConfig.from_section(
+        Section({"path": "event3.csv", "timestamp_field": "datetime", "fields": ["Pressure"]}), tmp_path)
+    with pytest.raises(ConfigError) as info:
+        config.check_file("sources -> rec")
+    assert str(info.value) == (f"sources -> rec -> timestamp_field: no such column in {path} (columns: "
+                               f"{header}) {hint} (value: 'datetime')")
+    with pytest.raises(ConfigError) as info:  # `run` without check-config first: the source says the same
+        _replay(config)
+    assert str(info.value) == f"sources -> rec -> fields: columns Pressure, datetime are not in {path} {hint}"
+    no_time = ReplayConfig.from_section(Section({"path": "event3.csv", "fields": ["Pressure"]}), tmp_path)
+    with pytest.raises(ConfigError) as info:
+        no_time.check_file("sources -> rec")
+    assert f"sources -> rec -> fields: column(s) not in {path} (columns: {header}) {hint}" in str(info.value)
+    # with `fields` left out, the one column would be the only field, never a number: refused at load
+    with pytest.raises(ConfigError) as info:
+        ReplayConfig.from_section(Section({"path": "event3.csv"}, "sources -> rec"), tmp_path)
+    assert str(info.value) == (f"sources -> rec -> path: the header is one column, {header!r} {hint} "
+                               f"(value: '{path}')")
+    # a ','-separated file read with ';'; and no hint where no other delimiter gives the missing column
+    path.write_text("\n".join(",".join(row) for row in SKAB_ROWS) + "\n")
+    semicolon = ReplayConfig.from_section(Section(
+        {"path": "event3.csv", "delimiter": ";", "timestamp_field": "datetime", "fields": ["Pressure"]}),
+        tmp_path)
+    with pytest.raises(ConfigError) as info:
+        semicolon.check_file("sources -> rec")
+    assert ("(the file looks ','-separated, not ';'-separated; set sources -> rec -> delimiter = \",\")"
+            in str(info.value))
+    typo = ReplayConfig.from_section(
+        Section({"path": "event3.csv", "timestamp_field": "date_time", "fields": ["Pressure"]}), tmp_path)
+    with pytest.raises(ConfigError) as info:
+        typo.check_file("sources -> rec")
+    assert str(info.value).endswith(f"(columns: {', '.join(SKAB_ROWS[0])}) (value: 'date_time')")
 
 
 def test_serial_a_line_that_breaks_parsing_is_counted_and_the_chunk_goes_on(tmp_path: Path) -> None:
