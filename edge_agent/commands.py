@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import sys
 import time
@@ -283,10 +284,14 @@ def _flatline_text(flatline: dict[str, Any]) -> str:
 
 
 def _stopped_as_of(updated: Any) -> str:
-    """When an agent that is not running last wrote its status, as local time and age."""
-    if not isinstance(updated, int | float):
+    """When an agent that is not running last wrote its status, as local time and age (nothing when the
+    file's `updated_at` is not a time: status is read, never trusted)."""
+    if isinstance(updated, bool) or not isinstance(updated, int | float) or not math.isfinite(updated):
         return ""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(updated))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(updated))
+    except (OverflowError, OSError, ValueError):
+        return ""
     return f"; the states below are as of {stamp} ({time.time() - updated:.0f} s ago), when it last ran"
 
 

@@ -8,6 +8,7 @@ or a wrong type is reported the same way everywhere:
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import os
@@ -54,8 +55,10 @@ class Section:
         self.data: Mapping[str, Any] = data
         self.path = path
         self._seen: set[str] = set()
+        self._asked: set[str] = set()  # keys looked for with `in`: known too, for "did you mean"
 
     def __contains__(self, key: str) -> bool:
+        self._asked.add(key)
         return key in self.data
 
     def keys(self) -> Iterable[str]:
@@ -117,7 +120,7 @@ class Section:
     def finish(self) -> None:
         unknown = [key for key in self.data if key not in self._seen]
         if unknown:
-            raise unknown_key_error(self, unknown, sorted(self._seen))
+            raise unknown_key_error(self, unknown, sorted((self._seen | self._asked) - set(unknown)))
 
 
 def unknown_key_error(section: Section, unknown: list[str], known: Iterable[str],
@@ -167,10 +170,19 @@ def default_config_path() -> Path:
     return Path(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH))
 
 
+class _GivenConfig(argparse.Action):
+    """Stores `--config PATH` and notes that it was given (`config_given`), which a path equal to the
+    default cannot tell."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.config_given = True
+
+
 def add_config_argument(parser: Any) -> None:
     """`--config PATH` for every `edge-agent` command that reads the agent config, with one default for all:
     `$EDGE_AGENT_CONFIG`, else /etc/edge-agent/agent.toml (the packaged path; the systemd unit passes it)."""
     default = default_config_path()
-    parser.add_argument("--config", type=Path, default=default,
+    parser.add_argument("--config", type=Path, default=default, action=_GivenConfig,
                         help=f"agent config file (default: $EDGE_AGENT_CONFIG, else {DEFAULT_CONFIG_PATH}; "
                         f"here {default})")

@@ -239,10 +239,7 @@ def _pot(scores: np.ndarray, target_far: float, params: Mapping[str, Any]) -> Th
             f"{n}); need at least {MIN_EXCESSES}: more scores or a lower init_quantile"
         )
     if target_far * n / n_t >= 1.0:
-        raise CalibrationError(
-            f"method 'pot': target_far {target_far:g} is not beyond the initial quantile {level:g}; "
-            f"raise init_quantile or use 'percentile'"
-        )
+        raise _pot_not_beyond(target_far, level)
     gamma, _, sigma = stats.genpareto.fit(excesses, floc=0.0)
     value = pot_quantile(t, float(gamma), float(sigma), q=target_far, n=n, n_t=n_t)
     if not math.isfinite(value):
@@ -269,39 +266,57 @@ METHODS: dict[str, _Method] = {
 
 
 def pot_excesses(n: int, init_quantile: float) -> int:
-    """How many of `n` distinct scores lie above their `init_quantile` quantile (`_pot`'s initial threshold);
-    ties can only make it fewer."""
-    return int(np.count_nonzero(np.arange(n) > np.quantile(np.arange(n), init_quantile)))
+    """How many of `n` distinct scores lie above their `init_quantile` quantile (`_pot`'s initial threshold,
+    numpy's linear quantile at position `init_quantile * (n - 1)`); ties can only make it fewer."""
+    return n - 1 - math.floor(init_quantile * (n - 1))
+
+
+POT_SEARCH_LIMIT = 10_000_000  # counts beyond this are not a calibration set a workstation run gives
+
+
+def _pot_not_beyond(target_far: float, level: float) -> CalibrationError:
+    return CalibrationError(
+        f"method 'pot': target_far {target_far:.10g} is not beyond the initial quantile {level:.10g}; lower "
+        f"init_quantile below 1 - target_far ({1 - target_far:.10g}) or use 'percentile'"
+    )
 
 
 def scores_needed(method: str, target_far: float, params: Mapping[str, Any]) -> int:
-    """The fewest scores `calibrate(scores, method, target_far, **params)` can work with, from the method
-    and its parameters alone (for distinct scores; ties in real ones can still make a method refuse), so
-    that a training run finds out before its epochs."""
+    """The fewest scores from which `calibrate(scores, method, target_far, **params)` works for every larger
+    count too, from the method and its parameters alone (for distinct scores; ties in real ones can still
+    make a method refuse), so that a training run finds out before its epochs. A `CalibrationError` when no
+    count is enough (POT with `target_far` not beyond `init_quantile`)."""
     if method == "percentile":
         q = float(params.get("q", 1.0 - target_far))
-        return max(MIN_SCORES, math.ceil(1.0 / (1.0 - q) - 1e-9))
+        n = math.ceil(1.0 / (1.0 - q))
+        while n * (1.0 - q) < 1.0:  # the very expression `_percentile` checks, in floating point
+            n += 1
+        while n > 1 and (n - 1) * (1.0 - q) >= 1.0:
+            n -= 1
+        return max(MIN_SCORES, n)
     if method == "gev":
         return max(MIN_SCORES, MIN_BLOCKS * int(params.get("block_size", 50)))
     if method == "pot":
         level = float(params.get("init_quantile", 0.98))
-
-        def enough(n: int) -> bool:
-            n_t = pot_excesses(n, level)
-            return n_t >= MIN_EXCESSES and target_far * n / n_t < 1.0
-
-        low, high = MIN_SCORES, max(MIN_SCORES, math.ceil(MIN_EXCESSES / (1.0 - level)) + 2)
-        while not enough(high):  # target_far not beyond init_quantile: more scores do not help for long
-            if high > 100 * MIN_EXCESSES / (1.0 - level):
-                raise CalibrationError(
-                    f"method 'pot': target_far {target_far:g} is not beyond the initial quantile {level:g}; "
-                    "raise init_quantile or use 'percentile'"
-                )
-            high *= 2
-        while low < high:  # enough() grows with n: the smallest n that is enough
+        tail = 1.0 - level
+        if target_far >= tail:
+            raise _pot_not_beyond(target_far, level)
+        # 10 excesses: pot_excesses grows by 0 or 1 with n, so the first count that has them is the answer
+        low, high = MIN_SCORES, max(MIN_SCORES, math.ceil(MIN_EXCESSES / tail) + 2)
+        while low < high:
             middle = (low + high) // 2
-            low, high = (middle + 1, high) if not enough(middle) else (low, middle)
-        return low
+            low, high = (middle + 1, high) if pot_excesses(middle, level) < MIN_EXCESSES else (low, middle)
+        # target_far * n / n_t < 1 holds for every n above `bound`, since n_t >= tail * (n - 1); below it
+        # it can fail here and there, so the answer is past the last count below `bound` where it fails
+        bound = math.floor(tail / (tail - target_far)) + 1
+        if bound > POT_SEARCH_LIMIT:
+            raise _pot_not_beyond(target_far, level)
+        if bound <= low:
+            return low
+        counts = np.arange(low, bound + 1, dtype=np.float64)
+        excesses = counts - 1 - np.floor(level * (counts - 1))
+        failing = np.flatnonzero(target_far * counts / excesses >= 1.0)
+        return low if len(failing) == 0 else int(counts[failing[-1]]) + 1
     return MIN_SCORES
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from edge_agent.configtools import ConfigError, Section, join
 from edge_agent.sources.base import Source
@@ -110,16 +111,29 @@ class ReplayConfig:
                               f"column(s) not in {self.path} (columns: {', '.join(header)}){hint}", missing)
 
 
-def read_header(path: Path, key_path: str, delimiter: str = ",") -> list[str]:
-    """The column names of a replay file (a clear config error when it is missing or empty)."""
+def open_recording(path: Path) -> TextIO:
+    """A replay file for `csv.reader`: UTF-8 with or without a byte order mark (Excel's "CSV UTF-8", whose
+    mark would otherwise stick to a quoted first column name); bytes that are not UTF-8 read as U+FFFD, so
+    a header naming them does not match and a row holding them is an invalid row, not a crash."""
+    return path.open(newline="", encoding="utf-8-sig", errors="replace")
+
+
+def read_rows(path: Path, key_path: str, delimiter: str, count: int) -> list[list[str]]:
+    """The first `count` rows of a replay file, the header first (a clear config error when it cannot be
+    read)."""
     try:
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle, delimiter=delimiter), None)
+        with open_recording(path) as handle:
+            return list(itertools.islice(csv.reader(handle, delimiter=delimiter), count))
     except OSError as exc:
         raise ConfigError(key_path, f"cannot read replay file: {exc.strerror}", str(path)) from exc
-    if not header:
+
+
+def read_header(path: Path, key_path: str, delimiter: str = ",") -> list[str]:
+    """The column names of a replay file (a clear config error when it is missing or empty)."""
+    rows = read_rows(path, key_path, delimiter, 1)
+    if not rows or not rows[0]:
         raise ConfigError(key_path, "replay file is empty (a header row is required)", str(path))
-    return [name.strip().lstrip("\ufeff") for name in header]
+    return [name.strip() for name in rows[0]]
 
 
 def delimiter_hint(path: Path, delimiter: str, delimiter_key: str, wanted: Sequence[str] = ()) -> str:
@@ -129,10 +143,14 @@ def delimiter_hint(path: Path, delimiter: str, delimiter_key: str, wanted: Seque
         if other == delimiter:
             continue
         try:
-            columns = read_header(path, "", other)
+            rows = read_rows(path, "", other, 2)
         except ConfigError:
             return ""
-        if len(columns) > 1 and all(column in columns for column in wanted):
+        columns = [name.strip() for name in rows[0]] if rows else []
+        # the first data row must split the same way: a one-column file named "Pressure, bar" is no CSV
+        # of two columns
+        agrees = len(rows) < 2 or len(rows[1]) == len(columns)
+        if len(columns) > 1 and agrees and all(column in columns for column in wanted):
             return (f" (the file looks {other!r}-separated, not {delimiter!r}-separated; set {delimiter_key} "
                     f"= {json.dumps(other)})")
     return ""
@@ -180,7 +198,7 @@ class ReplaySource(Source):
                               f"columns {', '.join(missing)} are not in {cfg.path}{hint}")
         first_ts: float | None = None
         rel: float | None = None
-        with cfg.path.open(newline="") as handle:
+        with open_recording(cfg.path) as handle:
             reader = csv.reader(handle, delimiter=cfg.delimiter)
             next(reader)
             for row_no, row in enumerate(reader, start=2):

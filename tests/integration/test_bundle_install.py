@@ -322,6 +322,9 @@ def test_verify_without_config_where_the_default_file_is_missing_says_what_to_pa
     assert main(["bundle", "verify", str(bundle), "--config", str(tmp_path / "typo.toml")]) == 2
     assert capsys.readouterr().err == (f"config error: <top level>: cannot read config file: No such file or "
                                        f"directory (value: '{tmp_path / 'typo.toml'}')\n")
+    # ... also when it names the default path itself: --config was given, so the plain error
+    assert main(["bundle", "list", "--config", str(tmp_path / "moved.toml")]) == 2
+    assert "cannot read config file: No such file or directory" in capsys.readouterr().err
     monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
     assert main(["bundle", "verify", str(bundle)]) == 0
     assert "pumps 1.0.0 passes every check (nothing was changed)" in capsys.readouterr().out

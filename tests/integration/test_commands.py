@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -263,6 +264,16 @@ def test_status_of_a_stopped_agent_shows_its_last_asset_states_and_calls_none_si
     finally:
         for fd in lock:
             os.close(fd)
+
+
+def test_status_of_a_stopped_agent_with_a_malformed_time_still_prints() -> None:
+    """status.json is read, not trusted: an `updated_at` that is no time (NaN, which json accepts, a year
+    past 9999, a boolean) leaves the "as of" out instead of failing."""
+    from edge_agent.commands import format_status
+
+    for updated in (math.nan, 1e20, True, "yesterday"):
+        text = format_status({"running": False, "updated_at": updated})
+        assert text.splitlines()[0] == "agent: not running", updated
 
 
 def test_run_names_a_state_directory_it_cannot_write(tmp_path: Path) -> None:

@@ -382,8 +382,14 @@ def test_fit_keeps_an_existing_run_and_leaves_no_half_run(
     capsys.readouterr()
     # POT needs 10 exceedances of its initial quantile: 90 calibration windows cannot give them, which is
     # found before training (`scores_needed`), and no directory is made
-    config.write_text(SYNTHETIC.replace('method = "percentile"', 'method = "pot"'))
+    pot = SYNTHETIC.replace('method = "percentile"', 'method = "pot"')
+    config.write_text(pot)  # target_far 0.02: POT's default init_quantile 0.98 leaves no tail beyond it
     fresh = tmp_path / "fresh"
+    assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
+    assert (f"{config}: calibration -> target_far: method 'pot': target_far 0.02 is not beyond the initial "
+            "quantile 0.98; lower init_quantile below 1 - target_far (0.98) or use 'percentile' (found "
+            "before training)") in capsys.readouterr().err
+    config.write_text(pot.replace("target_far = 0.02", "target_far = 0.01"))
     assert main(["fit", "--config", str(config), "--out", str(fresh), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert (f"{config}: calibration -> method: method 'pot' needs at least 452 calibration scores with "

@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from trainer.calibration import CalibrationError, ThresholdSpec, calibrate, pot_quantile, score_quantiles
+from trainer.calibration import (
+    MIN_SCORES,
+    CalibrationError,
+    ThresholdSpec,
+    calibrate,
+    pot_excesses,
+    pot_quantile,
+    score_quantiles,
+    scores_needed,
+)
 
 
 def exponential_scores(n: int, seed: int = 0) -> np.ndarray:
@@ -161,3 +170,40 @@ def test_score_quantiles_keys_and_values() -> None:
     assert list(quantiles) == ["0.5", "0.9", "0.99", "0.999"]
     assert quantiles["0.5"] == 500.0
     assert quantiles["0.99"] == pytest.approx(990.0)
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95, 0.98, 0.99, 0.995])
+def test_pot_excesses_is_numpys_count_above_the_quantile(level: float) -> None:
+    for n in range(2, 1200):
+        scores = np.arange(n, dtype=np.float64)
+        assert pot_excesses(n, level) == np.count_nonzero(scores > np.quantile(scores, level)), n
+
+
+@pytest.mark.parametrize(
+    ("method", "target_far", "params"),
+    [("pot", 0.01, {}), ("pot", 0.001, {}), ("pot", 0.01, {"init_quantile": 0.9}),
+     ("pot", 0.01999, {}),  # just inside init_quantile 0.98: failing counts above the first that works
+     ("percentile", 0.01, {}), ("percentile", 0.1, {}), ("percentile", 0.01, {"q": 0.999}),
+     ("gev", 0.01, {"block_size": 20}), ("mad", 0.01, {}), ("sigma", 0.01, {})],
+)
+def test_scores_needed_is_the_count_from_which_every_count_works(
+        method: str, target_far: float, params: dict) -> None:
+    """`fit` refuses fewer calibration windows than this before training; at this count and above the
+    method works on distinct scores, and one fewer (when above the general minimum of 10) it refuses."""
+    needed = scores_needed(method, target_far, params)
+    rng = np.random.default_rng(0)
+    counts = [*range(needed, needed + 40), *rng.integers(needed, 4 * needed + 3000, size=30)]
+    for n in counts:
+        calibrate(rng.exponential(size=int(n)), method, target_far, **params)
+    if needed > MIN_SCORES:
+        with pytest.raises(CalibrationError):
+            calibrate(rng.exponential(size=needed - 1), method, target_far, **params)
+
+
+def test_scores_needed_refuses_a_pot_target_not_beyond_its_initial_quantile() -> None:
+    for target_far in (0.02, 0.0201, 0.05):
+        with pytest.raises(CalibrationError, match=r"not beyond the initial quantile 0.98; lower "
+                                                   r"init_quantile below 1 - target_far"):
+            scores_needed("pot", target_far, {})
+    assert scores_needed("pot", 0.05, {"init_quantile": 0.9}) == 92
+    assert scores_needed("pot", 0.01, {}) == 452  # the count docs/training.md gives

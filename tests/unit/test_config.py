@@ -74,6 +74,10 @@ def error_for(mutate: Any, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda d: d["gateway"].update(colour="red"), "gateway -> colour: unknown key (value: 'red')"),
+    (lambda d: d["gateway"].update(aera="x"), "gateway -> aera: unknown key (did you mean area?)"),
+    # a key the source only looks for (`"fields" in section`) is suggested too
+    (lambda d: d["sources"]["line1"].update(feilds=["flow"]),
+     "sources -> line1 -> feilds: unknown key (did you mean fields?)"),
     (lambda d: d["sources"]["line1"].update(baud="fast"), "sources -> line1 -> baud: expected an integer"),
     (lambda d: d["sources"]["line1"].update(type="modbus"), "sources -> line1 -> type: must be one of"),
     (lambda d: d["assets"]["pump-3"]["channels"].update(flow="flw"),

@@ -147,6 +147,31 @@ def test_replay_with_another_delimiter_plays_the_readings_of_the_comma_separated
     assert [(r.ts, r.values) for r in _replay(other)] == expected
 
 
+def test_replay_reads_an_excel_utf8_file_with_a_quoted_header(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a byte order mark and may quote the names: the mark must not stick to
+    the first (quoted) column name, or its timestamp field would be missing."""
+    (tmp_path / "plain.csv").write_text("\n".join(";".join(row) for row in SKAB_ROWS) + "\n")
+    quoted = [";".join(f'"{cell}"' for cell in SKAB_ROWS[0])] + [";".join(row) for row in SKAB_ROWS[1:]]
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(quoted) + "\r\n").encode())
+    common = {"delimiter": ";", "timestamp_field": "datetime", "timestamp_format": "iso8601", "speed": 0.0,
+              "rebase": False}
+    excel = ReplayConfig.from_section(Section({"path": "excel.csv", **common}), tmp_path)
+    plain = ReplayConfig.from_section(Section({"path": "plain.csv", **common}), tmp_path)
+    assert excel.field_names() == plain.field_names()
+    excel.check_file("sources -> rec")
+    assert [(r.ts, r.values) for r in _replay(excel)] == [(r.ts, r.values) for r in _replay(plain)]
+
+
+def test_a_one_column_file_whose_name_holds_a_comma_is_not_taken_for_a_comma_separated_one(
+        tmp_path: Path) -> None:
+    """A single channel named "Pressure, bar" read with ';': another delimiter splits the header but not the
+    rows, so there is no hint to follow and the file loads as it is."""
+    (tmp_path / "one.csv").write_text("Pressure, bar\n1.5\n1.6\n")
+    config = ReplayConfig.from_section(Section({"path": "one.csv", "delimiter": ";", "speed": 0.0}), tmp_path)
+    assert config.field_names() == ("Pressure, bar",)
+    assert [r.values for r in _replay(config)] == [{"Pressure, bar": 1.5}, {"Pressure, bar": 1.6}]
+
+
 @pytest.mark.parametrize("delimiter", ["", ";;", "\n", '"'])
 def test_replay_delimiter_must_be_one_character_that_can_separate_cells(tmp_path: Path,
                                                                         delimiter: str) -> None:
