@@ -38,10 +38,11 @@ from edge_agent.bundle import Bundle
 from edge_agent.types import ScoredWindow
 
 STATUS_SCHEMA_VERSION = 1
-# counters kept by AgentState itself (they survive an in-process pipeline restart); the others are read
-# from the windower, the sources and the engine, which a restart rebuilds from zero
-_OWN_COUNTERS = ("windows_scored", "windows_dropped", "windows_nonfinite", "windows_stale",
-                 "readings_out_of_range")
+# Counters kept by AgentState itself, which survive an in-process pipeline restart: its own counts plus what
+# the windower, the sources and the engine had counted when they were retired (a restart rebuilds them from
+# zero), so every total in status.json and the database grows without a dip across a reload
+_SOURCE_COUNTERS = {"readings_invalid": "invalid", "readings_dropped": "dropped",
+                    "readings_received": "received"}  # status/database counter -> `SourceStats` field
 
 
 def silent_after_s(spec: Any) -> float:
@@ -118,10 +119,11 @@ class AgentState:
         self.reload_rejected = None if error is None else {
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "error": error}
 
-    def pipeline_restarted(self) -> None:
-        """The windower, sources and engine were rebuilt (their counters start from zero): persist from
-        zero for those, so the database totals keep growing by what the new pipeline counts."""
-        self._persisted = {key: value for key, value in self._persisted.items() if key in _OWN_COUNTERS}
+    def sources_retired(self, sources: Sequence[Any]) -> None:
+        """Keep the reading counts of sources being replaced (a pipeline restart on reload)."""
+        for source in sources:
+            for counter, stat in _SOURCE_COUNTERS.items():
+                self.counters[counter] += getattr(source.stats, stat)
 
     def windower_retired(self, windower: Any) -> None:
         """Keep the counts of a windower being replaced (swap to other window shapes, restart)."""
@@ -158,16 +160,15 @@ class AgentState:
                   "windows_dropped": self.counters["windows_dropped"],
                   "windows_nonfinite": self.counters["windows_nonfinite"]
                   + int(getattr(engine, "dropped_nonfinite", 0) if engine is not None else 0),
-                  "windows_stale": self.counters["windows_stale"], "readings_invalid": 0,
-                  "readings_dropped": 0, "readings_received": 0,
+                  "windows_stale": self.counters["windows_stale"],
+                  **{counter: self.counters[counter] for counter in _SOURCE_COUNTERS},
                   "readings_out_of_range": self.counters["readings_out_of_range"]}
         if supervisor.windower is not None:
             totals["windows_stale"] += supervisor.windower.counters()["stale_windows"]
             totals["readings_out_of_range"] += supervisor.windower.out_of_range()
         for source in supervisor.sources:
-            totals["readings_invalid"] += source.stats.invalid
-            totals["readings_dropped"] += source.stats.dropped
-            totals["readings_received"] += source.stats.received
+            for counter, stat in _SOURCE_COUNTERS.items():
+                totals[counter] += getattr(source.stats, stat)
         return totals
 
     def take_counter_deltas(self, supervisor: Any) -> dict[str, int]:

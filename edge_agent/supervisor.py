@@ -241,7 +241,10 @@ class Supervisor:
                 if not restart:
                     return 0
                 self.notifier.reloading()
-                self.state.pipeline_restarted()
+                # their counts move into the state's totals; cleared so nothing counts them twice before the
+                # next pipeline builds its own
+                self.state.sources_retired(self.sources)
+                self.sources = []
         except Exception as exc:
             fatal = _find_fatal(exc)
             if fatal is None:

@@ -115,6 +115,8 @@ def test_status_reports_running_agent(tmp_path: Path, pty_pair: PtyPair, state_d
     agent = AgentProcess(config, state_dir)
     try:
         agent.wait_ready()
+        # pyserial empties the input buffer when it opens the port: write once the source has it open
+        agent.wait(lambda: agent.source_state("line1") == "connected", 10, "serial port open")
         t0 = time.time()
         for i in range(12):
             pty_pair.write_line(line(t0 + i * 0.1))

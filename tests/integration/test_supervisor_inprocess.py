@@ -114,10 +114,12 @@ def test_watchdog_pings_go_on_during_a_pipeline_restart(tmp_path: Path,
     monkeypatch.setattr(supervisor_module, "load_bundle", slow_load)
     messages: list[str] = []
     engines: list[Any] = []
+    received: list[int] = []
 
     async def reload() -> None:
         loop = asyncio.get_running_loop()
         engines.append(sup.engine)
+        received.append(sup.state.totals(sup)["readings_received"])
         config_path.write_text(config_path.read_text().replace("status_interval_s = 0.2",
                                                                "status_interval_s = 0.3"))
         sup.request_reload()
@@ -129,6 +131,8 @@ def test_watchdog_pings_go_on_during_a_pipeline_restart(tmp_path: Path,
             release.set()
             while messages.count("READY=1") < 2:
                 messages.extend((await loop.sock_recv(sock, 4096)).decode().splitlines())
+            # the rebuilt source counts from zero; the total in status.json does not dip
+            received.append(sup.state.totals(sup)["readings_received"])
 
     try:
         assert asyncio.run(running(sup, reload)) == 0
@@ -140,6 +144,8 @@ def test_watchdog_pings_go_on_during_a_pipeline_restart(tmp_path: Path,
     assert any(m.startswith("MONOTONIC_USEC=") for m in messages)
     assert sup.config.status_interval_s == 0.3
     assert engines[0]._executor._shutdown  # the first pipeline's engine was closed at its restart
+    assert received[0] > 0
+    assert received[1] >= received[0]
 
 
 def test_a_reload_that_moves_state_dir_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -27,9 +27,11 @@ def test_counters_keep_growing_after_a_pipeline_restart() -> None:
     state.counters["windows_scored"] = 40
     persist(state, first, db)
     state.engine_retired(first.engine)
-    state.pipeline_restarted()
+    state.sources_retired(first.sources)
     second = pipeline(received=30)  # the rebuilt source counts from zero
     state.counters["windows_scored"] = 50
+    # status.json's totals (what `edge-agent status` shows) do not dip either
+    assert state.totals(second)["readings_received"] == 130
     persist(state, second, db)
     assert db["readings_received"] == 130
     assert db["windows_scored"] == 50
