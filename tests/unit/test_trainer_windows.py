@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import pytest
 
 from trainer.data.series import Series
 from trainer.data.windows import (
+    STD_FLOOR,
     RegimeScaler,
     StandardScaler,
     make_windows,
+    quantization_std,
     scaler_from_dict,
     sliding_windows,
     split_series,
@@ -86,6 +91,31 @@ def test_regime_scaler_normalises_each_regime() -> None:
     again = scaler_from_dict(scaler.to_dict())
     assert isinstance(again, RegimeScaler)
     np.testing.assert_allclose(again.transform(values, conditions), z, atol=1e-6)
+
+
+def test_a_channel_that_never_moved_in_one_regime_is_scaled_by_its_resolution(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """C-MAPSS FD002's sensor_6 reads 8.00 on every healthy row of one regime and varies in 0.01 steps in
+    others: that regime's std is 0, and with the 1e-6 floor a one-step tick (8.01, as wear sets in) scored
+    10,000 sigmas, drowning every other channel in the score and the root cause. Its floor is the rounding
+    spread of its resolution instead: 0.01 / sqrt(12), so the tick is 3.5 sigmas."""
+    rng = np.random.default_rng(0)
+    regime = np.repeat([0, 1], 500)
+    conditions = np.array([[0.0], [50.0]])[regime] + rng.normal(0, 0.1, (1000, 1))
+    quiet = np.where(regime == 0, 8.00, 8.00 + 0.01 * rng.integers(-3, 4, 1000))
+    noisy = rng.normal(0, 1, 1000) + 10 * regime
+    values = np.column_stack([np.round(quiet, 2), noisy])
+    caplog.set_level(logging.INFO, logger="trainer.data.windows")
+    scaler = RegimeScaler.fit(values, conditions, 2, seed=0, channels=["sensor_6", "noisy"])
+    quiet_regime = int(scaler.assign(np.array([[0.0]]))[0])
+    np.testing.assert_allclose(scaler.std[quiet_regime, 0], 0.01 / math.sqrt(12), rtol=1e-6)
+    assert scaler.std[1 - quiet_regime, 0] > 0.01  # where it moves, its own spread
+    assert scaler.std[quiet_regime, 1] == pytest.approx(values[regime == 0, 1].std())  # untouched
+    tick = scaler.transform(np.array([[8.01, 0.0]]), np.array([[0.0]]))[0, 0]
+    assert tick == pytest.approx(math.sqrt(12), rel=1e-3)
+    assert f"operating regime {quiet_regime}: sensor_6 spread less than their resolution" in caplog.text
+    np.testing.assert_allclose(quantization_std(np.array([[1.0, 5.0], [1.5, 5.0], [1.25, 5.0]])),
+                               [0.25 / math.sqrt(12), STD_FLOOR])
 
 
 def test_split_series_is_by_whole_series_and_seeded() -> None:

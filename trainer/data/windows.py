@@ -11,6 +11,7 @@ one series on both sides of a split would leak.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STD_FLOOR = 1e-6
+
+
+def quantization_std(values: np.ndarray) -> np.ndarray:
+    """Per channel of rows `[T, C]`, the standard deviation of rounding to the channel's resolution (the
+    smallest step between two of its distinct values): step / sqrt(12), or `STD_FLOOR` for a channel with
+    one value. No healthy reading can be more precise than that, so it is the least spread a scaler may
+    assume: a channel that never moved within one operating regime, though it does in others, would
+    otherwise be scaled by `STD_FLOOR`, and a one-step tick of it would score ten thousand sigmas."""
+    floors = np.full(values.shape[1], STD_FLOOR)
+    for channel in range(values.shape[1]):
+        steps = np.diff(np.unique(values[:, channel]))
+        steps = steps[steps > 0]
+        if len(steps):
+            floors[channel] = max(STD_FLOOR, float(steps.min()) / math.sqrt(12.0))
+    return floors
 
 
 def sliding_windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
@@ -229,8 +245,10 @@ class RegimeScaler:
         return int(self.centroids.shape[0])
 
     @classmethod
-    def fit(cls, values: np.ndarray, conditions: np.ndarray, n_regimes: int, seed: int = 0) -> RegimeScaler:
-        """Cluster `conditions` `[T, S]` into `n_regimes` (KMeans) and fit mean/std of `values` per regime."""
+    def fit(cls, values: np.ndarray, conditions: np.ndarray, n_regimes: int, seed: int = 0,
+            channels: Sequence[str] | None = None) -> RegimeScaler:
+        """Cluster `conditions` `[T, S]` into `n_regimes` (KMeans) and fit mean/std of `values` per regime,
+        each std at least the channel's `quantization_std` (`channels` name them in the log)."""
         from sklearn.cluster import KMeans
 
         values = np.asarray(values, dtype=np.float64)
@@ -245,12 +263,20 @@ class RegimeScaler:
             centroids, scale, np.zeros((n_regimes, values.shape[1])), np.ones((n_regimes, values.shape[1]))
         )
         regimes = scaler.assign(conditions)
+        floor = quantization_std(values)
         for k in range(n_regimes):
             block = values[regimes == k]
             if len(block) < 2:
                 raise ValueError(f"operating regime {k} has {len(block)} training rows; use fewer regimes")
             scaler.mean[k] = block.mean(axis=0)
-            scaler.std[k] = np.maximum(block.std(axis=0), STD_FLOOR)
+            std = block.std(axis=0)
+            floored = np.flatnonzero((std < floor) & (floor > STD_FLOOR))  # one-valued channels are dropped
+            if len(floored):
+                names = [channels[c] if channels is not None else str(c) for c in floored]
+                log.info("operating regime %d: %s spread less than their resolution in the training data "
+                         "(never changed, or hardly); scaled by the resolution's rounding spread (step / "
+                         "sqrt(12)) instead", k, ", ".join(names))
+            scaler.std[k] = np.maximum(std, floor)
         return scaler
 
     def assign(self, conditions: np.ndarray) -> np.ndarray:
@@ -300,7 +326,7 @@ def fit_scaler(
     if missing:
         raise ValueError(f"regime scaling needs conditions; series without: {missing[:3]}")
     conditions = np.concatenate([np.asarray(s.conditions) for s in series])
-    return RegimeScaler.fit(values, conditions, n_regimes, seed)
+    return RegimeScaler.fit(values, conditions, n_regimes, seed, channels)
 
 
 # Extreme values in the data a scaler is fitted on (`extreme_values`): outside the central 99 % of a
