@@ -244,6 +244,11 @@ def _pot(scores: np.ndarray, target_far: float, params: Mapping[str, Any]) -> Th
     value = pot_quantile(t, float(gamma), float(sigma), q=target_far, n=n, n_t=n_t)
     if not math.isfinite(value):
         raise CalibrationError(f"method 'pot': the fitted quantile is not finite (gamma {gamma:g})")
+    if gamma <= -1.0:  # no regular maximum-likelihood fit: the tail's end sits on the largest score
+        log.warning("method 'pot': the Pareto tail fit is degenerate (gamma %.3g <= -1: it ends at the "
+                    "largest score, %.6g), so the threshold %.6g may not hold target_far %g; a percentile "
+                    "threshold or another init_quantile is safer for these scores", gamma,
+                    float(scores.max()), value, target_far)
     fitted = {
         "init_quantile": level,
         "init_threshold": t,

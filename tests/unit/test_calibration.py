@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -207,3 +208,18 @@ def test_scores_needed_refuses_a_pot_target_not_beyond_its_initial_quantile() ->
             scores_needed("pot", target_far, {})
     assert scores_needed("pot", 0.05, {"init_quantile": 0.9}) == 92
     assert scores_needed("pot", 0.01, {}) == 452  # the count docs/training.md gives
+
+
+def test_a_degenerate_pot_fit_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Two humps, the upper one (2 % of the scores, all about 10) filling the tail above the initial quantile:
+    the Pareto fit's shape goes below -1 and its tail ends at the largest score, so the threshold is logged as
+    unreliable. An exponential tail fits regularly and is not."""
+    rng = np.random.default_rng(0)
+    humps = np.concatenate([rng.exponential(1.0, 4900), 10 + rng.uniform(0, 0.01, 100)])
+    caplog.set_level(logging.WARNING, logger="trainer.calibration")
+    spec = calibrate(humps, "pot", 0.01)
+    assert spec.params["gamma"] < -1
+    assert "the Pareto tail fit is degenerate" in caplog.text
+    caplog.clear()
+    assert calibrate(exponential_scores(5000), "pot", 0.01).params["gamma"] > -1
+    assert "degenerate" not in caplog.text
