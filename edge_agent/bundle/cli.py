@@ -41,7 +41,7 @@ from edge_agent.bundle.install import (
     wait_for_agent,
 )
 from edge_agent.bundle.store import BundleStore
-from edge_agent.configtools import ConfigError, add_config_argument, default_config_path
+from edge_agent.configtools import ConfigError, add_config_argument
 
 # What each action reads the agent config for (said when `--config` is left out and the default is missing)
 CONFIG_USES = {
@@ -106,7 +106,7 @@ def _missing_default_config(args: argparse.Namespace) -> str | None:
     """Why a command run without `--config` cannot go on when the default file does not exist, and what to
     pass (a plain "cannot read config file" does not say that `--config` was left out); None otherwise."""
     path = args.config
-    if getattr(args, "config_given", False) or path != default_config_path() or path.exists():
+    if getattr(args, "config_given", False) or path.exists():  # not given: the default path
         return None
     origin = ("from $EDGE_AGENT_CONFIG" if os.environ.get("EDGE_AGENT_CONFIG")
               else "the default when neither --config nor $EDGE_AGENT_CONFIG is given")

@@ -14,6 +14,7 @@ caller uses the arrival time.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -67,6 +68,24 @@ MAX_TIMESTAMP_S = 253_402_300_799.0
 # likely a device sending seconds. Still accepted (a millisecond uptime counter looks the same), with a
 # warning.
 SECONDS_AS_MS = (1e9, 1e11)
+
+# Delimiters a CSV file may use instead of the configured one (the replay source's and the trainer's hints)
+OTHER_DELIMITERS = (";", "\t", ",", "|")
+
+
+def other_delimiter(lines: Sequence[str], delimiter: str, wanted: Sequence[str] = ()) -> str | None:
+    """Another common delimiter than `delimiter` that splits the first of `lines` (a header) into several
+    columns, `wanted` among them, and the second (a data row, when given) into as many: a one-column file
+    named "Pressure, bar" is no two-column CSV. None when no delimiter does."""
+    for other in OTHER_DELIMITERS:
+        if other == delimiter:
+            continue
+        rows = list(csv.reader(lines, delimiter=other))
+        columns = [name.strip() for name in rows[0]] if rows else []
+        agrees = len(rows) < 2 or len(rows[1]) == len(columns)
+        if len(columns) > 1 and agrees and all(name in columns for name in wanted):
+            return other
+    return None
 log = logging.getLogger(__name__)
 _seconds_as_ms_logs: dict[str, RateLimitedLog] = {}  # per source: one line an hour each
 

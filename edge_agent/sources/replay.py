@@ -27,6 +27,7 @@ from edge_agent.sources.lineformats import (
     TIMESTAMP_FORMATS,
     LineFormatError,
     field_map,
+    other_delimiter,
     parse_timestamp,
     to_number,
 )
@@ -35,9 +36,6 @@ from edge_agent.types import Reading
 log = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 32
-# Tried when the configured delimiter does not give the header the columns the config names (the trainer's
-# CSV reader tries the same ones, trainer/data/csv_reader.py).
-OTHER_DELIMITERS = (";", "\t", ",", "|")
 
 
 @dataclass(frozen=True)
@@ -118,42 +116,32 @@ def open_recording(path: Path) -> TextIO:
     return path.open(newline="", encoding="utf-8-sig", errors="replace")
 
 
-def read_rows(path: Path, key_path: str, delimiter: str, count: int) -> list[list[str]]:
-    """The first `count` rows of a replay file, the header first (a clear config error when it cannot be
-    read)."""
-    try:
-        with open_recording(path) as handle:
-            return list(itertools.islice(csv.reader(handle, delimiter=delimiter), count))
-    except OSError as exc:
-        raise ConfigError(key_path, f"cannot read replay file: {exc.strerror}", str(path)) from exc
-
-
 def read_header(path: Path, key_path: str, delimiter: str = ",") -> list[str]:
     """The column names of a replay file (a clear config error when it is missing or empty)."""
-    rows = read_rows(path, key_path, delimiter, 1)
-    if not rows or not rows[0]:
+    try:
+        with open_recording(path) as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), None)
+    except OSError as exc:
+        raise ConfigError(key_path, f"cannot read replay file: {exc.strerror}", str(path)) from exc
+    if not header:
         raise ConfigError(key_path, "replay file is empty (a header row is required)", str(path))
-    return [name.strip() for name in rows[0]]
+    return [name.strip() for name in header]
 
 
 def delimiter_hint(path: Path, delimiter: str, delimiter_key: str, wanted: Sequence[str] = ()) -> str:
     """Which delimiter to set when another common one splits the header into several columns, `wanted`
-    among them (worded as the trainer's CSV reader words it); empty when none does."""
-    for other in OTHER_DELIMITERS:
-        if other == delimiter:
-            continue
-        try:
-            rows = read_rows(path, "", other, 2)
-        except ConfigError:
-            return ""
-        columns = [name.strip() for name in rows[0]] if rows else []
-        # the first data row must split the same way: a one-column file named "Pressure, bar" is no CSV
-        # of two columns
-        agrees = len(rows) < 2 or len(rows[1]) == len(columns)
-        if len(columns) > 1 and agrees and all(column in columns for column in wanted):
-            return (f" (the file looks {other!r}-separated, not {delimiter!r}-separated; set {delimiter_key} "
-                    f"= {json.dumps(other)})")
-    return ""
+    among them (`lineformats.other_delimiter` on the file's first two lines, worded as the trainer's CSV
+    reader words it); empty when none does or the file cannot be read."""
+    try:
+        with open_recording(path) as handle:
+            lines = list(itertools.islice(handle, 2))
+    except OSError:
+        return ""
+    other = other_delimiter(lines, delimiter, wanted)
+    if other is None:
+        return ""
+    return (f" (the file looks {other!r}-separated, not {delimiter!r}-separated; set {delimiter_key} "
+            f"= {json.dumps(other)})")
 
 
 class ReplaySource(Source):

@@ -48,7 +48,12 @@ import numpy as np
 
 from edge_agent.compat import parse_iso8601
 from edge_agent.configtools import ConfigError, Section, unknown_key_error
-from edge_agent.sources.lineformats import MAX_TIMESTAMP_S, SECONDS_AS_MS, TIMESTAMP_FORMATS
+from edge_agent.sources.lineformats import (
+    MAX_TIMESTAMP_S,
+    SECONDS_AS_MS,
+    TIMESTAMP_FORMATS,
+    other_delimiter,
+)
 from trainer.data.series import Series
 
 log = logging.getLogger(__name__)
@@ -210,18 +215,13 @@ def table_rows(path: Path, delimiter: str, wanted: Sequence[str], error: type[Va
         yield {name: header.index(name) for name in wanted}, records()
 
 
-OTHER_DELIMITERS = (";", "\t", ",", "|")
-
-
 def _delimiter_hint(header: list[str], delimiter: str, key: str) -> str:
     """For a header that came out as one column holding another delimiter: what to set."""
-    if len(header) != 1:
+    other = other_delimiter(header[:1], delimiter) if len(header) == 1 else None
+    if other is None:
         return ""
-    for other in OTHER_DELIMITERS:
-        if other != delimiter and other in header[0]:
-            return (f" (one column that holds {other!r}: the file looks {other!r}-separated, not "
-                    f"{delimiter!r}-separated; set {key} = {json.dumps(other)})")
-    return ""
+    return (f" (one column that holds {other!r}: the file looks {other!r}-separated, not "
+            f"{delimiter!r}-separated; set {key} = {json.dumps(other)})")
 
 
 def _decoded(handle: Any, path: Path, error: type[ValueError]) -> Iterator[str]:
